@@ -1,0 +1,114 @@
+"""Depth ingest benchmark: 4096x2160 float32 EXR -> 1024 control image.
+
+Targets (issue 2): <= 1.0 s and peak memory <= 6x the raw float image on the 2-core dev machine.
+
+    python benchmarks/depth_io.py [--repeat 5] [--json out.json]
+
+Time is the median of `--repeat` runs of `prepare_depth` (read, pick channel, normalize, histogram, resize) in one
+process. Peak memory is measured in a fresh child process per run: the rise of the resident-set high-water mark
+(VmHWM in /proc/self/status; ru_maxrss would carry the parent's mark across fork+exec) over the mark after imports,
+so it counts every allocation, OpenEXR's C++ buffers included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+W, H = 4096, 2160
+
+
+def make_exr(path: str) -> None:
+    import OpenEXR
+
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    z = 2.0 + 48.0 * (x / W) + 5.0 * np.sin(y / 97.0)  # a receding floor with some relief
+    z[: H // 5] = 1e10  # sky: a huge-sentinel background, as many renderers write
+    header = {"type": OpenEXR.scanlineimage, "compression": OpenEXR.ZIP_COMPRESSION}
+    OpenEXR.File(header, {"Z": z.astype(np.float32)}).write(path)
+
+
+def high_water_kib() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def child(path: str) -> None:
+    from fluxdepth_ui.depth import prepare_depth
+
+    base = high_water_kib()
+    t = time.perf_counter()
+    result = prepare_depth(path)
+    seconds = time.perf_counter() - t
+    peak = high_water_kib()
+    print(json.dumps({
+        "seconds": seconds,
+        "peak_rise_bytes": (peak - base) * 1024,
+        "control": [result.control.width, result.control.height],
+    }))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--json")
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
+
+    import OpenEXR
+
+    from fluxdepth_ui.depth import prepare_depth
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "depth_4096x2160.exr")
+        make_exr(path)
+        prepare_depth(path)  # warm the page cache and imports
+        times = []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            prepare_depth(path)
+            times.append(time.perf_counter() - t)
+        peaks = []
+        for _ in range(3):
+            out = subprocess.run([sys.executable, __file__, "--child", path], capture_output=True, text=True,
+                                 check=True)
+            peaks.append(json.loads(out.stdout.strip().splitlines()[-1])["peak_rise_bytes"])
+    raw = W * H * 4
+    report = {
+        "image": f"{W}x{H} float32 EXR, one Z channel, ZIP",
+        "seconds_median": statistics.median(times),
+        "seconds_min": min(times),
+        "seconds_max": max(times),
+        "peak_rise_mib": max(peaks) / 2**20,
+        "raw_float_mib": raw / 2**20,
+        "peak_over_raw": max(peaks) / raw,
+        "target": "<= 1.0 s, <= 6x raw",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "openexr": OpenEXR.__version__ if hasattr(OpenEXR, "__version__") else OpenEXR.OPENEXR_VERSION,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

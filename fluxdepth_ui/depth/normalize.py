@@ -1,0 +1,322 @@
+"""Depth -> control map in the convention FLUX.1-Depth-dev was trained on (depth-conventions.md §4, §5).
+
+Output: float32 (H, W) in [0, 1], near = 1.0 (white), background = 0.0, linear in inverse depth for metric input.
+Nothing is rounded to 8 bits here.
+
+Modes (the working variable x the ends are taken on):
+- `disparity`: x = 1/Z. v = (x - lo) / (hi - lo); with background, v = g + (1 - g) v and background 0.
+- `inverse`: input already 1/Z; same as disparity on |x|.
+- `linear`: x = Z. v = (hi - Z) / (hi - lo) (inverted linear depth; Nuke/ComfyUI habit, fine for shallow scenes).
+- `passthrough`: x = the made image; v = (x - min) / (max - min); polarity auto-checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Iterable
+
+import numpy as np
+
+from .channels import DepthMap
+from .errors import DepthInputError
+
+MODES = ("auto", "disparity", "linear", "inverse", "passthrough")
+INVERT_CHOICES = ("auto", "on", "off")
+DEFAULT_CLIP = (0.5, 99.5)
+GAP_MAX = 0.25
+# Below this share of invalid pixels there is no background worth a gap (a few NaN edge pixels are not sky).
+_BACKGROUND_MIN_FRACTION = 0.001
+_HALF_MAX = 65504.0
+_SENTINEL_MIN = 1e9
+
+
+@dataclass(frozen=True)
+class NormalizeSettings:
+    mode: str = "auto"
+    invert: str = "auto"
+    clip: tuple[float, float] = DEFAULT_CLIP
+    near: float | None = None
+    far: float | None = None
+    gap_max: float = GAP_MAX
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise DepthInputError(f"unknown mode {self.mode!r}; use one of: {', '.join(MODES)}")
+        if self.invert not in INVERT_CHOICES:
+            raise DepthInputError(f"unknown invert setting {self.invert!r}; use auto, on or off")
+        lo, hi = self.clip
+        if not (0.0 <= lo < hi <= 100.0):
+            raise DepthInputError(f"clip percentiles {lo} {hi} must satisfy 0 <= low < high <= 100")
+        for label, value in (("near", self.near), ("far", self.far)):
+            if value is not None and not (np.isfinite(value) and value > 0):
+                raise DepthInputError(f"{label} distance must be a positive number, got {value}")
+        if self.near is not None and self.far is not None and self.near >= self.far:
+            raise DepthInputError(f"near ({self.near}) must be smaller than far ({self.far})")
+        if not (0.0 <= self.gap_max < 1.0):
+            raise DepthInputError(f"gap_max must be in [0, 1), got {self.gap_max}")
+
+
+@dataclass(frozen=True)
+class DepthRange:
+    """The mapping from working values to [0, 1]: fixed once, it can be reused across the frames of a sequence."""
+
+    mode: str  # resolved: disparity | linear | inverse | passthrough
+    low: float  # working-value end that maps to the far end
+    high: float  # working-value end that maps to white
+    gap: float = 0.0  # background gap: far end maps to `gap`, background to 0
+    inverted: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "DepthRange":
+        try:
+            rng = cls(
+                mode=str(data["mode"]),
+                low=float(data["low"]),
+                high=float(data["high"]),
+                gap=float(data.get("gap", 0.0)),
+                inverted=bool(data.get("inverted", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DepthInputError(f"depth range is missing or has a bad field ({exc}); recompute the stats") from None
+        if rng.mode not in MODES[1:] or not (np.isfinite(rng.low) and np.isfinite(rng.high)):
+            raise DepthInputError(f"depth range {data} is not valid; recompute the stats")
+        return rng
+
+
+@dataclass(frozen=True)
+class ControlMap:
+    values: np.ndarray  # float32 (H, W) in [0, 1], near = 1
+    valid: np.ndarray  # bool (H, W)
+    range: DepthRange
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def mode(self) -> str:
+        return self.range.mode
+
+    @property
+    def inverted(self) -> bool:
+        return self.range.inverted
+
+
+def resolve_mode(depth: DepthMap, settings: NormalizeSettings) -> str:
+    if settings.mode != "auto":
+        return settings.mode
+    return {"metric": "disparity", "inverse": "inverse", "image": "passthrough"}[depth.kind]
+
+
+def valid_mask(depth: DepthMap) -> np.ndarray:
+    """Pixels that carry depth. Everything else is background and ends at 0 (black, far)."""
+    v = depth.values
+    valid = np.isfinite(v)
+    if depth.alpha is not None:
+        valid &= depth.alpha
+    if depth.kind in ("metric", "inverse"):
+        with np.errstate(invalid="ignore"):
+            valid &= v > 0
+            if depth.kind == "metric":
+                valid &= v < (_HALF_MAX if depth.sample_type == "half" else _SENTINEL_MIN)
+                if depth.sample_type == "uint16":
+                    valid &= v < 65535
+    return valid
+
+
+def _working_values(depth: DepthMap, mode: str, valid: np.ndarray, settings: NormalizeSettings) -> np.ndarray:
+    """The variable the mode is linear in, float32, only meaningful on `valid`."""
+    x = depth.values
+    if mode == "disparity" and depth.kind == "image" and settings.near is not None and settings.far is not None:
+        # A made image that is a linear remap of Z ([near, far] -> [black, white]): rebuild Z, then 1/Z.
+        top = _code_max(depth)
+        p = np.divide(x, top, dtype=np.float32)
+        z = settings.near + p * np.float32(settings.far - settings.near)
+        return np.divide(1.0, z, out=np.zeros_like(z), where=valid)
+    if mode == "disparity" and depth.kind == "metric":
+        return np.divide(1.0, x, out=np.zeros_like(x), where=valid)
+    return np.array(x, dtype=np.float32)  # a copy: normalize() works on it in place
+
+
+def _code_max(depth: DepthMap) -> float:
+    if depth.sample_type == "uint8":
+        return 255.0
+    if depth.sample_type == "uint16":
+        return 65535.0
+    finite = depth.values[np.isfinite(depth.values)]
+    return float(finite.max()) if finite.size else 1.0
+
+
+def compute_range(depth: DepthMap, settings: NormalizeSettings = NormalizeSettings()) -> DepthRange:
+    """The range one map would be normalized with (percentile ends, background gap, polarity)."""
+    return _range_from_samples([_samples(depth, settings)], settings)
+
+
+def compute_sequence_range(depths: Iterable[DepthMap], settings: NormalizeSettings = NormalizeSettings()) -> DepthRange:
+    """One range over many frames (pooled percentiles), so every frame of a camera move is mapped alike."""
+    samples = [_samples(d, settings) for d in depths]
+    if not samples:
+        raise DepthInputError("no frames to compute a depth range from")
+    modes = {s.mode for s in samples}
+    if len(modes) > 1:
+        raise DepthInputError(f"frames resolve to different modes ({', '.join(sorted(modes))}); set the mode")
+    return _range_from_samples(samples, settings)
+
+
+@dataclass
+class _Samples:
+    mode: str
+    values: np.ndarray  # working values on valid pixels (subsampled for big frames)
+    background: bool
+    bright_background: bool | None  # passthrough polarity vote
+    working: np.ndarray | None = None  # the full working-value frame, kept for normalize()
+    valid: np.ndarray | None = None
+
+
+_MAX_SAMPLES_PER_FRAME = 4_000_000
+
+
+def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False) -> _Samples:
+    mode = resolve_mode(depth, settings)
+    _check_mode_fits(depth, mode, settings)
+    valid = valid_mask(depth)
+    count = int(np.count_nonzero(valid))
+    if count == 0:
+        raise DepthInputError(
+            f"{depth.name}: no pixel holds usable depth in channel {depth.channel} (all background, NaN or "
+            "sentinel); check the channel and the render"
+        )
+    x = _working_values(depth, mode, valid, settings)
+    values = x[valid]
+    if values.size > _MAX_SAMPLES_PER_FRAME:
+        values = values[:: values.size // _MAX_SAMPLES_PER_FRAME + 1]
+    background = (valid.size - count) >= valid.size * _BACKGROUND_MIN_FRACTION
+    bright = _background_is_bright(x, valid) if mode == "passthrough" else None
+    if keep:
+        return _Samples(mode, values, background, bright, x, valid)
+    return _Samples(mode, values, background, bright)
+
+
+def _check_mode_fits(depth: DepthMap, mode: str, settings: NormalizeSettings) -> None:
+    if mode in ("disparity", "linear") and depth.kind == "inverse":
+        raise DepthInputError(
+            f"{depth.channel} holds inverse depth (1/Z); use mode inverse or passthrough, not {mode}"
+        )
+    if mode == "disparity" and depth.kind == "image" and (settings.near is None or settings.far is None):
+        raise DepthInputError(
+            f"{depth.name} is a made depth image, not distances: mode disparity needs near and far "
+            "(the distances black and white stand for); or use mode passthrough or linear"
+        )
+    if mode == "inverse" and depth.kind == "image":
+        raise DepthInputError(f"{depth.name} is a made depth image, not 1/Z values: use mode passthrough")
+
+
+def _range_from_samples(samples: list[_Samples], settings: NormalizeSettings) -> DepthRange:
+    mode = samples[0].mode
+    values = samples[0].values if len(samples) == 1 else np.concatenate([s.values for s in samples])
+    background = any(s.background for s in samples)
+
+    if mode == "passthrough":
+        low, high = float(values.min()), float(values.max())
+        votes = [s.bright_background for s in samples if s.bright_background is not None]
+        auto_invert = bool(votes) and sum(votes) * 2 > len(votes)
+        return DepthRange(mode, low, high, 0.0, _decide_invert(settings, auto_invert))
+
+    # `values` is our own copy: let percentile partition it in place instead of copying it again.
+    p_lo, p_hi = np.percentile(values, settings.clip, overwrite_input=True)
+    low, high = float(p_lo), float(p_hi)
+    if mode == "disparity" and (settings.near is not None or settings.far is not None):
+        # Explicit distances replace the percentile ends (near -> white, far -> far end).
+        if settings.near is not None:
+            high = 1.0 / settings.near
+        if settings.far is not None:
+            low = 1.0 / settings.far
+    elif mode == "linear":
+        if settings.near is not None:
+            low = settings.near
+        if settings.far is not None:
+            high = settings.far
+    gap = 0.0
+    if mode in ("disparity", "inverse") and background and high > 0:
+        gap = min(max(low, 0.0) / high, settings.gap_max)
+    return DepthRange(mode, low, high, gap, _decide_invert(settings, False))
+
+
+def _decide_invert(settings: NormalizeSettings, auto_value: bool) -> bool:
+    return {"on": True, "off": False}.get(settings.invert, auto_value)
+
+
+def _background_is_bright(x: np.ndarray, valid: np.ndarray) -> bool | None:
+    """Polarity check for made images: the biggest flat region touching the border is background and should be dark.
+
+    Returns True (bright: flip), False (dark: keep) or None (no such region: keep, and say so).
+    """
+    border = np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
+    border_valid = np.concatenate([valid[0], valid[-1], valid[1:-1, 0], valid[1:-1, -1]])
+    border = border[border_valid]
+    if border.size == 0:
+        return None
+    lo, hi = float(x[valid].min()), float(x[valid].max())
+    if hi <= lo:
+        return None
+    q_border = np.round((border - lo) / (hi - lo) * 1023).astype(np.int64)
+    level = int(np.bincount(q_border, minlength=1024).argmax())
+    value = lo + level / 1023 * (hi - lo)
+    flat = np.count_nonzero(valid & (np.abs(x - value) <= (hi - lo) / 1023))
+    if flat < valid.size * 0.05:
+        return None
+    if level >= 0.9 * 1023:
+        return True
+    if level <= 0.1 * 1023:
+        return False
+    return None
+
+
+def normalize(
+    depth: DepthMap,
+    settings: NormalizeSettings = NormalizeSettings(),
+    fixed_range: DepthRange | None = None,
+) -> ControlMap:
+    """Map a depth channel to the control map. `fixed_range` (from `compute_sequence_range`) overrides the ends."""
+    warnings: list[str] = list(depth.notes)
+    if fixed_range is not None:
+        mode = fixed_range.mode
+        _check_mode_fits(depth, mode, settings)
+        rng = fixed_range
+        if settings.invert != "auto":
+            rng = replace(rng, inverted=settings.invert == "on")
+        valid = valid_mask(depth)
+        if not valid.any():
+            raise DepthInputError(f"{depth.name}: no pixel holds usable depth in channel {depth.channel}")
+        x = _working_values(depth, mode, valid, settings)
+    else:
+        samples = _samples(depth, settings, keep=True)
+        rng = _range_from_samples([samples], settings)
+        mode, x, valid = rng.mode, samples.working, samples.valid
+        del samples
+        if mode == "passthrough" and rng.inverted is False and settings.invert == "auto":
+            if _background_is_bright(x, valid) is None:
+                warnings.append(
+                    "polarity could not be checked (no flat background): near must be white in the preview"
+                )
+
+    # Everything below works in place on x, our own copy: no full-frame temporaries beyond it.
+    span = rng.high - rng.low
+    constant = not span > 1e-6 * max(abs(rng.high), abs(rng.low), 1e-30)
+    if constant:
+        warnings.append("the depth is constant over the frame: no shape for the model to follow")
+        x.fill(1.0 if not valid.all() else 0.5)
+    else:
+        if mode == "linear":
+            np.subtract(np.float32(rng.high), x, out=x)
+        else:
+            x -= np.float32(rng.low)
+        x /= np.float32(span)
+        np.clip(x, 0.0, 1.0, out=x)
+        if rng.inverted:
+            np.subtract(np.float32(1.0), x, out=x)
+        if rng.gap > 0:
+            x *= np.float32(1.0 - rng.gap)
+            x += np.float32(rng.gap)
+    x[~valid] = 0.0
+    return ControlMap(x, valid, rng, tuple(warnings))

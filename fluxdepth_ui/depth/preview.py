@@ -1,0 +1,202 @@
+"""One call from a depth file to everything the preview panel and the pipeline need.
+
+The CLI (`fluxdepth preview`), the UI's preview handler and `fluxdepth generate` all go through `prepare_depth`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .channels import DepthMap, load_depth
+from .control import DEFAULT_LONG_SIDE, ControlImage, make_control_image
+from .errors import DepthInputError
+from .normalize import ControlMap, DepthRange, NormalizeSettings, normalize
+
+HISTOGRAM_BINS = 128
+BANDING_LEVELS = 512
+_UNIQUE_SAMPLE = 1_000_000
+
+
+@dataclass(frozen=True)
+class DepthSettings:
+    channel: str | None = None
+    normalize: NormalizeSettings = field(default_factory=NormalizeSettings)
+    long_side: int = DEFAULT_LONG_SIDE
+    fixed_range: DepthRange | None = None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    edges: np.ndarray  # bin edges, len = counts + 1 (log10 of the value when `log`)
+    counts: np.ndarray
+    log: bool = False
+    markers: tuple[float, ...] = ()  # clip ends, in the same units as `edges`
+
+    def centers(self) -> np.ndarray:
+        return (self.edges[:-1] + self.edges[1:]) / 2
+
+
+@dataclass(frozen=True)
+class DepthStats:
+    file: str
+    format: str
+    channel: str
+    channels: tuple[str, ...]
+    kind: str
+    sample_type: str
+    source_width: int
+    source_height: int
+    width: int
+    height: int
+    valid_fraction: float
+    raw_min: float | None
+    raw_max: float | None
+    raw_clip: tuple[float, float] | None  # the raw values the far and near ends correspond to
+    unique_levels: int
+    mode: str
+    inverted: bool
+    range: dict
+    warnings: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["channels"] = list(self.channels)
+        d["warnings"] = list(self.warnings)
+        d["raw_clip"] = [c if np.isfinite(c) else None for c in self.raw_clip] if self.raw_clip else None
+        return d
+
+    def summary(self) -> str:
+        """The one-line stats text shown under the preview."""
+        parts = [
+            f"{self.file} · {self.channel} ({self.sample_type})",
+            f"{self.source_width}×{self.source_height} → {self.width}×{self.height}",
+            f"valid {self.valid_fraction:.1%}",
+        ]
+        if self.raw_min is not None:
+            parts.append(f"raw {self.raw_min:.4g}…{self.raw_max:.4g}")
+        parts.append(f"mode {self.mode}{' (inverted)' if self.inverted else ''}")
+        parts.append(f"{self.unique_levels} levels")
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class DepthPreview:
+    depth: DepthMap
+    control_map: ControlMap
+    control: ControlImage
+    raw_histogram: Histogram
+    control_histogram: Histogram
+    stats: DepthStats
+
+
+def prepare_depth(path: str, settings: DepthSettings = DepthSettings(), log_histogram: bool = False) -> DepthPreview:
+    depth = load_depth(path, settings.channel)
+    return prepare_loaded(depth, settings, log_histogram)
+
+
+def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool = False) -> DepthPreview:
+    cmap = normalize(depth, settings.normalize, settings.fixed_range)
+    control = make_control_image(cmap.values, settings.long_side)
+    raw = depth.values[cmap.valid]
+    raw_clip = _raw_clip(cmap.range, depth)
+    raw_hist = _raw_histogram(raw, raw_clip, log_histogram)
+    control_hist = Histogram(*_hist(cmap.values[cmap.valid], 64, (0.0, 1.0))[::-1])
+    levels = unique_levels(depth, raw)
+    warnings = list(cmap.warnings)
+    if levels < BANDING_LEVELS:
+        source = {"half": "half-float", "uint8": "8-bit"}.get(depth.sample_type, "quantized")
+        warnings.append(f"only {levels} distinct depth levels ({source} source): expect banding")
+    stats = DepthStats(
+        file=depth.name,
+        format=depth.source_format,
+        channel=depth.channel,
+        channels=depth.channels,
+        kind=depth.kind,
+        sample_type=depth.sample_type,
+        source_width=depth.width,
+        source_height=depth.height,
+        width=control.width,
+        height=control.height,
+        valid_fraction=float(cmap.valid.mean()),
+        raw_min=float(raw.min()) if raw.size else None,
+        raw_max=float(raw.max()) if raw.size else None,
+        raw_clip=raw_clip,
+        unique_levels=levels,
+        mode=cmap.mode,
+        inverted=cmap.inverted,
+        range=cmap.range.to_dict(),
+        warnings=tuple(warnings),
+    )
+    return DepthPreview(depth, cmap, control, raw_hist, control_hist, stats)
+
+
+def _hist(values: np.ndarray, bins: int, rng: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    counts, edges = np.histogram(values, bins=bins, range=rng)
+    return counts, edges
+
+
+def _raw_clip(rng: DepthRange, depth: DepthMap) -> tuple[float, float] | None:
+    """The far and near ends of the range in the file's own units."""
+    if rng.mode == "disparity" and depth.kind == "metric":
+        far = 1.0 / rng.low if rng.low > 0 else float("inf")
+        return (far, 1.0 / rng.high) if rng.high > 0 else None
+    if rng.mode == "linear":
+        return (rng.high, rng.low)
+    if rng.mode == "disparity":  # a made image with near/far: ends are codes, not shown
+        return None
+    return (rng.low, rng.high)
+
+
+def _raw_histogram(raw: np.ndarray, clip: tuple[float, float] | None, log: bool) -> Histogram:
+    if raw.size == 0:
+        return Histogram(np.linspace(0, 1, HISTOGRAM_BINS + 1), np.zeros(HISTOGRAM_BINS, np.int64), log)
+    markers = tuple(c for c in (clip or ()) if np.isfinite(c))
+    if log:
+        positive = raw[raw > 0]
+        if positive.size == 0:
+            log = False
+        else:
+            raw = np.log10(positive)
+            markers = tuple(float(np.log10(m)) for m in markers if m > 0)
+    lo, hi = float(raw.min()), float(raw.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    counts, edges = _hist(raw, HISTOGRAM_BINS, (lo, hi))
+    return Histogram(edges, counts, log, markers)
+
+
+def unique_levels(depth: DepthMap, v: np.ndarray) -> int:
+    """Distinct source values `v` (the valid pixels): exact for 8/16-bit and half, sampled for float32."""
+    if v.size == 0:
+        return 0
+    if depth.sample_type in ("uint8", "uint16") and depth.kind != "inverse":
+        return int(np.count_nonzero(np.bincount(v.astype(np.uint32))))
+    if depth.sample_type == "half":
+        return int(np.count_nonzero(np.bincount(v.astype(np.float16).view(np.uint16))))
+    if v.size > _UNIQUE_SAMPLE:
+        v = v[:: v.size // _UNIQUE_SAMPLE + 1]
+    return int(np.unique(v).size)
+
+
+def write_preview_png(control: ControlImage, path: str) -> None:
+    """16-bit greyscale PNG of the control image: what the model is fed, without the 8-bit squeeze."""
+    from PIL import Image
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise DepthInputError(f"output folder {directory} does not exist; create it or pick another path")
+    Image.fromarray(control.to_uint16()).save(path)
+
+
+def stats_json(stats: DepthStats) -> str:
+    return json.dumps(stats.to_dict(), allow_nan=False, default=_finite)
+
+
+def _finite(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")

@@ -1,0 +1,344 @@
+"""Reading depth rasters from disk.
+
+The format is sniffed from the first bytes, never from the extension. Each reader returns a `Raster`: every channel
+the file offers, in its native sample type, plus where its data window sits in the display window. Choosing the depth
+channel and interpreting it is `channels.py`'s job.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import DepthInputError
+
+MAX_PIXELS = 64_000_000
+MIN_SIDE = 64
+MAX_ASPECT = 8.0
+
+SUPPORTED = "OpenEXR, PNG, TIFF, PFM, NPY, JPEG or PGM"
+
+_MAGIC = (
+    (b"\x76\x2f\x31\x01", "exr"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8", "jpeg"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"II+\x00", "tiff"),
+    (b"MM\x00+", "tiff"),
+    (b"\x93NUMPY", "npy"),
+    (b"PF", "pfm"),
+    (b"Pf", "pfm"),
+    (b"P5", "pgm"),
+    (b"P2", "pgm"),
+)
+_EXTENSIONS = {
+    "exr": {".exr"},
+    "png": {".png"},
+    "jpeg": {".jpg", ".jpeg"},
+    "tiff": {".tif", ".tiff"},
+    "npy": {".npy"},
+    "pfm": {".pfm"},
+    "pgm": {".pgm", ".pnm"},
+}
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One channel as stored: native dtype, data-window shape, `origin` = (x, y) of its top-left in the display window."""
+
+    name: str
+    data: np.ndarray
+    sample_type: str
+    part: int = 0
+    origin: tuple[int, int] = (0, 0)
+
+
+@dataclass(frozen=True)
+class Raster:
+    path: str
+    format: str
+    width: int
+    height: int
+    channels: tuple[Channel, ...]
+    views: tuple[str, ...] = ()
+    metadata: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.channels)
+
+
+def sniff_format(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        raise DepthInputError(f"depth file not found: {path}") from None
+    except IsADirectoryError:
+        raise DepthInputError(f"{path} is a folder, not a depth file") from None
+    except OSError as exc:
+        raise DepthInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not head:
+        raise DepthInputError(f"{os.path.basename(path)} is empty (0 bytes); export the depth pass again")
+    for magic, fmt in _MAGIC:
+        if head.startswith(magic):
+            if fmt == "pfm" and head[2:3] not in (b"\n", b"\r", b" ", b"\t"):
+                continue
+            return fmt
+    raise DepthInputError(
+        f"{os.path.basename(path)} is not a depth format FluxDepth can read; export {SUPPORTED}"
+    )
+
+
+def read_raster(path: str) -> Raster:
+    """Read every channel of a depth file. Raises DepthInputError with a one-line message on any problem."""
+    path = os.fspath(path)
+    fmt = sniff_format(path)
+    notes = []
+    ext = os.path.splitext(path)[1].lower()
+    if ext and ext not in _EXTENSIONS[fmt]:
+        notes.append(f"file content is {fmt.upper()} although the name ends in {ext}; read as {fmt.upper()}")
+    reader = {
+        "exr": _read_exr,
+        "png": _read_pillow,
+        "jpeg": _read_pillow,
+        "pgm": _read_pillow,
+        "tiff": _read_tiff,
+        "pfm": _read_pfm,
+        "npy": _read_npy,
+    }[fmt]
+    try:
+        raster = reader(path, fmt)
+    except DepthInputError:
+        raise
+    except MemoryError:
+        raise DepthInputError(f"{os.path.basename(path)} is too large to load in memory") from None
+    except Exception as exc:  # every decoder has its own exception zoo; the user needs one clear line
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DepthInputError(
+            f"{os.path.basename(path)} looks like {fmt.upper()} but could not be decoded ({msg}); "
+            "the file is corrupt or truncated, export it again"
+        ) from None
+    if notes:
+        raster = Raster(**{**raster.__dict__, "notes": tuple(notes) + raster.notes})
+    return raster
+
+
+def check_shape(width: int, height: int, name: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise DepthInputError(
+            f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above the "
+            f"{MAX_PIXELS // 1_000_000} megapixel limit; render the depth pass at a lower resolution"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise DepthInputError(
+            f"{name} is {width}x{height}; depth maps need at least {MIN_SIDE} pixels on each side"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise DepthInputError(
+            f"{name} is {width}x{height}, an aspect ratio above {MAX_ASPECT:.0f}:1; crop it to a normal frame"
+        )
+
+
+# --- OpenEXR -----------------------------------------------------------------------------------------------------
+
+_DEPTH_LAST_TOKENS = {"z", "pz", "depth", "zfront"}
+
+
+def _exr_sample_type(arr: np.ndarray) -> str:
+    return {"float16": "half", "float32": "float", "uint32": "uint"}.get(arr.dtype.name, arr.dtype.name)
+
+
+def _read_exr(path: str, fmt: str) -> Raster:
+    import OpenEXR
+
+    name = os.path.basename(path)
+    # Header first: refuse a huge frame before decoding any pixels.
+    head = OpenEXR.File(path, header_only=True)
+    if not head.parts:
+        raise DepthInputError(f"{name} has no readable image parts; the EXR is corrupt or truncated")
+    (x0, y0), (x1, y1) = (np.asarray(v) for v in head.parts[0].header["displayWindow"])
+    width, height = int(x1 - x0 + 1), int(y1 - y0 + 1)
+    check_shape(width, height, name)
+
+    channels: list[Channel] = []
+    notes: list[str] = []
+    views: tuple[str, ...] = ()
+    metadata: dict = {}
+    with OpenEXR.File(path, separate_channels=True) as exr:
+        if not exr.parts:
+            raise DepthInputError(f"{name} has no readable image parts; the EXR is corrupt or truncated")
+        for index, part in enumerate(exr.parts):
+            header = part.header
+            storage = str(header.get("type", "")).lower()
+            (dx0, dy0), _ = (np.asarray(v) for v in header["dataWindow"])
+            origin = (int(dx0 - x0), int(dy0 - y0))
+            views = views or tuple(header.get("multiView", ()) or ())
+            for key, value in header.items():
+                if isinstance(value, (str, bytes)):
+                    metadata[key] = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            deep = "deep" in storage
+            # The dict from channels() is emptied when the `with` block exits; the arrays own their data, so
+            # keeping references (no copy) is enough.
+            for cname, chan in part.channels.items():
+                pixels = chan.pixels
+                if pixels is None:
+                    continue
+                if deep:
+                    pixels = _flatten_deep(pixels, front_most=cname.lower().split(".")[-1] in _DEPTH_LAST_TOKENS)
+                channels.append(Channel(cname, pixels, _exr_sample_type(pixels), index, origin))
+            if deep:
+                notes.append(f"deep EXR part {index}: flattened to the front-most sample per pixel")
+    if not channels:
+        raise DepthInputError(f"{name} holds no pixel channels; export the depth pass again")
+    return Raster(path, fmt, width, height, tuple(channels), views, metadata, tuple(notes))
+
+
+def _flatten_deep(samples: np.ndarray, front_most: bool) -> np.ndarray:
+    """Per-pixel sample arrays -> one value: the smallest depth for depth channels, the first sample otherwise."""
+    flat = samples.ravel()
+    counts = np.fromiter((0 if s is None else len(s) for s in flat), dtype=np.int64, count=flat.size)
+    out = np.full(flat.size, np.nan, dtype=np.float32)
+    filled = counts > 0
+    if filled.any():
+        values = np.concatenate([np.asarray(s, dtype=np.float32) for s in flat[filled]])
+        starts = np.concatenate(([0], np.cumsum(counts[filled])[:-1]))
+        out[filled] = np.minimum.reduceat(values, starts) if front_most else values[starts]
+    return out.reshape(samples.shape)
+
+
+# --- Pillow formats (PNG, JPEG, PGM) -----------------------------------------------------------------------------
+
+
+def _read_pillow(path: str, fmt: str) -> Raster:
+    from PIL import Image
+
+    name = os.path.basename(path)
+    notes: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        Image.MAX_IMAGE_PIXELS = None  # our own limit (check_shape) applies, with a clearer message
+        with Image.open(path) as img:
+            check_shape(img.width, img.height, name)
+            img.load()
+            mode = img.mode
+            if fmt == "png" and mode in ("RGB", "RGBA") and _png_bit_depth(path) == 16:
+                notes.append(
+                    "16-bit colour PNG: Pillow keeps only 8 bits of it; save depth as 16-bit greyscale PNG or EXR"
+                )
+            if mode == "CMYK":
+                img = img.convert("L")
+                notes.append("CMYK image converted to grey")
+            elif mode in ("P", "PA"):
+                img = img.convert("RGBA")  # palette indices are not intensities
+            elif mode in ("1", "YCbCr", "LAB", "HSV"):
+                img = img.convert("L" if mode == "1" else "RGB")
+            mode = img.mode
+            if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+                arr = np.array(img).astype(np.uint16)  # never convert("L"): it clips everything above 255
+            else:
+                arr = np.array(img)
+    if fmt == "jpeg":
+        notes.append("JPEG is lossy and 8-bit: expect banding and block artefacts; export 16-bit PNG or EXR")
+    if arr.dtype == np.int32 and arr.size and 0 <= arr.min() and arr.max() <= 65535:
+        arr = arr.astype(np.uint16)  # Pillow mode "I" for 16-bit PGM/PNG
+    if fmt == "pgm" and arr.dtype == np.uint16:
+        arr, swapped = _fix_byte_order(arr)
+        if swapped:
+            notes.append("16-bit PGM was written little-endian (Netpbm says big-endian): bytes swapped back")
+    return Raster(path, fmt, arr.shape[1], arr.shape[0], _band_channels(arr, mode), notes=tuple(notes))
+
+
+def _png_bit_depth(path: str) -> int:
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    return head[24] if len(head) >= 25 else 8
+
+
+def _fix_byte_order(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A byte-swapped 16-bit map turns smooth gradients into noise: keep the byte order with less row-to-row jitter."""
+    swapped = arr.byteswap()
+    rough = np.abs(np.diff(arr.astype(np.int64), axis=1)).mean()
+    rough_swapped = np.abs(np.diff(swapped.astype(np.int64), axis=1)).mean()
+    if rough_swapped * 4 < rough:
+        return swapped, True
+    return arr, False
+
+
+def _band_channels(arr: np.ndarray, mode: str | None = None) -> tuple[Channel, ...]:
+    sample = arr.dtype.name
+    if arr.ndim == 2:
+        return (Channel("Y", arr, sample),)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return (Channel("Y", arr[..., 0], sample),)
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        return (Channel("Y", arr[..., 0], sample), Channel("A", arr[..., 1], sample))
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        names = "RGBA"[: arr.shape[2]]
+        return tuple(Channel(n, np.ascontiguousarray(arr[..., i]), sample) for i, n in enumerate(names))
+    raise DepthInputError(f"unsupported pixel layout {arr.shape} (mode {mode}); export a greyscale depth image")
+
+
+# --- TIFF, PFM, NPY ----------------------------------------------------------------------------------------------
+
+
+def _read_tiff(path: str, fmt: str) -> Raster:
+    import tifffile
+
+    name = os.path.basename(path)
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shape = series.axes, series.shape
+        if "Y" not in axes or "X" not in axes:
+            raise DepthInputError(f"{name}: TIFF layout {axes} has no image plane; export a single depth image")
+        check_shape(shape[axes.index("X")], shape[axes.index("Y")], name)
+        arr = series.asarray()
+    # Keep the first image of any stack; move samples last.
+    for ax in list(axes):
+        if ax not in "YXS":
+            arr = np.take(arr, 0, axis=axes.index(ax))
+            axes = axes.replace(ax, "")
+    if "S" in axes and axes.index("S") == 0:
+        arr = np.moveaxis(arr, 0, -1)
+    if arr.dtype.kind == "b":
+        raise DepthInputError(f"{name} is a 1-bit mask, not a depth map")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    return Raster(path, fmt, arr.shape[1], arr.shape[0], _band_channels(arr))
+
+
+def _read_pfm(path: str, fmt: str) -> Raster:
+    name = os.path.basename(path)
+    with open(path, "rb") as fh:
+        tokens: list[bytes] = []
+        while len(tokens) < 4:
+            line = fh.readline()
+            if not line:
+                raise DepthInputError(f"{name}: PFM header is incomplete; the file is truncated")
+            tokens += line.split()
+        kind, width, height, scale = tokens[0], int(tokens[1]), int(tokens[2]), float(tokens[3])
+        check_shape(width, height, name)
+        bands = 3 if kind == b"PF" else 1
+        dtype = "<f4" if scale < 0 else ">f4"
+        data = np.fromfile(fh, dtype=dtype, count=width * height * bands)
+    if data.size != width * height * bands:
+        raise DepthInputError(f"{name}: PFM holds {data.size} values, expected {width * height * bands}; truncated")
+    # PFM stores rows bottom to top.
+    arr = data.astype(np.float32).reshape(height, width, bands)[::-1]
+    return Raster(path, fmt, width, height, _band_channels(np.ascontiguousarray(arr)))
+
+
+def _read_npy(path: str, fmt: str) -> Raster:
+    name = os.path.basename(path)
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
+        raise DepthInputError(f"{name}: array of shape {arr.shape} is not an image; save an (H, W) depth array")
+    if arr.dtype.kind not in "fiu":
+        raise DepthInputError(f"{name}: array of type {arr.dtype} is not numeric depth; save float32 depth")
+    check_shape(arr.shape[1], arr.shape[0], name)
+    arr = np.array(arr, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype)
+    return Raster(path, fmt, arr.shape[1], arr.shape[0], _band_channels(arr))

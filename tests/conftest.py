@@ -1,0 +1,106 @@
+"""Test-wide setup. The offline variables must be set before gradio, huggingface_hub or diffusers are imported."""
+
+import os
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",
+    "IMAGEIO_NO_INTERNET": "1",
+    "DO_NOT_TRACK": "1",
+}.items():
+    os.environ[_key] = _value
+
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "depth"
+if not FIXTURES.is_dir():  # CI clones the repo with shared/ beside it; a checkout may carry shared/ inside
+    FIXTURES = Path(__file__).resolve().parents[1] / "shared" / "fixtures" / "depth"
+
+BEACHBALL = FIXTURES / "openexr_beachball_singlepart_0001.exr"
+NOZ_EXR = FIXTURES / "openexr_v2_lowres_composited_noZ.exr"
+DEPTH_SYN = FIXTURES / "open3d_depth_syn.png"
+DEPTH_SYN_CAMERA = FIXTURES / "open3d_depth_syn_camera.json"
+TUM = FIXTURES / "open3d_TUM_depth.png"
+
+
+# --- no network but loopback -------------------------------------------------------------------------------------
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_connect(self, address):
+    if not _is_loopback(address):
+        raise ConnectionRefusedError(f"test network guard: connection to {address!r} blocked (loopback only)")
+    return _real_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if not _is_loopback(address):
+        raise ConnectionRefusedError(f"test network guard: connection to {address!r} blocked (loopback only)")
+    return _real_connect_ex(self, address)
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+
+
+def pytest_configure(config):
+    if not FIXTURES.is_dir():
+        raise pytest.UsageError(f"depth fixtures not found at {FIXTURES} (expected ../shared/fixtures/depth)")
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(2)
+
+
+# --- writers for generated test files ----------------------------------------------------------------------------
+
+
+def write_exr(path, channels: dict, *, header: dict | None = None, parts: list | None = None):
+    """Write a scanline EXR. `channels` maps names to 2-D float16/float32 arrays; `parts` = [(header, channels), ...]."""
+    import OpenEXR
+
+    path = str(path)
+    if parts is not None:
+        exr_parts = []
+        for i, (h, ch) in enumerate(parts):
+            h = {"type": OpenEXR.scanlineimage, "compression": OpenEXR.ZIP_COMPRESSION, "name": f"part{i}", **h}
+            exr_parts.append(OpenEXR.Part(h, ch))
+        OpenEXR.File(exr_parts).write(path)
+        return path
+    h = {"type": OpenEXR.scanlineimage, "compression": OpenEXR.ZIP_COMPRESSION, **(header or {})}
+    OpenEXR.File(h, channels).write(path)
+    return path
+
+
+def ramp_depth(h=96, w=128, near=2.0, far=20.0, dtype=np.float32):
+    """Depth growing left to right, near at x=0."""
+    row = np.geomspace(near, far, w, dtype=np.float64)
+    return np.tile(row, (h, 1)).astype(dtype)
+
+
+@pytest.fixture
+def tmp(tmp_path):
+    return tmp_path
