@@ -55,6 +55,85 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    from .pipeline import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANTS
+
+    g = p.add_argument_group("generation")
+    g.add_argument("--prompt", required=True, help="what the image shows")
+    g.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
+    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
+    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help=f"guidance scale (default {DEFAULT_GUIDANCE:g})")
+    g.add_argument("--variant", choices=list(VARIANTS), default="bf16", help="precision tier (default bf16)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hub id, local diffusers folder, or tiny-random (default {DEFAULT_MODEL})")
+    g.add_argument("--revision", help="Hub branch, tag or commit")
+    g.add_argument("--lora", help="depth LoRA to fuse into a FLUX.1-dev base model")
+    g.add_argument("--lora-scale", type=float, default=0.85, help="LoRA scale (default 0.85)")
+    g.add_argument("--placement", choices=PLACEMENTS, default="auto", help="GPU placement (default auto)")
+    g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
+    g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
+    g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                   help=f"img2img strength (default {DEFAULT_STRENGTH:g})")
+
+
+def load_init_image(path: str | None):
+    if not path:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    from .pipeline import PipelineError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except FileNotFoundError:
+        raise PipelineError(f"init image not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise PipelineError(f"cannot read init image {path} ({exc}); use a PNG, JPEG or TIFF") from None
+
+
+def _step_printer():
+    if not sys.stderr.isatty():
+        return None
+
+    def show(step: int, total: int) -> None:
+        print(f"\rstep {step}/{total}", end="" if step < total else "\n", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import os
+
+    from .depth import prepare_depth
+    from .pipeline import GenerationSettings, PipelineManager, parse_model_source, save_result
+
+    settings = GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                  strength=args.strength)
+    settings.validate()
+    source = parse_model_source(args.model, args.revision, args.lora, args.lora_scale)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"output folder {out_dir} does not exist; create it or pick another path")
+    init = load_init_image(args.init_image)
+    depth = prepare_depth(args.depth, depth_settings_from_args(args))
+    manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
+                              token=os.environ.get("HF_TOKEN"))
+    result = manager.generate(depth.control, settings, init_image=init,
+                              init_image_name=os.path.basename(args.init_image) if args.init_image else None,
+                              depth=depth.stats, on_step=_step_printer())
+    png, sidecar = save_result(result.image, result.metadata, args.out)
+    meta = result.metadata
+    print(json.dumps({
+        "out": png, "json": sidecar, "seed": meta.seed, "seconds": meta.seconds, "variant": meta.variant,
+        "model": meta.model, "width": meta.width, "height": meta.height, "steps": meta.steps,
+        "guidance": meta.guidance, "depth_warnings": list(depth.stats.warnings), "notes": list(meta.notes),
+    }))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fluxdepth", description="FluxDepth Studio: depth passes -> FLUX.1-Depth-dev images")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -63,12 +142,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_depth_arguments(p)
     p.add_argument("--out", required=True, metavar="OUT.png", help="16-bit greyscale PNG to write")
     p.set_defaults(func=cmd_preview)
+
+    g = sub.add_parser("generate", help="generate an image from a depth file and a prompt")
+    add_depth_arguments(g)
+    add_generation_arguments(g)
+    g.add_argument("--out", required=True, metavar="OUT.png", help="PNG to write (OUT.json is written beside it)")
+    g.set_defaults(func=cmd_generate)
     return parser
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is meant for the user (exit 2, one line)."""
-    return (DepthInputError, UsageError)
+    from .pipeline.errors import PipelineError
+
+    return (DepthInputError, UsageError, PipelineError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,7 @@ class DepthMap:
     name: str
     alpha: np.ndarray | None = None  # bool (H, W): pixel has coverage; None when the file has no alpha
     notes: tuple[str, ...] = ()
+    near_is_bright: bool = False  # polarity known (e.g. Depth Anything output): auto invert never flips it
 
     @property
     def width(self) -> int:

@@ -191,7 +191,7 @@ def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False) -
     if values.size > _MAX_SAMPLES_PER_FRAME:
         values = values[:: values.size // _MAX_SAMPLES_PER_FRAME + 1]
     background = (valid.size - count) >= valid.size * _BACKGROUND_MIN_FRACTION
-    bright = _background_is_bright(x, valid) if mode == "passthrough" else None
+    bright = _background_is_bright(x, valid) if mode == "passthrough" and not depth.near_is_bright else None
     if keep:
         return _Samples(mode, values, background, bright, x, valid)
     return _Samples(mode, values, background, bright)
@@ -293,9 +293,8 @@ def normalize(
         samples = _samples(depth, settings, keep=True)
         rng = _range_from_samples([samples], settings)
         mode, x, valid = rng.mode, samples.working, samples.valid
-        del samples
-        if mode == "passthrough" and rng.inverted is False and settings.invert == "auto":
-            if _background_is_bright(x, valid) is None:
+        if mode == "passthrough" and not rng.inverted and settings.invert == "auto" and not depth.near_is_bright:
+            if samples.bright_background is None:
                 warnings.append(
                     "polarity could not be checked (no flat background): near must be white in the preview"
                 )

@@ -1,0 +1,302 @@
+"""The pipeline manager: one FLUX.1-Depth-dev pipeline resident, loaded lazily, switched safely, one job at a time.
+
+`generate` is one explicit call in numbered steps, like a diffusers pipeline. The control map goes to diffusers as a
+float tensor in [-1, 1] at the target size, which `FluxControlPipeline.prepare_image` passes through untouched: no
+8-bit rounding, no resize on the way to the VAE.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..depth import ControlImage, DepthStats
+from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
+from .metadata import GenerationMetadata
+from .placement import (
+    PLACEMENTS,
+    PlacementChoice,
+    apply_placement,
+    choose_placement,
+    free_memory,
+    module_bytes,
+    pick_device,
+    release_device_memory,
+)
+from .sources import ModelSource, load_model
+from .variants import QuantizedCache, default_cache_root, get_variant
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
+DEFAULT_STEPS = 28  # the model's own practice: 28-30 steps (anchors.md)
+DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ default of 3.5 is for FLUX.1-dev
+DEFAULT_STRENGTH = 0.6
+
+StepCallback = Callable[[int, int], None]
+LoadProgress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str
+    seed: int | None = None
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    strength: float = DEFAULT_STRENGTH  # img2img only
+    max_sequence_length: int = 512
+
+    def validate(self) -> None:
+        if not isinstance(self.prompt, str):
+            raise PipelineError("prompt must be text")
+        if self.seed is not None and not (0 <= int(self.seed) <= MAX_SEED):
+            raise PipelineError(f"seed {self.seed} is out of range; use 0..{MAX_SEED}")
+        if not (1 <= int(self.steps) <= 100):
+            raise PipelineError(f"steps {self.steps} is out of range; use 1..100 (28 is the model's default)")
+        if not (0.0 <= float(self.guidance) <= 100.0):
+            raise PipelineError(f"guidance {self.guidance} is out of range; use 0..100 (10 suits FLUX.1-Depth-dev)")
+        if not (0.0 < float(self.strength) <= 1.0):
+            raise PipelineError(f"strength {self.strength} is out of range; use a value in (0, 1]")
+        if not (1 <= int(self.max_sequence_length) <= 512):
+            raise PipelineError("max_sequence_length must be 1..512")
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    image: Image.Image
+    metadata: GenerationMetadata
+
+
+def control_tensor(control: ControlImage) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [-1, 1]: what the VAE encodes, with the map's full float precision."""
+    t = torch.from_numpy(np.ascontiguousarray(control.pixels, dtype=np.float32))
+    return (t * 2.0 - 1.0).expand(1, 3, *t.shape).contiguous()
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class PipelineManager:
+    """Holds at most one loaded pipeline. Thread-safe: loads, switches and generations are serialized."""
+
+    def __init__(self, source: ModelSource | None = None, variant: str = "bf16", placement: str = "auto",
+                 device: str | None = None, cache_root: str | None = None, token: str | None = None):
+        get_variant(variant)
+        if placement not in PLACEMENTS:
+            raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+        self.source = source or ModelSource()
+        self.variant = variant
+        self.placement = placement
+        self._device_request = device
+        self.cache = QuantizedCache(cache_root or default_cache_root())
+        self._token = token
+        self._lock = threading.RLock()
+        self._pipe = None
+        self._img2img = None
+        self._device: torch.device | None = None
+        self._choice: PlacementChoice | None = None
+        self._revision: str | None = None
+        self._notes: list[str] = []
+
+    # --- state -----------------------------------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._pipe is not None
+
+    def status(self) -> dict:
+        return {
+            "model": self.source.label,
+            "variant": self.variant,
+            "loaded": self.loaded,
+            "device": str(self._device) if self._device else None,
+            "placement": self._choice.placement if self._choice else self.placement,
+            "placement_reason": self._choice.reason if self._choice else None,
+            "revision": self._revision,
+            "notes": list(self._notes),
+        }
+
+    def configure(self, source: ModelSource | None = None, variant: str | None = None,
+                  placement: str | None = None) -> bool:
+        """Change model, variant or placement. The old pipeline is released at once; the new one loads lazily.
+
+        Returns True when something changed.
+        """
+        if variant is not None:
+            get_variant(variant)
+        if placement is not None and placement not in PLACEMENTS:
+            raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+        with self._lock:
+            new = (source or self.source, variant or self.variant, placement or self.placement)
+            if new == (self.source, self.variant, self.placement):
+                return False
+            self.unload()
+            self.source, self.variant, self.placement = new
+            return True
+
+    def unload(self) -> None:
+        with self._lock:
+            pipe, self._pipe, self._img2img = self._pipe, None, None
+            if pipe is not None:
+                if hasattr(pipe, "remove_all_hooks"):
+                    pipe.remove_all_hooks()
+                for name in list(pipe.components):
+                    setattr(pipe, name, None)
+                del pipe
+            self._choice = None
+            release_device_memory()
+
+    def load(self, progress: LoadProgress | None = None) -> None:
+        with self._lock:
+            if self._pipe is None:
+                self._load(progress or (lambda f, m: None))
+
+    def _load(self, progress: LoadProgress) -> None:
+        from diffusers import FluxControlPipeline
+
+        variant = get_variant(self.variant)
+        device = pick_device(self._device_request)
+        t0 = time.perf_counter()
+        progress(0.0, f"loading {self.source.label} ({variant.name})")
+        loaded = load_model(self.source, variant, self.cache, progress, self._token)
+        pipe = FluxControlPipeline(**loaded.components)
+        pipe.set_progress_bar_config(disable=True)
+        sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
+        choice = choose_placement(self.placement, device, sizes, 1.0, free_memory(device),
+                                  quantized=variant.transformer is not None)
+        progress(0.97, f"placing on {device} ({choice.placement})")
+        apply_placement(pipe, choice, device)
+        self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
+        self._notes = loaded.notes + [choice.reason]
+        progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
+        log.info("loaded %s %s on %s (%s)", self.source.label, variant.name, device, choice.placement)
+
+    def _img2img_pipe(self):
+        if self._img2img is None:
+            from diffusers import FluxControlImg2ImgPipeline
+
+            # Shares every module with the text-to-image pipeline: no second copy of the weights.
+            self._img2img = FluxControlImg2ImgPipeline.from_pipe(self._pipe)
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
+
+    # --- generation ------------------------------------------------------------------------------------------------
+
+    def generate(
+        self,
+        control: ControlImage,
+        settings: GenerationSettings,
+        *,
+        init_image: Image.Image | None = None,
+        init_image_name: str | None = None,
+        depth: DepthStats | None = None,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+        load_progress: LoadProgress | None = None,
+    ) -> GenerationResult:
+        # 1. Check the inputs before touching the model.
+        settings.validate()
+        width, height = control.width, control.height
+        if width % 16 or height % 16:
+            raise PipelineError(f"control image {width}x{height} is not a multiple of 16; use make_control_image")
+        with self._lock:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("cancelled before it started")
+            # 2. Load lazily.
+            if self._pipe is None:
+                self._load(load_progress or (lambda f, m: None))
+            t0 = time.perf_counter()
+            # 3. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
+            seed = draw_seed() if settings.seed is None else int(settings.seed)
+            generator = torch.Generator("cpu").manual_seed(seed)
+            # 4. Inputs in the form diffusers passes through untouched.
+            kwargs = dict(
+                prompt=settings.prompt,
+                control_image=control_tensor(control),
+                height=height,
+                width=width,
+                num_inference_steps=int(settings.steps),
+                guidance_scale=float(settings.guidance),
+                generator=generator,
+                max_sequence_length=int(settings.max_sequence_length),
+                output_type="pil",
+            )
+            pipe = self._pipe
+            if init_image is not None:
+                pipe = self._img2img_pipe()
+                kwargs["image"] = init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+                kwargs["strength"] = float(settings.strength)
+            total = int(settings.steps) if init_image is None else max(1, int(int(settings.steps) * settings.strength))
+
+            def step_end(p, step, timestep, callback_kwargs):
+                if on_step is not None:
+                    on_step(step + 1, total)
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+                return callback_kwargs
+
+            # 5. Denoise. no_grad, not inference_mode: quanto qint4 fails under inference_mode.
+            try:
+                with torch.no_grad():
+                    image = pipe(**kwargs, callback_on_step_end=step_end).images[0]
+            except GenerationCancelled:
+                self._after_failure(pipe)
+                raise
+            except Exception as exc:
+                if _is_oom(exc):
+                    self._after_failure(pipe)
+                    raise OutOfMemoryError(
+                        f"out of GPU memory at {width}x{height} with {self.variant} "
+                        f"({self._choice.placement if self._choice else self.placement}): try qint8 or qint4, "
+                        "placement model_offload, or a smaller long side"
+                    ) from None
+                raise
+            seconds = time.perf_counter() - t0
+            # 6. Record what made it.
+            meta = GenerationMetadata(
+                prompt=settings.prompt,
+                seed=seed,
+                steps=int(settings.steps),
+                guidance=float(settings.guidance),
+                width=width,
+                height=height,
+                variant=self.variant,
+                model=self.source.key,
+                revision=self._revision or "",
+                strength=float(settings.strength) if init_image is not None else None,
+                init_image=init_image_name if init_image is not None else None,
+                depth_file=depth.file if depth else None,
+                depth_channel=depth.channel if depth else None,
+                depth_mode=depth.mode if depth else None,
+                depth_inverted=depth.inverted if depth else None,
+                depth_range=depth.range if depth else None,
+                placement=self._choice.placement if self._choice else None,
+                device=str(self._device),
+                seconds=round(seconds, 3),
+                notes=(self.source.label,) if self.source.kind == "tiny" else (),
+            )
+            return GenerationResult(image, meta)
+
+    def _after_failure(self, pipe) -> None:
+        """Leave the manager usable: drop offload hooks' stale state and free what the failed call held."""
+        if hasattr(pipe, "maybe_free_model_hooks"):
+            try:
+                pipe.maybe_free_model_hooks()
+            except Exception:  # noqa: BLE001 - cleanup must not mask the real error
+                log.exception("freeing model hooks failed")
+        release_device_memory()

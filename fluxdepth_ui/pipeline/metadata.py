@@ -1,0 +1,85 @@
+"""What produced an image: written into the PNG (text chunks) and beside it (JSON sidecar)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+from PIL import Image, PngImagePlugin
+
+from .. import __version__
+
+PNG_KEY = "fluxdepth"
+
+
+@dataclass(frozen=True)
+class GenerationMetadata:
+    prompt: str
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    variant: str
+    model: str
+    revision: str
+    strength: float | None = None  # img2img only
+    init_image: str | None = None
+    depth_file: str | None = None
+    depth_channel: str | None = None
+    depth_mode: str | None = None
+    depth_inverted: bool | None = None
+    depth_range: dict | None = None
+    placement: str | None = None
+    device: str | None = None
+    seconds: float | None = None
+    app_version: str = __version__
+    notes: tuple[str, ...] = field(default=())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationMetadata":
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in data.items() if k in known}
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**data)
+
+    def parameters_line(self) -> str:
+        """A one-line summary, as other image tools put in their "parameters" chunk."""
+        parts = [f"Steps: {self.steps}", f"Guidance: {self.guidance:g}", f"Seed: {self.seed}",
+                 f"Size: {self.width}x{self.height}", f"Model: {self.model}", f"Variant: {self.variant}"]
+        if self.strength is not None:
+            parts.append(f"Strength: {self.strength:g}")
+        if self.depth_file:
+            parts.append(f"Depth: {self.depth_file} [{self.depth_channel}, {self.depth_mode}]")
+        return f"{self.prompt}\n" + ", ".join(parts)
+
+
+def png_info(meta: GenerationMetadata) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt(PNG_KEY, json.dumps(meta.to_dict()))
+    info.add_itxt("parameters", meta.parameters_line())
+    info.add_text("Software", f"FluxDepth Studio {meta.app_version}")
+    return info
+
+
+def save_result(image: Image.Image, meta: GenerationMetadata, path: str) -> tuple[str, str]:
+    """Write the lossless PNG with metadata inside, and PATH.json beside it. Returns both paths."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    image.save(path, format="PNG", pnginfo=png_info(meta))
+    sidecar = os.path.splitext(path)[0] + ".json"
+    with open(sidecar, "w") as fh:
+        json.dump(meta.to_dict(), fh, indent=2)
+    return path, sidecar
+
+
+def read_metadata(path: str) -> GenerationMetadata | None:
+    with Image.open(path) as img:
+        raw = img.info.get(PNG_KEY)
+    return GenerationMetadata.from_dict(json.loads(raw)) if raw else None

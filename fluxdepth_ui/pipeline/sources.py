@@ -1,0 +1,368 @@
+"""Where the model comes from (Hub id, local folder, FLUX.1-dev + Depth LoRA, tiny-random) and loading its parts.
+
+Every failure a user can fix becomes a `ModelSourceError` with one line that says what to do: gated repo / licence,
+offline with nothing cached, no disk space, a folder that is not a FLUX control pipeline.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import ModelSourceError
+from .variants import QuantizedCache, Variant, exclude_for, quantize_module
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.1-Depth-dev"
+FLUX_DEV = "black-forest-labs/FLUX.1-dev"
+DEPTH_LORA = "black-forest-labs/FLUX.1-Depth-dev-lora"
+TINY = "tiny-random"
+DEFAULT_LORA_SCALE = 0.85  # black-forest-labs/flux cli_control.py default for the depth LoRA
+ALIASES = {
+    "depth-dev": (DEFAULT_MODEL, None),
+    "flux-dev+depth-lora": (FLUX_DEV, DEPTH_LORA),
+}
+# Bytes a download needs: transformer 23.8 GB + T5 9.5 GB + CLIP 0.25 GB + VAE 0.17 GB (diffusers layout, bf16).
+DOWNLOAD_BYTES = {DEFAULT_MODEL: 34_000_000_000, FLUX_DEV: 34_000_000_000}
+PIPELINE_FILES = ["*.json", "*.txt", "*.model", "transformer/*", "vae/*", "text_encoder/*", "text_encoder_2/*",
+                  "tokenizer/*", "tokenizer_2/*", "scheduler/*"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model: str = DEFAULT_MODEL  # Hub id, local diffusers folder, or "tiny-random"
+    revision: str | None = None  # branch, tag or commit on the Hub
+    lora: str | None = None  # Depth LoRA (Hub id or local path) fused into a FLUX.1-dev base
+    lora_scale: float = DEFAULT_LORA_SCALE
+    seed: int = 0  # tiny-random only
+
+    @property
+    def kind(self) -> str:
+        if self.model == TINY:
+            return "tiny"
+        return "local" if os.path.isdir(os.path.expanduser(self.model)) else "hub"
+
+    @property
+    def key(self) -> str:
+        base = f"tiny-random-seed{self.seed}" if self.kind == "tiny" else self.model.rstrip("/")
+        if self.lora:
+            base += f"+{self.lora}@{self.lora_scale:g}"
+        return base
+
+    @property
+    def label(self) -> str:
+        if self.kind == "tiny":
+            from .tiny import TINY_NOTICE
+
+            return TINY_NOTICE
+        text = self.model + (f"@{self.revision}" if self.revision else "")
+        return text + (f" + {self.lora} (scale {self.lora_scale:g})" if self.lora else "")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32 if self.kind == "tiny" else torch.bfloat16
+
+
+def parse_model_source(text: str | None, revision: str | None = None, lora: str | None = None,
+                       lora_scale: float = DEFAULT_LORA_SCALE) -> ModelSource:
+    text = (text or DEFAULT_MODEL).strip()
+    if text in ALIASES:
+        text, alias_lora = ALIASES[text]
+        lora = lora or alias_lora
+    if text != TINY and not text.startswith((".", "/", "~")) and text.count("/") != 1 and not os.path.isdir(text):
+        raise ModelSourceError(
+            f"model {text!r} is neither a Hub id (owner/name), an existing folder, nor tiny-random; "
+            f"the default is {DEFAULT_MODEL}"
+        )
+    if text.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(text)):
+        raise ModelSourceError(f"model folder {text} does not exist; pass a diffusers folder or a Hub id")
+    return ModelSource(os.path.expanduser(text) if text.startswith("~") else text, revision, lora, lora_scale)
+
+
+@dataclass
+class LoadedModel:
+    components: dict
+    revision: str  # resolved commit (Hub), "local" or "tiny"
+    notes: list[str] = field(default_factory=list)
+
+
+ProgressFn = Callable[[float, str], None]
+
+
+def _noop(fraction: float, message: str) -> None:
+    pass
+
+
+def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, progress: ProgressFn = _noop,
+               token: str | None = None) -> LoadedModel:
+    """Load every component on the CPU, with the variant's quantization applied (from the cache when it matches)."""
+    if source.kind == "tiny":
+        from .tiny import build_tiny_components
+
+        progress(0.1, "building tiny-random components")
+        components = build_tiny_components(source.seed, source.dtype)
+        loaded = LoadedModel(components, "tiny", [])
+        _quantize_in_place(loaded, source, variant, cache, source_id=f"tiny-seed{source.seed}", progress=progress)
+        return loaded
+
+    folder, revision = _resolve_folder(source, token, progress)
+    _check_pipeline_folder(folder, source)
+    source_id = revision if source.kind == "hub" else _folder_fingerprint(folder)
+    overrides: dict = {}
+    notes: list[str] = []
+    if variant.transformer or variant.text_encoder_2:
+        progress(0.3, f"preparing {variant.name} weights")
+        overrides = _quantized_components(folder, source, variant, cache, source_id, token, progress)
+    progress(0.6, "loading the remaining components")
+    from diffusers import FluxControlPipeline
+
+    with _hub_errors(source):
+        pipe = FluxControlPipeline.from_pretrained(folder, dtype=source.dtype, local_files_only=True, **overrides)
+    if source.lora and "transformer" not in overrides:
+        progress(0.8, f"fusing {source.lora}")
+        _fuse_lora(pipe, source, token)
+    components = dict(pipe.components)
+    del pipe
+    progress(0.95, "components ready")
+    return LoadedModel(components, revision, notes)
+
+
+# --- quantization with the cache ---------------------------------------------------------------------------------
+
+
+def _fingerprint(cache: QuantizedCache, source: ModelSource, revision_id: str, component: str, weights: str,
+                 config: dict) -> tuple[str, dict]:
+    folder = cache.folder(source.key, source.revision or "default", component, weights)
+    return folder, cache.fingerprint(source.key, source.revision or "default", revision_id, component, weights,
+                                     config)
+
+
+def _component_config(module: torch.nn.Module) -> dict:
+    config = getattr(module, "config", None)
+    if config is None:
+        return {}
+    return dict(config) if not hasattr(config, "to_dict") else config.to_dict()
+
+
+def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Variant, cache: QuantizedCache,
+                       source_id: str, progress: ProgressFn) -> None:
+    """tiny-random: the components already exist; quantize (or take the cache) for each quantized component."""
+    for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
+        if not weights:
+            continue
+        module = loaded.components[component]
+        folder, fp = _fingerprint(cache, source, source_id, component, weights, _component_config(module))
+        cached = cache.load(folder, fp, lambda m=module: _empty_like(m))
+        if cached is not None:
+            loaded.components[component] = cached
+            loaded.notes.append(f"{component}: {weights} weights from the cache")
+            continue
+        progress(0.5, f"quantizing {component} to {weights}")
+        quantize_module(module, weights, exclude_for(component))
+        cache.save(folder, fp, module)
+
+
+def _empty_like(module: torch.nn.Module) -> torch.nn.Module:
+    """A module of the same class and config with its parameters on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        if hasattr(module, "from_config") and hasattr(module.config, "keys"):  # diffusers model
+            return type(module).from_config(module.config)
+        return type(module)(module.config)  # transformers model
+
+
+def _quantized_components(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache,
+                          source_id: str, token: str | None, progress: ProgressFn) -> dict:
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    out = {}
+    for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
+        if not weights:
+            continue
+        with open(os.path.join(folder, component, "config.json")) as fh:
+            config = json.load(fh)
+        if component == "transformer" and source.lora:
+            config = {**config, "in_channels": 128}  # the Depth LoRA widens x_embedder 64 -> 128
+        cache_folder, fp = _fingerprint(cache, source, source_id, component, weights, config)
+
+        def build_empty(component=component, config=config):
+            with init_empty_weights():
+                if component == "transformer":
+                    return FluxTransformer2DModel.from_config(config)
+                return T5EncoderModel(T5Config.from_dict(config))
+
+        module = cache.load(cache_folder, fp, build_empty)
+        if module is None:
+            progress(0.4, f"quantizing {component} to {weights} (first start of this tier; cached afterwards)")
+            module = _load_full_component(folder, source, component, token)
+            quantize_module(module, weights, exclude_for(component))
+            cache.save(cache_folder, fp, module)
+        out[component] = module.to(source.dtype) if component != "transformer" else module
+    return out
+
+
+def _load_full_component(folder: str, source: ModelSource, component: str, token: str | None) -> torch.nn.Module:
+    from diffusers import FluxControlPipeline, FluxTransformer2DModel
+    from transformers import T5EncoderModel
+
+    with _hub_errors(source):
+        if component == "text_encoder_2":
+            return T5EncoderModel.from_pretrained(folder, subfolder=component, dtype=source.dtype)
+        if not source.lora:
+            return FluxTransformer2DModel.from_pretrained(folder, subfolder=component, dtype=source.dtype)
+        pipe = FluxControlPipeline.from_pretrained(folder, dtype=source.dtype, local_files_only=True,
+                                                   text_encoder=None, text_encoder_2=None, tokenizer=None,
+                                                   tokenizer_2=None, vae=None)
+    _fuse_lora(pipe, source, token)
+    return pipe.transformer
+
+
+def _fuse_lora(pipe, source: ModelSource, token: str | None) -> None:
+    """Fuse the Depth LoRA into the base weights (quanto cannot follow the x_embedder 64 -> 128 expansion)."""
+    with _hub_errors(ModelSource(source.lora, None)):
+        pipe.load_lora_weights(source.lora, token=token, adapter_name="depth")
+    pipe.fuse_lora(lora_scale=source.lora_scale, components=["transformer"])
+    pipe.unload_lora_weights()
+    if pipe.transformer.config.in_channels != 128:
+        raise ModelSourceError(
+            f"{source.lora} did not turn {source.model} into a depth model (x_embedder takes "
+            f"{pipe.transformer.config.in_channels} channels, 128 expected); use {DEPTH_LORA}"
+        )
+
+
+# --- finding the files -------------------------------------------------------------------------------------------
+
+
+def _resolve_folder(source: ModelSource, token: str | None, progress: ProgressFn) -> tuple[str, str]:
+    if source.kind == "local":
+        return source.model, "local"
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import constants
+
+    progress(0.05, f"looking for {source.model} (downloads on first use)")
+    _check_disk(source, constants.HF_HUB_CACHE)
+    with _hub_errors(source):
+        folder = DiffusionPipeline.download(
+            source.model, revision=source.revision, token=token, local_files_only=constants.HF_HUB_OFFLINE,
+        )
+    return folder, os.path.basename(os.path.normpath(folder))
+
+
+def _check_disk(source: ModelSource, cache_dir: str) -> None:
+    """Refuse a download that cannot fit before it fills the disk halfway."""
+    need = DOWNLOAD_BYTES.get(source.model)
+    if need is None or _is_cached(source, cache_dir):
+        return
+    probe = cache_dir
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise ModelSourceError(
+            f"not enough disk space to download {source.model}: it needs about {need / 1e9:.0f} GB in {cache_dir}, "
+            f"{free / 1e9:.1f} GB are free; free space or set HF_HOME to a bigger disk"
+        )
+
+
+def _is_cached(source: ModelSource, cache_dir: str) -> bool:
+    repo_folder = os.path.join(cache_dir, "models--" + source.model.replace("/", "--"), "snapshots")
+    return os.path.isdir(repo_folder) and bool(os.listdir(repo_folder))
+
+
+def _check_pipeline_folder(folder: str, source: ModelSource) -> None:
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
+        raise ModelSourceError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json); save one with "
+            "pipe.save_pretrained(folder) or pass a Hub id"
+        )
+    with open(index) as fh:
+        class_name = json.load(fh).get("_class_name", "")
+    try:
+        with open(os.path.join(folder, "transformer", "config.json")) as fh:
+            in_channels = json.load(fh).get("in_channels")
+    except OSError:
+        in_channels = None
+    if "Flux" not in class_name or in_channels is None:
+        raise ModelSourceError(f"{folder} holds a {class_name or 'unknown'} pipeline, not FLUX; pass a FLUX.1 folder")
+    if in_channels == 64 and not source.lora:
+        raise ModelSourceError(
+            f"{folder} is FLUX.1-dev (text-to-image, 64 input channels), not a depth model; use "
+            f"{DEFAULT_MODEL}, or add the depth LoRA (--lora {DEPTH_LORA})"
+        )
+    if in_channels not in (64, 128):
+        raise ModelSourceError(f"{folder}: transformer takes {in_channels} channels; FLUX.1-Depth-dev takes 128")
+
+
+def _folder_fingerprint(folder: str) -> str:
+    """Name, size and mtime of every weight file: changes when the folder's weights are replaced."""
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            if name.endswith((".safetensors", ".bin", ".json")):
+                st = os.stat(os.path.join(root, name))
+                h.update(f"{os.path.relpath(os.path.join(root, name), folder)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return "local-" + h.hexdigest()[:16]
+
+
+class _hub_errors:
+    """Translate hub/diffusers loading failures into one actionable line."""
+
+    def __init__(self, source: ModelSource):
+        self.source = source
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or isinstance(exc, ModelSourceError):
+            return False
+        message = translate_load_error(exc, self.source)
+        if message is None:
+            return False
+        raise ModelSourceError(message) from exc
+
+
+def translate_load_error(exc: BaseException, source: ModelSource) -> str | None:
+    from huggingface_hub import errors as hub
+
+    chain = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    name = source.model
+    page = f"https://huggingface.co/{name}"
+    for err in chain:
+        if isinstance(err, hub.GatedRepoError):
+            return (f"{name} is gated: accept its licence at {page} while logged in, then log in here with "
+                    "`hf auth login` or set HF_TOKEN")
+        if isinstance(err, hub.RevisionNotFoundError):
+            return f"revision {source.revision!r} does not exist for {name}; use a branch, tag or commit of {page}"
+        if isinstance(err, hub.RepositoryNotFoundError):
+            return (f"{name} was not found on the Hub (check the id), or it is private and you are not logged in "
+                    "(`hf auth login` or HF_TOKEN)")
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return f"the disk filled up while downloading {name}; free space or set HF_HOME to a bigger disk"
+    text = " ".join(str(e) for e in chain)
+    if any(isinstance(e, (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled)) for e in chain) or (
+        "not fully cached" in text or "outgoing traffic has been disabled" in text or "offline" in text.lower()
+    ):
+        return (f"{name} is not in the local Hugging Face cache and this machine is offline: on a connected "
+                f"machine run `hf download {name}` (about 34 GB; accept the licence at {page} first) and copy the "
+                "cache folder (HF_HOME), or pass --model /path/to/a/saved/pipeline")
+    if "401" in text or "403" in text or "Unauthorized" in text:
+        return f"access to {name} was refused: log in with `hf auth login` or set HF_TOKEN, and accept {page}"
+    return None
