@@ -121,9 +121,12 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     notes: list[str] = []
     if variant.transformer or variant.text_encoder_2:
         progress(0.3, f"preparing {variant.name} weights")
-        overrides = _quantized_components(folder, source, variant, cache, source_id, token, progress)
+        overrides = _quantized_components(folder, source, variant, cache, source_id, token, progress, notes)
     progress(0.6, "loading the remaining components")
     from diffusers import FluxControlPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()  # progress is reported through `progress`, once
 
     with _hub_errors(source):
         pipe = FluxControlPipeline.from_pretrained(folder, dtype=source.dtype, local_files_only=True, **overrides)
@@ -161,7 +164,7 @@ def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Varian
             continue
         module = loaded.components[component]
         folder, fp = _fingerprint(cache, source, source_id, component, weights, _component_config(module))
-        cached = cache.load(folder, fp, lambda m=module: _empty_like(m))
+        cached = cache.load(folder, fp, lambda m=module: _empty_like(m, source.dtype))
         if cached is not None:
             loaded.components[component] = cached
             loaded.notes.append(f"{component}: {weights} weights from the cache")
@@ -171,18 +174,18 @@ def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Varian
         cache.save(folder, fp, module)
 
 
-def _empty_like(module: torch.nn.Module) -> torch.nn.Module:
+def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """A module of the same class and config with its parameters on the meta device (no memory)."""
     from accelerate import init_empty_weights
 
-    with init_empty_weights():
+    with init_empty_weights(), _quiet_dtype_cast():
         if hasattr(module, "from_config") and hasattr(module.config, "keys"):  # diffusers model
-            return type(module).from_config(module.config)
-        return type(module)(module.config)  # transformers model
+            return type(module).from_config(module.config).to(dtype)
+        return type(module)(module.config).to(dtype)  # transformers model
 
 
 def _quantized_components(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache,
-                          source_id: str, token: str | None, progress: ProgressFn) -> dict:
+                          source_id: str, token: str | None, progress: ProgressFn, notes: list[str]) -> dict:
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
@@ -194,23 +197,41 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
         with open(os.path.join(folder, component, "config.json")) as fh:
             config = json.load(fh)
         if component == "transformer" and source.lora:
-            config = {**config, "in_channels": 128}  # the Depth LoRA widens x_embedder 64 -> 128
+            # The Depth LoRA widens x_embedder 64 -> 128; the output stays what the base had (None = in_channels).
+            config = {**config, "in_channels": 128, "out_channels": config.get("out_channels") or config["in_channels"]}
         cache_folder, fp = _fingerprint(cache, source, source_id, component, weights, config)
 
         def build_empty(component=component, config=config):
-            with init_empty_weights():
+            # Cast on the meta device: kept-precision layers (proj_out, x_embedder, ...) then load as the pipeline's
+            # dtype, and quanto's scales come out in it too.
+            with init_empty_weights(), _quiet_dtype_cast():
                 if component == "transformer":
-                    return FluxTransformer2DModel.from_config(config)
-                return T5EncoderModel(T5Config.from_dict(config))
+                    return FluxTransformer2DModel.from_config(config).to(source.dtype)
+                return T5EncoderModel(T5Config.from_dict(config)).to(source.dtype)
 
         module = cache.load(cache_folder, fp, build_empty)
-        if module is None:
+        if module is not None:
+            notes.append(f"{component}: {weights} weights from the cache")
+        else:
             progress(0.4, f"quantizing {component} to {weights} (first start of this tier; cached afterwards)")
             module = _load_full_component(folder, source, component, token)
             quantize_module(module, weights, exclude_for(component))
             cache.save(cache_folder, fp, module)
-        out[component] = module.to(source.dtype) if component != "transformer" else module
+        out[component] = module
     return out
+
+
+class _quiet_dtype_cast:
+    """diffusers warns on any `.to(dtype)` of a model; casting an empty meta model is exactly what we mean."""
+
+    def __enter__(self):
+        self._logger = logging.getLogger("diffusers.models.modeling_utils")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        self._logger.setLevel(self._level)
+        return False
 
 
 def _load_full_component(folder: str, source: ModelSource, component: str, token: str | None) -> torch.nn.Module:

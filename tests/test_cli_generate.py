@@ -1,0 +1,71 @@
+"""`fluxdepth generate`: the contract (a real subprocess for the happy path, in-process for the error cases)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BEACHBALL, DEPTH_SYN
+from fluxdepth_ui.cli import main
+from fluxdepth_ui.pipeline import read_metadata
+
+
+def test_generate_writes_png_and_sidecar_and_reproduces(tmp_path):
+    outs = []
+    for name in ("a.png", "b.png"):
+        out = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "fluxdepth_ui.cli", "generate", str(BEACHBALL), "--prompt", "a beach ball",
+             "--model", "tiny-random", "--steps", "3", "--seed", "11", "--long-side", "256", "--out", str(out)],
+            capture_output=True, text=True, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+        info = json.loads(proc.stdout)
+        assert info["out"] == str(out) and info["seed"] == 11 and info["variant"] == "bf16"
+        assert info["model"] == "tiny-random-seed0" and info["seconds"] > 0
+        assert (info["width"], info["height"]) == (256, 192)
+        assert any("produces noise" in n for n in info["notes"])
+        outs.append(out)
+    a, b = (np.asarray(Image.open(p)) for p in outs)
+    assert a.shape == (192, 256, 3) and np.array_equal(a, b)
+    meta = read_metadata(str(outs[0]))
+    side = json.loads((tmp_path / "a.json").read_text())
+    assert meta.to_dict() == side
+    assert side["depth_channel"] == "Z" and side["depth_mode"] == "disparity" and side["guidance"] == 10.0
+
+
+def test_generate_img2img_in_process(tmp_path, capsys):
+    init = tmp_path / "plate.png"
+    Image.new("RGB", (320, 240), (90, 120, 200)).save(init)
+    rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--model", "tiny-random", "--steps", "4",
+               "--long-side", "256", "--init-image", str(init), "--strength", "0.5", "--seed", "1",
+               "--variant", "qint8", "--out", str(tmp_path / "o.png")])
+    assert rc == 0
+    info = json.loads(capsys.readouterr().out)
+    side = json.loads((tmp_path / "o.json").read_text())
+    assert side["strength"] == 0.5 and side["init_image"] == "plate.png" and info["variant"] == "qint8"
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "nope"], "neither a Hub id"),
+    (["--steps", "0"], "steps 0 is out of range"),
+    (["--guidance", "-2"], "guidance -2.0 is out of range"),
+    (["--init-image", "/no/plate.png"], "init image not found"),
+    (["--variant", "fp4"], "invalid choice"),
+    (["--model", "/no/such/folder"], "does not exist"),
+])
+def test_generate_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
+    rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--out", str(tmp_path / "o.png"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_generate_missing_output_folder(tmp_path, capsys):
+    rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--model", "tiny-random",
+               "--out", str(tmp_path / "nope" / "o.png")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: output folder") and "\n" not in err

@@ -1,0 +1,302 @@
+"""Pipeline manager on tiny-random FLUX-shaped models (CPU): equivalence to diffusers, tiers, cache, safety."""
+
+import gc
+import json
+import threading
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxControlImg2ImgPipeline, FluxControlPipeline
+from PIL import Image
+
+from conftest import DEPTH_SYN, TUM
+from fluxdepth_ui.depth import ControlImage, DepthSettings, prepare_depth
+from fluxdepth_ui.pipeline import (
+    GenerationCancelled,
+    GenerationSettings,
+    ModelSource,
+    OutOfMemoryError,
+    PipelineError,
+    PipelineManager,
+    control_tensor,
+    read_metadata,
+    save_result,
+)
+from fluxdepth_ui.pipeline.tiny import build_tiny_components
+
+TINY = ModelSource("tiny-random")
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def depth():
+    return prepare_depth(str(DEPTH_SYN), DepthSettings(long_side=256))
+
+
+@pytest.fixture
+def manager(tmp_path):
+    return PipelineManager(TINY, cache_root=str(tmp_path / "cache"))
+
+
+def pixels(image):
+    return np.asarray(image, dtype=np.int16)
+
+
+def run(manager, depth, **kw):
+    settings = GenerationSettings(kw.pop("prompt", "a wooden chair"), seed=kw.pop("seed", 7), steps=STEPS, **kw)
+    return manager.generate(depth.control, settings, depth=depth.stats)
+
+
+def direct(components, control, prompt="a wooden chair", seed=7, **extra):
+    """What calling diffusers by hand gives: same components, the control as a float tensor, a CPU generator."""
+    cls = FluxControlImg2ImgPipeline if "image" in extra else FluxControlPipeline
+    pipe = cls(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(prompt=prompt, control_image=control_tensor(control), height=control.height, width=control.width,
+                num_inference_steps=STEPS, guidance_scale=10.0, generator=torch.Generator("cpu").manual_seed(seed),
+                output_type="pil", **extra).images[0]
+
+
+def test_manager_equals_direct_diffusers_call(manager, depth):
+    ours = run(manager, depth)
+    theirs = direct(build_tiny_components(0), depth.control)
+    assert np.array_equal(pixels(ours.image), pixels(theirs))
+    assert ours.image.size == (depth.control.width, depth.control.height) == (256, 192)
+
+
+def test_img2img_equals_direct_diffusers_call(manager, depth):
+    init = Image.fromarray((np.indices((192, 256)).sum(0) % 255).astype(np.uint8)).convert("RGB")
+    ours = manager.generate(depth.control, GenerationSettings("a chair", seed=3, steps=STEPS, strength=0.8),
+                            init_image=init, init_image_name="plate.png")
+    theirs = direct(build_tiny_components(0), depth.control, prompt="a chair", seed=3, image=init, strength=0.8)
+    assert np.array_equal(pixels(ours.image), pixels(theirs))
+    assert ours.metadata.strength == 0.8 and ours.metadata.init_image == "plate.png"
+
+
+def test_control_goes_in_as_float_not_8bit(manager, depth):
+    ours = run(manager, depth)
+    squeezed = ControlImage(np.round(depth.control.pixels * 255) / 255)
+    assert not np.array_equal(depth.control.pixels, squeezed.pixels)
+    via_8bit = manager.generate(squeezed, GenerationSettings("a wooden chair", seed=7, steps=STEPS))
+    assert not np.array_equal(pixels(ours.image), pixels(via_8bit.image))
+
+
+def test_determinism_and_each_input_matters(manager, depth):
+    base = pixels(run(manager, depth).image)
+    assert np.array_equal(base, pixels(run(manager, depth).image))
+    other_depth = prepare_depth(str(TUM), DepthSettings(long_side=256))
+    changed = {
+        "seed": run(manager, depth, seed=8),
+        "prompt": run(manager, depth, prompt="a glass vase"),
+        "depth": run(manager, other_depth),
+    }
+    for what, result in changed.items():
+        assert np.abs(pixels(result.image) - base).mean() > 1.0, what
+    init = Image.new("RGB", (256, 192), (200, 30, 30))
+    weak = manager.generate(depth.control, GenerationSettings("x", seed=1, steps=4, strength=0.3), init_image=init)
+    strong = manager.generate(depth.control, GenerationSettings("x", seed=1, steps=4, strength=1.0), init_image=init)
+    assert np.abs(pixels(weak.image) - pixels(strong.image)).mean() > 1.0
+
+
+def test_seed_drawn_and_reported_reproduces(manager, depth):
+    first = manager.generate(depth.control, GenerationSettings("a chair", steps=STEPS))
+    assert 0 <= first.metadata.seed <= 2**32 - 1
+    again = manager.generate(depth.control, GenerationSettings("a chair", seed=first.metadata.seed, steps=STEPS))
+    assert np.array_equal(pixels(first.image), pixels(again.image))
+
+
+@pytest.mark.parametrize("variant", ["qint8", "qint4"])
+def test_quantized_tiers_run_and_stay_close(tmp_path, depth, variant):
+    full = run(PipelineManager(TINY, cache_root=str(tmp_path)), depth)
+    quant_manager = PipelineManager(TINY, variant=variant, cache_root=str(tmp_path))
+    quant = run(quant_manager, depth)
+    from optimum.quanto import QLinear
+
+    transformer = quant_manager._pipe.transformer
+    qlinears = [n for n, m in transformer.named_modules() if isinstance(m, QLinear)]
+    assert qlinears and "proj_out" not in qlinears and "x_embedder" not in qlinears
+    assert "norm_out.linear" not in qlinears and "context_embedder" not in qlinears
+    assert any(isinstance(m, QLinear) for m in quant_manager._pipe.text_encoder_2.modules())
+    diff = np.abs(pixels(quant.image) - pixels(full.image)).mean()
+    seed_diff = np.abs(pixels(run(quant_manager, depth, seed=99).image) - pixels(quant.image)).mean()
+    assert diff < seed_diff / 3, (diff, seed_diff)
+    assert quant.metadata.variant == variant
+
+
+def test_quantized_cache_roundtrip_bit_identical_and_stale_rejected(tmp_path, depth):
+    cache = str(tmp_path / "cache")
+    fresh = PipelineManager(TINY, variant="qint4", cache_root=cache)
+    first = run(fresh, depth)
+    assert not any("from the cache" in n for n in fresh.status()["notes"])
+    folder = tmp_path / "cache" / "quantized" / "tiny-random-seed0_default" / "transformer-qint4"
+    assert (folder / "weights.safetensors").exists() and (folder / "fingerprint.json").exists()
+
+    cached = PipelineManager(TINY, variant="qint4", cache_root=cache)
+    second = run(cached, depth)
+    assert any("transformer: qint4 weights from the cache" in n for n in cached.status()["notes"])
+    assert np.array_equal(pixels(first.image), pixels(second.image))
+
+    # A fingerprint that no longer matches (other quanto version, other weights) is rebuilt, not used.
+    fp = json.loads((folder / "fingerprint.json").read_text())
+    fp["source"] = "other-weights"
+    (folder / "fingerprint.json").write_text(json.dumps(fp))
+    stale = PipelineManager(TINY, variant="qint4", cache_root=cache)
+    third = run(stale, depth)
+    assert not any("transformer: qint4 weights from the cache" in n for n in stale.status()["notes"])
+    assert json.loads((folder / "fingerprint.json").read_text())["source"] == "tiny-seed0"
+    assert np.array_equal(pixels(first.image), pixels(third.image))
+
+    # A cache missing tensors is refused too (requantize would leave them uninitialised).
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / "weights.safetensors"))
+    state.pop(sorted(state)[0])
+    save_file(state, str(folder / "weights.safetensors"))
+    partial = PipelineManager(TINY, variant="qint4", cache_root=cache)
+    assert np.array_equal(pixels(run(partial, depth).image), pixels(first.image))
+    assert not any("transformer: qint4 weights from the cache" in n for n in partial.status()["notes"])
+
+
+def test_quantized_tiers_share_the_qint8_text_encoder_cache(tmp_path, depth):
+    run(PipelineManager(TINY, variant="qint8", cache_root=str(tmp_path)), depth)
+    m4 = PipelineManager(TINY, variant="qint4", cache_root=str(tmp_path))
+    run(m4, depth)
+    notes = m4.status()["notes"]
+    assert "text_encoder_2: qint8 weights from the cache" in notes
+    assert not any(n.startswith("transformer:") for n in notes)
+
+
+def test_local_folder_loads_and_equals_direct(tmp_path, depth):
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    m = PipelineManager(ModelSource(str(folder)), cache_root=str(tmp_path / "cache"))
+    ours = run(m, depth)
+    assert m.status()["revision"] == "local"
+    pipe = FluxControlPipeline.from_pretrained(folder, dtype=torch.bfloat16, local_files_only=True)
+    theirs = direct(pipe.components, depth.control)
+    assert np.array_equal(pixels(ours.image), pixels(theirs))
+    # Quantized from the folder, then cached under the folder's fingerprint; touching the weights invalidates it.
+    q = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=str(tmp_path / "cache"))
+    run(q, depth)
+    q2 = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=str(tmp_path / "cache"))
+    run(q2, depth)
+    assert "transformer: qint8 weights from the cache" in q2.status()["notes"]
+    weights = next((folder / "transformer").glob("*.safetensors"))
+    weights.touch()
+    import os
+
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    q3 = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=str(tmp_path / "cache"))
+    run(q3, depth)
+    assert "transformer: qint8 weights from the cache" not in q3.status()["notes"]
+
+
+def test_switching_variants_keeps_one_pipeline_resident(manager, depth):
+    from diffusers import FluxTransformer2DModel
+
+    refs = []
+    for variant in ["bf16", "qint8", "qint4", "bf16", "qint8", "qint4", "bf16"]:
+        manager.configure(variant=variant)
+        run(manager, depth)
+        refs.append(weakref.ref(manager._pipe.transformer))
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 1
+    assert sum(isinstance(o, FluxTransformer2DModel) for o in gc.get_objects()) == 1
+    assert manager.configure(variant="bf16") is False  # same settings: nothing reloads
+    manager.unload()
+    gc.collect()
+    assert all(r() is None for r in refs) and not manager.loaded
+
+
+def test_cancel_stops_between_steps_and_manager_stays_usable(manager, depth):
+    cancel = threading.Event()
+    seen = []
+
+    def on_step(step, total):
+        seen.append(step)
+        if step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled, match="after step 2"):
+        manager.generate(depth.control, GenerationSettings("x", seed=1, steps=10), on_step=on_step, cancel=cancel)
+    assert seen == [1, 2]
+    cancel.clear()
+    assert run(manager, depth).image.size == (256, 192)
+
+
+def test_two_threads_are_serialized(manager, depth):
+    manager.load()
+    transformer = manager._pipe.transformer
+    active, peak = [0], [0]
+    lock = threading.Lock()
+    original = transformer.forward
+
+    def tracked(*a, **kw):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            import time
+
+            time.sleep(0.01)
+            return original(*a, **kw)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    transformer.forward = tracked
+    results = []
+    threads = [threading.Thread(target=lambda s=s: results.append(run(manager, depth, seed=s))) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2 and peak[0] == 1
+
+
+def test_out_of_memory_becomes_a_message_and_manager_recovers(manager, depth):
+    manager.load()
+    transformer = manager._pipe.transformer
+    original = transformer.forward
+    calls = [0]
+
+    def boom(*a, **kw):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(*a, **kw)
+
+    transformer.forward = boom
+    with pytest.raises(OutOfMemoryError, match="try qint8 or qint4"):
+        run(manager, depth)
+    transformer.forward = original
+    assert run(manager, depth).image.size == (256, 192)
+
+
+def test_bad_settings_rejected_before_loading(manager, depth):
+    for kw in ({"steps": 0}, {"guidance": -1.0}, {"strength": 0.0}, {"seed": -5}, {"seed": 2**33}):
+        with pytest.raises(PipelineError):
+            manager.generate(depth.control, GenerationSettings("x", **kw))
+    with pytest.raises(PipelineError, match="multiple of 16"):
+        manager.generate(ControlImage(np.zeros((100, 100), np.float32)), GenerationSettings("x"))
+    assert not manager.loaded
+    with pytest.raises(PipelineError, match="unknown variant"):
+        manager.configure(variant="fp4")
+
+
+def test_metadata_in_png_and_sidecar(manager, depth, tmp_path):
+    result = run(manager, depth)
+    png, sidecar = save_result(result.image, result.metadata, str(tmp_path / "out" / "img.png"))
+    meta = read_metadata(png)
+    assert meta == result.metadata
+    side = json.loads(open(sidecar).read())
+    for key in ("prompt", "seed", "steps", "guidance", "strength", "variant", "model", "revision", "depth_file",
+                "depth_channel", "depth_mode", "depth_range", "app_version"):
+        assert key in side
+    assert side["depth_file"] == "open3d_depth_syn.png" and side["depth_mode"] == "disparity"
+    assert side["model"] == "tiny-random-seed0" and "produces noise" in side["notes"][0]
+    with Image.open(png) as img:
+        assert img.format == "PNG" and "Seed: 7" in img.info["parameters"]
+        assert np.array_equal(np.asarray(img), np.asarray(result.image))  # lossless
