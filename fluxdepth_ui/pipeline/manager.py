@@ -31,8 +31,8 @@ from .placement import (
     pick_device,
     release_device_memory,
 )
-from .sources import ModelSource, load_model
-from .variants import QuantizedCache, default_cache_root, get_variant
+from .sources import LoadedModel, ModelSource, load_model
+from .variants import QuantizedCache, Variant, default_cache_root, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ DEFAULT_STRENGTH = 0.6
 
 StepCallback = Callable[[int, int], None]
 LoadProgress = Callable[[float, str], None]
+# Replaces loading from `source` (benchmarks with random full-size weights, apps that own their modules).
+Loader = Callable[[Variant, LoadProgress], LoadedModel]
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ class PipelineManager:
     """Holds at most one loaded pipeline. Thread-safe: loads, switches and generations are serialized."""
 
     def __init__(self, source: ModelSource | None = None, variant: str = "bf16", placement: str = "auto",
-                 device: str | None = None, cache_root: str | None = None, token: str | None = None):
+                 device: str | None = None, cache_root: str | None = None, token: str | None = None,
+                 loader: Loader | None = None):
         get_variant(variant)
         if placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
@@ -105,6 +108,7 @@ class PipelineManager:
         self._device_request = device
         self.cache = QuantizedCache(cache_root or default_cache_root())
         self._token = token
+        self._loader = loader
         self._lock = threading.RLock()
         self._pipe = None
         self._img2img = None
@@ -173,7 +177,10 @@ class PipelineManager:
         device = pick_device(self._device_request)
         t0 = time.perf_counter()
         progress(0.0, f"loading {self.source.label} ({variant.name})")
-        loaded = load_model(self.source, variant, self.cache, progress, self._token)
+        if self._loader is not None:
+            loaded = self._loader(variant, progress)
+        else:
+            loaded = load_model(self.source, variant, self.cache, progress, self._token)
         pipe = FluxControlPipeline(**loaded.components)
         pipe.set_progress_bar_config(disable=True)
         sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
