@@ -136,6 +136,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--direct", action="store_true", help="also time a direct diffusers call (interleaved)")
     ap.add_argument("--cache-roundtrip", action="store_true", help="save the quantized cache and time a reload")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generations")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
 
@@ -169,6 +170,7 @@ def main() -> None:
         quantize_module(t5, variant.text_encoder_2, exclude_for("text_encoder_2"))
         sync()
         report["quantize_s"] = round(time.perf_counter() - t, 2)
+        print(f"quantized in {report['quantize_s']} s", flush=True)
         if args.cache_roundtrip:
             report.update(cache_roundtrip(transformer, variant.transformer))
     torch.cuda.empty_cache()
@@ -179,6 +181,10 @@ def main() -> None:
     report["step_ms"] = {"median": round(statistics.median(times), 1), "min": round(min(times), 1),
                          "max": round(max(times), 1), "n": len(times)}
     print(json.dumps(report), flush=True)
+    if args.no_e2e:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+        return
 
     components = dict(parts, transformer=transformer, text_encoder_2=t5)
     manager = PipelineManager(ModelSource("random-weights/flux1-depth-dev-shaped"), variant=variant.name,
@@ -229,10 +235,11 @@ def cache_roundtrip(transformer, weights: str) -> dict:
     out = {}
     cache = QuantizedCache(tempfile.mkdtemp(prefix="fluxdepth-cache-"))
     folder = cache.folder("random", "default", "transformer", weights)
-    fp = {"bench": weights}
+    fp = {"bench": "roundtrip", "weights": weights}
     t = time.perf_counter()
     cache.save(folder, fp, transformer)
     out["cache_save_s"] = round(time.perf_counter() - t, 2)
+    print(f"cache saved in {out['cache_save_s']} s", flush=True)
     out["cache_gib"] = round(os.path.getsize(os.path.join(folder, "weights.safetensors")) / GIB, 2)
 
     def build_empty():
