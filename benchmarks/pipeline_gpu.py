@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--direct", action="store_true", help="also time a direct diffusers call (interleaved)")
     ap.add_argument("--cache-roundtrip", action="store_true", help="save the quantized cache and time a reload")
+    ap.add_argument("--reload-device", default="cuda", choices=["cuda", "cpu"],
+                    help="requantize the cached weights onto this device (cpu: then move the module to the GPU)")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generations")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -172,7 +174,7 @@ def main() -> None:
         report["quantize_s"] = round(time.perf_counter() - t, 2)
         print(f"quantized in {report['quantize_s']} s", flush=True)
         if args.cache_roundtrip:
-            report.update(cache_roundtrip(transformer, variant.transformer))
+            report.update(cache_roundtrip(transformer, variant.transformer, args.reload_device))
     torch.cuda.empty_cache()
     report["transformer_weights_gib"] = round(module_bytes(transformer) / GIB, 2)
     report["t5_weights_gib"] = round(module_bytes(t5) / GIB, 2)
@@ -227,7 +229,7 @@ def main() -> None:
         json.dump(report, fh, indent=2)
 
 
-def cache_roundtrip(transformer, weights: str) -> dict:
+def cache_roundtrip(transformer, weights: str, reload_device: str = "cuda") -> dict:
     """Save the quantized transformer the way the app caches it, then load it back the way a second start does."""
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
@@ -247,9 +249,17 @@ def cache_roundtrip(transformer, weights: str) -> dict:
             return FluxTransformer2DModel.from_config(config("transformer")).to(torch.bfloat16)
 
     t = time.perf_counter()
-    reloaded = cache.load(folder, fp, build_empty, device="cuda")
-    sync()
+    reloaded = cache.load(folder, fp, build_empty, device=reload_device)
+    out["cache_reload_device"] = reload_device
     out["cache_reload_s"] = round(time.perf_counter() - t, 2)
+    print(f"requantized on {reload_device} in {out['cache_reload_s']} s", flush=True)
+    if reload_device == "cpu" and reloaded is not None:
+        t = time.perf_counter()
+        reloaded.to("cuda")
+        sync()
+        out["cache_to_gpu_s"] = round(time.perf_counter() - t, 2)
+        print(f"moved to the GPU in {out['cache_to_gpu_s']} s", flush=True)
+    sync()
     out["cache_reload_ok"] = reloaded is not None
     del reloaded
     torch.cuda.empty_cache()

@@ -33,19 +33,18 @@ def pick_device(requested: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes actually stored: quanto's tensor subclasses (packed int4 included) are flattened to their storage."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, n)) for n in names)
+    return tensor.numel() * tensor.element_size()
+
+
 def module_bytes(module) -> int:
     if not isinstance(module, torch.nn.Module):
         return 0
-    total = 0
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        # quanto tensors report the bytes of their packed data through their inner tensors
-        inner = getattr(tensor, "__tensor_flatten__", None)
-        if inner is not None:
-            names, _ = tensor.__tensor_flatten__()
-            total += sum(getattr(tensor, n).numel() * getattr(tensor, n).element_size() for n in names)
-        else:
-            total += tensor.numel() * tensor.element_size()
-    return total
+    return sum(tensor_bytes(t) for t in list(module.parameters()) + list(module.buffers()))
 
 
 @dataclass(frozen=True)
