@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--cache-roundtrip", action="store_true", help="save the quantized cache and time a reload")
     ap.add_argument("--reload-device", default="cuda", choices=["cuda", "cpu"],
                     help="requantize the cached weights onto this device (cpu: then move the module to the GPU)")
+    ap.add_argument("--placement", default="gpu", choices=["gpu", "model_offload", "sequential_offload"])
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generations")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -190,7 +191,7 @@ def main() -> None:
 
     components = dict(parts, transformer=transformer, text_encoder_2=t5)
     manager = PipelineManager(ModelSource("random-weights/flux1-depth-dev-shaped"), variant=variant.name,
-                              placement="gpu", loader=lambda v, p: LoadedModel(components, "random"))
+                              placement=args.placement, loader=lambda v, p: LoadedModel(components, "random"))
     direct = FluxControlPipeline(**components)
     direct.set_progress_bar_config(disable=True)
     control = control_image()
@@ -219,6 +220,7 @@ def main() -> None:
             sync()
             e2e[name].append(time.perf_counter() - t)
     report["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
+    report["placement"] = manager.status()["placement"]
     report["e2e_s"] = {k: [round(x, 3) for x in v] for k, v in e2e.items() if v}
     if args.direct:
         m, d = statistics.median(e2e["manager"]), statistics.median(e2e["direct"])
