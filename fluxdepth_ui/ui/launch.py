@@ -1,20 +1,98 @@
-"""`python app.py`: parse the start options and serve the Blocks app."""
+"""`python app.py`: start options (each also an environment variable, for Spaces) and the server.
+
+The page is served before any model loads; the model loads on the first Generate.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
+
+# Before gradio or huggingface_hub are imported: no analytics, no version check, no hub telemetry.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def _env(name: str, default=None):
+    return os.environ.get(f"FLUXDEPTH_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    on_space = bool(os.environ.get("SPACE_ID"))
+    p = argparse.ArgumentParser(prog="python app.py", description="FluxDepth Studio")
+    p.add_argument("--model", default=_env("MODEL"),
+                   help="Hub id, local diffusers folder or tiny-random (env FLUXDEPTH_MODEL; default "
+                        "black-forest-labs/FLUX.1-Depth-dev)")
+    p.add_argument("--variant", default=_env("VARIANT", "bf16"), choices=["bf16", "qint8", "qint4"],
+                   help="precision tier (env FLUXDEPTH_VARIANT)")
+    p.add_argument("--placement", default=_env("PLACEMENT", "gpu" if on_space else "auto"),
+                   choices=["auto", "gpu", "model_offload", "sequential_offload"], help="env FLUXDEPTH_PLACEMENT")
+    p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:N, mps or cpu (env FLUXDEPTH_DEVICE)")
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
+                   help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=int(_env("PORT", "7860")), help="env FLUXDEPTH_PORT")
+    p.add_argument("--share", action="store_true", default=_env("SHARE", "") in ("1", "true", "True"),
+                   help="temporary public link through Gradio's share servers (env FLUXDEPTH_SHARE=1)")
+    p.add_argument("--auth", default=_env("AUTH"), metavar="USER:PASS",
+                   help="require this login (env FLUXDEPTH_AUTH); strongly advised with --share")
+    p.add_argument("--outputs", default=_env("OUTPUTS", "outputs"), help="results folder (env FLUXDEPTH_OUTPUTS)")
+    p.add_argument("--queue-size", type=int, default=int(_env("QUEUE_SIZE", "20")),
+                   help="waiting jobs before new ones are refused (env FLUXDEPTH_QUEUE_SIZE)")
+    p.add_argument("--max-upload", default=_env("MAX_UPLOAD", "300mb"), help="upload size cap (default 300mb)")
+    return p
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    if not text:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth must look like USER:PASS")
+    return user, password
+
+
+def create(args: argparse.Namespace):
+    """Build (studio, demo) without serving; tests use this too."""
+    from ..pipeline import PipelineManager, parse_model_source
+    from .app import build_app
+    from .handlers import Studio
+
+    source = parse_model_source(args.model)
+    manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
+                              token=os.environ.get("HF_TOKEN"))
+    outputs = Path(args.outputs).expanduser().resolve()
+    outputs.mkdir(parents=True, exist_ok=True)
+    studio = Studio(manager=manager, outputs=outputs)
+    return studio, build_app(studio)
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    parser = argparse.ArgumentParser(prog="python app.py", description="FluxDepth Studio")
-    parser.add_argument("--host", default=os.environ.get("FLUXDEPTH_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("FLUXDEPTH_PORT", "7860")))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    from ..pipeline import PipelineError
 
-    import gradio as gr
+    try:
+        auth = parse_auth(args.auth)
+        studio, demo = create(args)
+    except (ValueError, PipelineError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from .app import allowed_paths
 
-    with gr.Blocks(title="FluxDepth Studio") as demo:
-        gr.Markdown("# FluxDepth Studio\nThe depth preview and generation panels are being built.")
-    demo.launch(server_name=args.host, server_port=args.port)
+    if args.share and not auth:
+        print("warning: --share without --auth: anyone with the link can use this GPU; add --auth USER:PASS",
+              file=sys.stderr)
+    if os.environ.get("SPACES_ZERO_GPU"):
+        studio.manager.load()  # ZeroGPU: weights go to "cuda" at start-up, outside the GPU-timed call
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        max_file_size=args.max_upload,
+        allowed_paths=allowed_paths(studio),
+        show_error=True,
+        footer_links=["api", "settings"],
+    )

@@ -1,0 +1,110 @@
+"""Presets: plain JSON files an artist can read, copy and edit.
+
+Built-in presets live in the repository's `presets/` folder; presets the user saves go to a user folder
+(`FLUXDEPTH_PRESETS`, default ~/.config/fluxdepth/presets), never into the install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .depth import DEFAULT_CLIP, DepthInputError, NormalizeSettings
+
+DEPTH_KEYS = ("mode", "invert", "clip", "near", "far", "long_side")
+GENERATION_KEYS = ("variant", "steps", "guidance")
+
+
+class PresetError(ValueError):
+    """A preset file that cannot be used; the message says which file and why."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str = ""
+    depth: dict = field(default_factory=dict)
+    generation: dict = field(default_factory=dict)
+    path: str = ""
+    builtin: bool = False
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "description": self.description, "depth": self.depth,
+                "generation": self.generation}
+
+
+def builtin_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "presets"
+
+
+def user_dir() -> Path:
+    env = os.environ.get("FLUXDEPTH_PRESETS")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CONFIG_HOME", os.path.join(os.path.expanduser("~"), ".config"))
+    return Path(base) / "fluxdepth" / "presets"
+
+
+def load_preset(path: str | Path, builtin: bool = False) -> Preset:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PresetError(f"preset {path.name} cannot be read ({exc}); fix or delete the file") from None
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"].strip():
+        raise PresetError(f"preset {path.name} needs a \"name\"")
+    depth = data.get("depth", {}) or {}
+    generation = data.get("generation", {}) or {}
+    unknown = (set(depth) - set(DEPTH_KEYS)) | (set(generation) - set(GENERATION_KEYS))
+    if unknown:
+        raise PresetError(f"preset {path.name} has unknown settings: {', '.join(sorted(unknown))}")
+    try:
+        NormalizeSettings(mode=depth.get("mode", "auto"), invert=depth.get("invert", "auto"),
+                          clip=tuple(depth.get("clip", DEFAULT_CLIP)), near=depth.get("near"), far=depth.get("far"))
+    except (DepthInputError, TypeError, ValueError) as exc:
+        raise PresetError(f"preset {path.name}: {exc}") from None
+    return Preset(data["name"].strip(), str(data.get("description", "")), depth, generation, str(path), builtin)
+
+
+def list_presets() -> list[Preset]:
+    """Built-in presets first, then the user's; a broken user file is skipped (and named in its error)."""
+    presets: list[Preset] = []
+    for folder, builtin in ((builtin_dir(), True), (user_dir(), False)):
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.json")):
+            try:
+                presets.append(load_preset(path, builtin))
+            except PresetError:
+                if builtin:
+                    raise
+    return presets
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "preset"
+
+
+def save_preset(name: str, depth: dict, generation: dict, description: str = "", folder: Path | None = None) -> Path:
+    """Write a user preset. An existing file of the same name is kept: the new one gets a numbered name."""
+    if not name or not name.strip():
+        raise PresetError("give the preset a name")
+    folder = Path(folder) if folder else user_dir()
+    if folder.resolve() == builtin_dir().resolve():
+        raise PresetError("user presets are not written into the install; set FLUXDEPTH_PRESETS to another folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    preset = Preset(name.strip(), description, {k: depth[k] for k in DEPTH_KEYS if k in depth},
+                    {k: generation[k] for k in GENERATION_KEYS if k in generation})
+    base = slugify(name)
+    path = folder / f"{base}.json"
+    n = 2
+    while path.exists():
+        path = folder / f"{base}-{n}.json"
+        n += 1
+    path.write_text(json.dumps(preset.to_json(), indent=2) + "\n")
+    load_preset(path)  # what we wrote must load back
+    return path

@@ -1,0 +1,298 @@
+"""The FluxDepth Studio Blocks app: depth preview panel beside the result, presets, API endpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import gradio as gr
+from gradio import FileData
+
+from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthInputError
+from ..presets import PresetError, list_presets, save_preset
+from . import handlers as h
+from .examples import EXAMPLES, FOLDER as EXAMPLE_FOLDER, example_paths
+
+log = logging.getLogger(__name__)
+
+DEPTH_FILE_TYPES = [".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm"]
+# Measured on an NVIDIA H200 with random full-size weights, 1024x1024, 28 steps (docs/benchmarks.md).
+VARIANT_HINTS = {
+    "bf16": "bf16 · best quality · 33.9 GiB GPU · 5.1 s",
+    "qint8": "qint8 · 18.5 GiB GPU · 6.7 s",
+    "qint4": "qint4 · 13.4 GiB GPU · 60 s (slow today)",
+}
+CSS = """
+.fd-warning {background: #fff3cd; color: #664d03; padding: 6px 10px; border-radius: 6px;}
+.fd-stats p {margin: 2px 0;}
+"""
+
+
+def _user_error(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc), print_exception=False)
+
+
+def _errors():
+    from ..pipeline import PipelineError
+
+    return (DepthInputError, PipelineError, PresetError)
+
+
+def _gpu(fn, steps_index: int):
+    """On ZeroGPU Spaces, reserve the GPU for about as long as the steps need; elsewhere a no-op."""
+    try:
+        import spaces  # type: ignore
+    except ImportError:
+        return fn
+
+    def duration(*args, **kwargs):
+        steps = int(args[steps_index]) if len(args) > steps_index else 28
+        return int(20 + 1.0 * steps)
+
+    return spaces.GPU(duration=duration)(fn)
+
+
+def build_app(studio: h.Studio) -> gr.Blocks:
+    manager = studio.manager
+    model_label = manager.source.label
+    tiny = manager.source.kind == "tiny"
+
+    def generate_on_gpu(path, settings, prompt, variant, steps, guidance, seed, init_image, init_name, strength,
+                        session, on_step, load_progress):
+        return h.run_generate(studio, session, path, settings, prompt, variant, steps, guidance, seed, init_image,
+                              init_name, strength, on_step, load_progress)
+
+    generate_on_gpu = _gpu(generate_on_gpu, steps_index=4)
+
+    with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False) as demo:
+        history = gr.State([])
+        gr.Markdown(f"## FluxDepth Studio\nModel: `{model_label}` · the model loads on the first Generate.")
+        if tiny:
+            gr.Markdown("⚠ **tiny-random model: random weights, the results are noise.** Start with "
+                        "`--model black-forest-labs/FLUX.1-Depth-dev` for real images.", elem_classes="fd-warning")
+
+        presets = list_presets()
+        with gr.Row():
+            preset_menu = gr.Dropdown([p.name for p in presets], value=None, label="Preset", scale=3)
+            preset_apply = gr.Button("Apply preset", scale=1)
+            preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior", scale=3)
+            preset_save = gr.Button("Save preset", scale=1)
+        preset_status = gr.Markdown()
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1):
+                depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
+                                     type="filepath", elem_id="depth-file")
+                gr.Examples(examples=[[p] for p in example_paths()], inputs=[depth_file], label="Example depth maps",
+                            example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
+                with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
+                    photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"])
+                    estimate_btn = gr.Button("Estimate depth")
+                with gr.Row():
+                    channel = gr.Dropdown([h.AUTO_CHANNEL], value=h.AUTO_CHANNEL, label="Channel", elem_id="channel")
+                    mode = gr.Dropdown(list(MODES), value="auto", label="Mode", elem_id="mode")
+                    invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
+                with gr.Row():
+                    clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
+                    clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
+                    near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
+                    far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
+                long_side = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)", elem_id="long-side")
+                preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
+                                       format="png", interactive=False, height=360, elem_id="preview")
+                stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
+                log_hist = gr.Checkbox(False, label="Log scale for raw values")
+                raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
+                                      color_map={"used": "#4c78a8", "clipped": "#e45756"},
+                                      height=180, elem_id="raw-hist")
+                control_plot = gr.BarPlot(x="level", y="pixels", title="Control map levels", height=180,
+                                          elem_id="control-hist")
+
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                    placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
+                variant = gr.Radio([(VARIANT_HINTS[v], v) for v in ("bf16", "qint8", "qint4")],
+                                   value=manager.variant, label="Precision (switching reloads the model)")
+                with gr.Row():
+                    steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
+                    guidance = gr.Slider(0, 30, value=10, step=0.5, label="Guidance")
+                with gr.Row():
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    randomize = gr.Checkbox(True, label="Random seed")
+                with gr.Accordion("Start from an image (img2img)", open=False):
+                    init_image = gr.Image(type="filepath", label="Init image", sources=["upload", "clipboard"])
+                    strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
+                with gr.Row():
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    cancel_btn = gr.Button("Cancel", elem_id="cancel")
+                result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False,
+                                      elem_id="result")
+                status = gr.Markdown(elem_id="status")
+                compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
+                downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple",
+                                    interactive=False)
+                gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
+                                     allow_preview=False, elem_id="gallery")
+
+        depth_inputs = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side]
+
+        # --- preview ---------------------------------------------------------------------------------------------
+        def ui_preview(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, log_v, request: gr.Request):
+            if not path:
+                return None, None, None, "", gr.update(choices=[h.AUTO_CHANNEL], value=h.AUTO_CHANNEL)
+            try:
+                settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
+                result = h.run_preview(studio, path, settings, bool(log_v))
+            except _errors() as exc:
+                raise _user_error(exc) from None
+            png = h.write_control_png(studio, request.session_hash, result)
+            raw_df, control_df = h.histogram_frames(result)
+            choices = h.channel_choices(result)
+            value = channel_v if channel_v in choices else h.AUTO_CHANNEL
+            raw_update = gr.update(value=raw_df, x=raw_df.columns[0], x_title=raw_df.columns[0])
+            return png, raw_update, control_df, h.stats_markdown(result), gr.update(choices=choices, value=value)
+
+        preview_outputs = [preview_img, raw_plot, control_plot, stats, channel]
+        preview_kw = dict(fn=ui_preview, inputs=[*depth_inputs, log_hist], outputs=preview_outputs,
+                          trigger_mode="always_last", show_progress="minimal", api_visibility="private",
+                          concurrency_limit=4, concurrency_id="preview")
+        depth_file.change(**preview_kw)
+        for control in [channel, mode, invert, clip_low, clip_high, near, far, long_side, log_hist]:
+            control.input(**preview_kw)
+
+        def ui_estimate(photo_v, request: gr.Request):
+            try:
+                return h.estimate_photo_depth(studio, request.session_hash, photo_v), "off"
+            except _errors() as exc:
+                raise _user_error(exc) from None
+
+        estimate_btn.click(ui_estimate, [photo], [depth_file, invert], api_visibility="private")
+
+        # --- generate --------------------------------------------------------------------------------------------
+        def ui_generate(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, prompt_v, variant_v, steps_v,
+                     guidance_v, seed_v, random_v, init_v, strength_v, history_v, request: gr.Request,
+                     progress=gr.Progress()):
+            ui = dict(depth_file=path, channel=channel_v, mode=mode_v, invert=invert_v, clip_low=lo, clip_high=hi,
+                      near=near_v, far=far_v, long_side=side, prompt=prompt_v, variant=variant_v, steps=steps_v,
+                      guidance=guidance_v, strength=strength_v, init_image=init_v)
+            try:
+                settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
+                outcome = generate_on_gpu(
+                    h.require_file(path), settings, prompt_v, variant_v, steps_v, guidance_v,
+                    None if random_v else seed_v, init_v, os.path.basename(init_v) if init_v else None, strength_v,
+                    request.session_hash,
+                    lambda step, total: progress((step, total), desc="denoising"),
+                    lambda fraction, message: progress(fraction, desc=message),
+                )
+            except _errors() as exc:
+                raise _user_error(exc) from None
+            ui["seed"] = outcome.metadata["seed"]
+            history_v = [*history_v, h.history_entry(outcome, ui)]
+            return (outcome.png, (outcome.control_png, outcome.png), [outcome.png, outcome.sidecar],
+                    [(e["png"], e["caption"]) for e in history_v], history_v, outcome.message,
+                    outcome.metadata["seed"])
+
+        generate_btn.click(
+            ui_generate,
+            inputs=[*depth_inputs, prompt, variant, steps, guidance, seed, randomize, init_image, strength, history],
+            outputs=[result_img, compare, downloads, gallery, history, status, seed],
+            concurrency_limit=1, concurrency_id="gpu", api_visibility="private",
+        )
+
+        def ui_cancel(request: gr.Request):
+            studio.cancel_event(request.session_hash).set()
+            return "Cancelling after the current step…"
+
+        cancel_btn.click(ui_cancel, None, status, queue=False, api_visibility="private")
+
+        restore_targets = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side, prompt,
+                           variant, steps, guidance, seed, randomize, strength]
+
+        def restore(history_v, evt: gr.SelectData):
+            s = history_v[evt.index]["settings"]
+            return (s["depth_file"], s["channel"], s["mode"], s["invert"], s["clip_low"], s["clip_high"], s["near"],
+                    s["far"], s["long_side"], s["prompt"], s["variant"], s["steps"], s["guidance"], s["seed"], False,
+                    s["strength"])
+
+        gallery.select(restore, [history], restore_targets, api_visibility="private")
+
+        # --- presets ---------------------------------------------------------------------------------------------
+        def apply_preset(name):
+            preset = next((p for p in list_presets() if p.name == name), None)
+            if preset is None:
+                raise gr.Error("choose a preset first", print_exception=False)
+            d, g = preset.depth, preset.generation
+            clip = d.get("clip", DEFAULT_CLIP)
+            return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
+                    d.get("long_side", 1024), g.get("variant", manager.variant), g.get("steps", 28),
+                    g.get("guidance", 10.0), f"**{preset.name}**: {preset.description}")
+
+        preset_apply.click(apply_preset, [preset_menu],
+                           [mode, invert, clip_low, clip_high, near, far, long_side, variant, steps, guidance,
+                            preset_status], api_visibility="private").then(**preview_kw)
+
+        def store_preset(name, mode_v, invert_v, lo, hi, near_v, far_v, side, variant_v, steps_v, guidance_v):
+            try:
+                path = save_preset(
+                    name, {"mode": mode_v, "invert": invert_v, "clip": [float(lo), float(hi)],
+                           "near": near_v or None, "far": far_v or None, "long_side": int(side)},
+                    {"variant": variant_v, "steps": int(steps_v), "guidance": float(guidance_v)},
+                )
+            except PresetError as exc:
+                raise _user_error(exc) from None
+            names = [p.name for p in list_presets()]
+            return gr.update(choices=names, value=name.strip()), f"Saved to `{path}`"
+
+        preset_save.click(store_preset, [preset_name, mode, invert, clip_low, clip_high, near, far, long_side,
+                                         variant, steps, guidance], [preset_menu, preset_status],
+                          api_visibility="private")
+
+        # --- API -------------------------------------------------------------------------------------------------
+        def api_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
+                        clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
+                        long_side: int = 1024, request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
+            """Normalize a depth file the way the model needs it.
+
+            Returns the control map as a 16-bit greyscale PNG (near = white, background 0) and its stats (channel,
+            mode, inverted, width, height, valid_fraction, range, warnings, ...). near/far of 0 mean unset.
+            """
+            try:
+                settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
+                result = h.run_preview(studio, h.require_file(depth), settings)
+            except _errors() as exc:
+                raise _user_error(exc) from None
+            png = h.write_control_png(studio, request.session_hash if request else None, result)
+            return FileData(path=png), result.stats.to_dict()
+
+        def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = 28, guidance: float = 10.0,
+                         variant: str = "", channel: str = "auto", mode: str = "auto", invert: str = "auto",
+                         clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
+                         long_side: int = 1024, init_image: FileData | None = None, strength: float = 0.6,
+                         request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
+            """Generate an image from a depth file and a prompt.
+
+            seed -1 draws one (it is reported); variant "" keeps the loaded tier (bf16, qint8 or qint4).
+            Returns the PNG (settings in its text chunks) and the metadata record.
+            """
+            init_path = h.require_file(init_image) if init_image else None
+            try:
+                settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
+                outcome = generate_on_gpu(
+                    h.require_file(depth), settings, prompt, variant or manager.variant, steps, guidance,
+                    None if seed is None or int(seed) < 0 else int(seed), init_path,
+                    os.path.basename(init_path) if init_path else None, strength,
+                    request.session_hash if request else None, None, None,
+                )
+            except _errors() as exc:
+                raise _user_error(exc) from None
+            return FileData(path=outcome.png), outcome.metadata
+
+        gr.api(api_preview, api_name="preview", concurrency_limit=4, concurrency_id="preview")
+        gr.api(api_generate, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+    return demo
+
+
+def allowed_paths(studio: h.Studio) -> list[str]:
+    """Only the outputs folder and the bundled examples are served (plus gradio's own upload cache)."""
+    return [str(studio.outputs.resolve()), str(EXAMPLE_FOLDER)]

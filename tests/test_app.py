@@ -1,0 +1,124 @@
+"""The Gradio app in-process on loopback with tiny-random: API endpoints, sessions, auth, uploads, presets."""
+
+import json
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR
+from fluxdepth_ui.depth import DepthSettings, prepare_depth
+from fluxdepth_ui.pipeline import read_metadata
+from fluxdepth_ui.ui.app import allowed_paths
+from fluxdepth_ui.ui.launch import build_parser, create, parse_auth
+
+
+def launch(tmp_path, *extra, **launch_kw):
+    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs"), *extra])
+    studio, demo = create(args)
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                allowed_paths=allowed_paths(studio), **launch_kw)
+    return studio, demo
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    studio, demo = launch(tmp_path_factory.mktemp("app"))
+    yield studio, demo
+    demo.close()
+
+
+def test_preview_endpoint_16bit_png_values(app):
+    _, demo = app
+    client = Client(demo.local_url, verbose=False)
+    png, stats = client.predict(handle_file(str(DEPTH_SYN)), long_side=512, api_name="/preview")
+    expected = prepare_depth(str(DEPTH_SYN), DepthSettings(long_side=512))
+    got = np.array(Image.open(png))
+    assert got.dtype == np.uint16 and got.shape == (384, 512)
+    np.testing.assert_array_equal(got, expected.control.to_uint16())
+    assert stats["channel"] == "Y" and stats["mode"] == "disparity" and stats["sample_type"] == "uint16"
+
+
+def test_preview_endpoint_exr_options_and_errors(app):
+    _, demo = app
+    client = Client(demo.local_url, verbose=False)
+    png, stats = client.predict(handle_file(str(BEACHBALL)), mode="linear", invert="on", api_name="/preview")
+    expected = prepare_depth(str(BEACHBALL), DepthSettings(
+        normalize=DepthSettings().normalize.__class__(mode="linear", invert="on")))
+    np.testing.assert_array_equal(np.array(Image.open(png)), expected.control.to_uint16())
+    assert stats["mode"] == "linear" and stats["inverted"] is True and stats["width"] == 1024
+    with pytest.raises(Exception, match="no depth channel"):
+        client.predict(handle_file(str(NOZ_EXR)), api_name="/preview")
+
+
+def test_generate_endpoint_returns_png_with_metadata(app):
+    studio, demo = app
+    client = Client(demo.local_url, verbose=False)
+    png, meta = client.predict(handle_file(str(BEACHBALL)), "a beach ball", seed=4, steps=2, long_side=256,
+                               api_name="/generate")
+    saved = read_metadata(png)
+    assert saved is not None and saved.seed == 4 and saved.steps == 2 and saved.prompt == "a beach ball"
+    assert meta["seed"] == 4 and meta["depth_channel"] == "Z" and meta["model"] == "tiny-random-seed0"
+    assert Image.open(png).size == (256, 192)
+    # The result and its sidecar live in the session's own folder under --outputs.
+    sidecars = list(studio.outputs.glob("*/*-seed4.json"))
+    assert len(sidecars) == 1 and json.loads(sidecars[0].read_text())["seed"] == 4
+
+
+def test_sessions_do_not_share_results(app):
+    studio, demo = app
+    a, b = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+    a.predict(handle_file(str(DEPTH_SYN)), "session a", seed=101, steps=1, long_side=256, api_name="/generate")
+    b.predict(handle_file(str(DEPTH_SYN)), "session b", seed=202, steps=1, long_side=256, api_name="/generate")
+    folder_a = {p.parent for p in studio.outputs.glob("*/*-seed101.png")}
+    folder_b = {p.parent for p in studio.outputs.glob("*/*-seed202.png")}
+    assert len(folder_a) == 1 and len(folder_b) == 1 and folder_a != folder_b
+    assert not list(next(iter(folder_a)).glob("*-seed202.png"))
+
+
+def test_only_outputs_and_uploads_are_served(app):
+    import urllib.error
+    import urllib.request
+
+    _, demo = app
+    for path in ("/etc/passwd", str(DEPTH_SYN), __file__):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(demo.local_url.rstrip("/") + "/gradio_api/file=" + path)
+        assert err.value.code == 403
+
+
+def test_auth_rejects_wrong_password(tmp_path):
+    studio, demo = launch(tmp_path, "--auth", "artist:s3cret", auth=parse_auth("artist:s3cret"))
+    try:
+        with pytest.raises(Exception):
+            Client(demo.local_url, auth=("artist", "wrong"), verbose=False)
+        ok = Client(demo.local_url, auth=("artist", "s3cret"), verbose=False)
+        png, _ = ok.predict(handle_file(str(DEPTH_SYN)), long_side=256, api_name="/preview")
+        assert Image.open(png).size == (256, 192)
+    finally:
+        demo.close()
+
+
+def test_upload_size_is_capped(tmp_path):
+    studio, demo = launch(tmp_path, max_file_size="100kb")
+    try:
+        client = Client(demo.local_url, verbose=False)
+        with pytest.raises(Exception, match="(?i)size|large|413"):
+            client.predict(handle_file(str(BEACHBALL)), api_name="/preview")  # 2.3 MB
+        png, _ = client.predict(handle_file(str(DEPTH_SYN)), long_side=256, api_name="/preview")  # 32 KB
+        assert Image.open(png).size == (256, 192)
+    finally:
+        demo.close()
+
+
+def test_bad_start_options_exit_2(capsys):
+    from fluxdepth_ui.ui.launch import main
+
+    for argv in (["--auth", "nopassword"], ["--model", "not a model"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ")

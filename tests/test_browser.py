@@ -1,0 +1,115 @@
+"""A real browser (Playwright + Debian's Chromium) driving the app: upload, preview, invert, generate, bad file.
+
+Chromium comes from apt (`.ci/run` installs it); Playwright's own browser download is never used.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR
+from fluxdepth_ui.ui.app import allowed_paths
+from fluxdepth_ui.ui.launch import build_parser, create
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path_factory.mktemp("out"))])
+    studio, demo = create(args)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                allowed_paths=allowed_paths(studio))
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium not found: install Debian's chromium (apt-get install chromium), as .ci/run does")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+def upload(page, path):
+    """Drop a file on the depth input; a file already shown there is cleared first, as a user would."""
+    page.wait_for_selector("#depth-file input[type=file], #depth-file button[aria-label='Clear']", state="attached")
+    field = page.locator("#depth-file input[type=file]")
+    if field.count() == 0:
+        page.locator("#depth-file button[aria-label='Clear']").first.click(force=True)
+    page.locator("#depth-file input[type=file]").set_input_files(str(path))
+
+
+def preview_src(page):
+    return page.locator("#preview img").get_attribute("src")
+
+
+def wait_new_preview(page, old):
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#preview img'); return i && i.src && i.src !== old; }",
+        arg=old, timeout=30_000)
+    return preview_src(page)
+
+
+def test_artist_flow_in_a_real_browser(app_url, browser):
+    outside = []
+    page = browser.new_page(viewport={"width": 1440, "height": 1600})
+    page.on("request", lambda r: outside.append(r.url) if not re.match(r"^(https?://(127\.0\.0\.1|localhost)|data:|blob:)", r.url) else None)
+    page.goto(app_url)
+    upload(page, BEACHBALL)
+
+    # The preview, its stats and both histograms appear.
+    page.wait_for_selector("#preview img", timeout=30_000)
+    first = preview_src(page)
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('141 levels')", timeout=30_000)
+    assert "disparity" in page.locator("#stats").inner_text()
+    page.wait_for_selector("#raw-hist canvas, #raw-hist svg", timeout=30_000)
+    page.wait_for_selector("#control-hist canvas, #control-hist svg", timeout=30_000)
+    first_bytes = page.request.get(first).body()
+
+    # Toggling invert changes what the model would be fed.
+    page.locator("#invert").get_by_text("on", exact=True).click()
+    flipped = wait_new_preview(page, first)
+    assert page.request.get(flipped).body() != first_bytes
+    assert "(inverted)" in page.locator("#stats").inner_text()
+    page.locator("#invert").get_by_text("auto", exact=True).click()
+    wait_new_preview(page, flipped)
+
+    # Generate produces a result.
+    page.locator("#prompt textarea").fill("a beach ball on wet sand")
+    page.locator("#generate").click()
+    page.wait_for_selector("#result img", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=30_000)
+    assert page.locator("#gallery img").count() == 1
+
+    # A file with no depth channel shows a readable error, and the page keeps working.
+    before = preview_src(page)
+    upload(page, NOZ_EXR)
+    page.get_by_text(re.compile("no depth channel")).first.wait_for(timeout=30_000)
+    upload(page, DEPTH_SYN)
+    wait_new_preview(page, before)
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('open3d_depth_syn.png')",
+                           timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-flow.png"), full_page=True)
+
+    # Another visitor (a new browser context = a new session) sees none of this session's results.
+    other = browser.new_context().new_page()
+    other.goto(app_url)
+    other.wait_for_selector("#generate")
+    assert other.locator("#gallery img").count() == 0
+    assert other.locator("#result img").count() == 0
+    other.close()
+    page.close()
+    assert outside == [], f"the page reached outside loopback: {outside[:3]}"

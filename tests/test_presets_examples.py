@@ -1,0 +1,67 @@
+"""Presets (plain JSON, user folder only) and the bundled example depth files."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxdepth_ui.depth import load_depth, prepare_depth
+from fluxdepth_ui.presets import PresetError, builtin_dir, list_presets, load_preset, save_preset
+from fluxdepth_ui.ui.examples import EXAMPLES, FOLDER, make_examples
+
+
+def test_builtin_presets_load_and_cover_the_workflows(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLUXDEPTH_PRESETS", str(tmp_path / "user"))
+    presets = list_presets()
+    names = {p.name for p in presets}
+    assert len(presets) >= 6 and all(p.builtin for p in presets)
+    for wanted in ("Karma / Mantra EXR depth", "16-bit PNG export, near = dark", "Already-inverted map, near = white",
+                   "Deep landscape", "Product shot", "Fast draft"):
+        assert wanted in names
+    draft = next(p for p in presets if p.name == "Fast draft")
+    assert draft.generation["variant"] == "qint8" and draft.depth["long_side"] == 768
+
+
+def test_save_preset_goes_to_user_folder_and_never_overwrites(monkeypatch, tmp_path):
+    monkeypatch.setenv("FLUXDEPTH_PRESETS", str(tmp_path / "user"))
+    depth = {"mode": "linear", "invert": "on", "clip": [1.0, 99.0], "near": None, "far": None, "long_side": 768}
+    first = save_preset("My Interior", depth, {"variant": "qint8", "steps": 20, "guidance": 9.0})
+    second = save_preset("My Interior", depth, {"variant": "bf16", "steps": 30, "guidance": 10.0})
+    assert first.parent == tmp_path / "user" and first.name == "my-interior.json" and second.name == "my-interior-2.json"
+    assert json.loads(first.read_text())["generation"]["steps"] == 20  # the first file is untouched
+    assert {"My Interior"} <= {p.name for p in list_presets() if not p.builtin}
+    assert not list(builtin_dir().glob("my-interior*.json"))
+    with pytest.raises(PresetError, match="not written into the install"):
+        save_preset("x", depth, {}, folder=builtin_dir())
+    with pytest.raises(PresetError, match="name"):
+        save_preset("  ", depth, {})
+
+
+def test_broken_preset_is_reported(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "Bad", "depth": {"mode": "sideways"}}))
+    with pytest.raises(PresetError, match="bad.json.*unknown mode"):
+        load_preset(bad)
+    (tmp_path / "typo.json").write_text(json.dumps({"name": "Typo", "depth": {"moed": "auto"}}))
+    with pytest.raises(PresetError, match="unknown settings: moed"):
+        load_preset(tmp_path / "typo.json")
+
+
+def test_committed_examples_are_what_the_generator_makes(tmp_path):
+    made = make_examples(tmp_path)
+    for name in EXAMPLES:
+        committed, fresh = load_depth(str(FOLDER / name)), load_depth(str(made[name]))
+        np.testing.assert_array_equal(committed.values, fresh.values)
+        assert (FOLDER / name).stat().st_size < 100_000
+
+
+def test_examples_normalize_as_described():
+    room = prepare_depth(str(FOLDER / "room_karma_depth.exr"))
+    assert room.depth.channel == "depth" and room.control_map.mode == "disparity"
+    sphere = prepare_depth(str(FOLDER / "sphere_export_near_dark_16bit.png"))
+    assert sphere.control_map.inverted and (sphere.control.pixels[0] == 0).all()  # sky ends black
+    white = prepare_depth(str(FOLDER / "room_near_white_8bit.png"))
+    assert white.control_map.mode == "passthrough" and not white.control_map.inverted
+    raw = np.array(Image.open(FOLDER / "room_near_white_8bit.png")) / 255.0
+    np.testing.assert_allclose(white.control_map.values, raw, atol=1e-6)
