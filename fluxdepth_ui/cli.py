@@ -20,9 +20,10 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def add_depth_arguments(p: argparse.ArgumentParser) -> None:
+def add_depth_arguments(p: argparse.ArgumentParser, metavar: str = "DEPTH",
+                        help_text: str = "depth file: EXR, PNG, TIFF, PFM, NPY, JPEG, PGM") -> None:
     g = p.add_argument_group("depth")
-    g.add_argument("depth", metavar="DEPTH", help="depth file: EXR, PNG, TIFF, PFM, NPY, JPEG, PGM")
+    g.add_argument("depth", metavar=metavar, help=help_text)
     g.add_argument("--channel", help="channel to read (default: search Pz, depth, Z, ... in every part)")
     g.add_argument("--mode", choices=MODES, default="auto", help="normalization (default auto)")
     g.add_argument("--invert", choices=INVERT_CHOICES, default="auto", help="flip near/far (default auto)")
@@ -31,9 +32,19 @@ def add_depth_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--near", type=float, help="distance that maps to white (scene units)")
     g.add_argument("--far", type=float, help="distance that maps to the far end (scene units)")
     g.add_argument("--long-side", type=int, default=1024, help="control image long side in pixels (default 1024)")
+    g.add_argument("--stats", metavar="STATS.json", help="use a sequence's normalization range (fluxdepth sequence)")
 
 
 def depth_settings_from_args(args: argparse.Namespace) -> DepthSettings:
+    settings = _plain_depth_settings(args)
+    if getattr(args, "stats", None) and args.command != "sequence":
+        from .sequence import load_stats, settings_with_stats
+
+        return settings_with_stats(settings, load_stats(args.stats))
+    return settings
+
+
+def _plain_depth_settings(args: argparse.Namespace) -> DepthSettings:
     return DepthSettings(
         channel=args.channel,
         normalize=NormalizeSettings(
@@ -134,6 +145,66 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+
+def cmd_sequence(args: argparse.Namespace) -> int:
+    import os
+
+    from .pipeline import GenerationSettings, PipelineManager, parse_model_source
+    from .pipeline.manager import draw_seed
+    from .sequence import (
+        check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
+        stats_match, write_video,
+    )
+
+    GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance).validate()
+    if args.init_image:
+        raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
+    source = parse_model_source(args.model, args.revision, args.lora, args.lora_scale)
+    settings = _plain_depth_settings(args)
+    wanted = parse_frame_range(args.frames)
+    frames = find_frames(args.depth)
+    check_frames(frames)  # the whole sequence: gaps and mixed sizes are reported before anything renders
+    selected = check_frames(frames, wanted)
+    os.makedirs(args.out, exist_ok=True)
+    stats_path = args.stats or os.path.join(args.out, "sequence_stats.json")
+    stats = load_stats(stats_path) if os.path.exists(stats_path) else None
+    if stats is not None and not args.stats and not stats_match(stats, settings, args.depth):
+        stats = None  # a leftover from other settings in this folder: compute afresh (frames re-render)
+    if stats is None:
+        with _progress_bar(len(frames), "range (pass 1)") as bar:
+            stats = compute_stats(frames, settings, args.depth, seed=args.seed,
+                                  progress=lambda i, n: bar.update(1))
+    if args.seed is not None and stats.seed != args.seed:
+        stats = type(stats)(**{**stats.__dict__, "seed": args.seed})
+    if stats.seed is None:
+        stats = type(stats)(**{**stats.__dict__, "seed": draw_seed()})
+    save_stats(stats, stats_path)
+    generation = GenerationSettings(prompt=args.prompt, seed=stats.seed, steps=args.steps, guidance=args.guidance)
+    manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
+                              token=os.environ.get("HF_TOKEN"))
+    with _progress_bar(len(selected), "frames (pass 2)") as bar:
+        report = render_sequence(manager, selected, stats, settings, generation, args.out,
+                                 on_frame=lambda i, n, frame, status: (bar.set_postfix_str(f"{frame.number} "
+                                                                                           f"{status}"),
+                                                                       bar.update(1)))
+    videos = []
+    if args.video:
+        videos.append(write_video(report.outputs, args.video, args.fps))
+        root, ext = os.path.splitext(args.video)
+        videos.append(write_video(report.controls, f"{root}_control{ext}", args.fps))
+    print(json.dumps({
+        "out": args.out, "stats": stats_path, "seed": stats.seed, "frames": [f.number for f in selected],
+        "rendered": report.rendered, "skipped": report.skipped, "seconds": round(report.seconds, 3),
+        "range": stats.range.to_dict(), "videos": videos, "variant": args.variant, "model": source.key,
+    }))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fluxdepth", description="FluxDepth Studio: depth passes -> FLUX.1-Depth-dev images")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -148,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_arguments(g)
     g.add_argument("--out", required=True, metavar="OUT.png", help="PNG to write (OUT.json is written beside it)")
     g.set_defaults(func=cmd_generate)
+
+    q = sub.add_parser("sequence", help="render a depth frame sequence with one normalization and one seed")
+    add_depth_arguments(q, "PATTERN", "frames: depth.####.exr, depth.$F4.exr, depth.%04d.exr, or a folder")
+    add_generation_arguments(q)
+    q.add_argument("--out", required=True, metavar="DIR", help="folder for frame PNGs, sidecars and control maps")
+    q.add_argument("--frames", metavar="A-B", help="render only these frames (the range still covers all)")
+    q.add_argument("--video", metavar="OUT.mp4", help="also write a video (mp4/mov/mkv/gif) and OUT_control.*")
+    q.add_argument("--fps", type=float, default=24.0, help="video frame rate (default 24)")
+    q.set_defaults(func=cmd_sequence)
     return parser
 
 

@@ -28,6 +28,8 @@ GAP_MAX = 0.25
 _BACKGROUND_MIN_FRACTION = 0.001
 _HALF_MAX = 65504.0
 _SENTINEL_MIN = 1e9
+# Percentiles are taken on a strided sample of at most this many valid pixels per frame.
+_MAX_SAMPLES_PER_FRAME = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -152,9 +154,13 @@ def compute_range(depth: DepthMap, settings: NormalizeSettings = NormalizeSettin
     return _range_from_samples([_samples(depth, settings)], settings)
 
 
-def compute_sequence_range(depths: Iterable[DepthMap], settings: NormalizeSettings = NormalizeSettings()) -> DepthRange:
-    """One range over many frames (pooled percentiles), so every frame of a camera move is mapped alike."""
-    samples = [_samples(d, settings) for d in depths]
+def compute_sequence_range(depths: Iterable[DepthMap], settings: NormalizeSettings = NormalizeSettings(),
+                           samples_per_frame: int = _MAX_SAMPLES_PER_FRAME) -> DepthRange:
+    """One range over many frames (pooled percentiles), so every frame of a camera move is mapped alike.
+
+    `depths` may be a generator: frames are read one at a time and only a strided sample of each is kept.
+    """
+    samples = [_samples(d, settings, max_samples=samples_per_frame) for d in depths]
     if not samples:
         raise DepthInputError("no frames to compute a depth range from")
     modes = {s.mode for s in samples}
@@ -173,10 +179,8 @@ class _Samples:
     valid: np.ndarray | None = None
 
 
-_MAX_SAMPLES_PER_FRAME = 4_000_000
-
-
-def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False) -> _Samples:
+def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False,
+             max_samples: int = _MAX_SAMPLES_PER_FRAME) -> _Samples:
     mode = resolve_mode(depth, settings)
     _check_mode_fits(depth, mode, settings)
     valid = valid_mask(depth)
@@ -188,8 +192,8 @@ def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False) -
         )
     x = _working_values(depth, mode, valid, settings)
     values = x[valid]
-    if values.size > _MAX_SAMPLES_PER_FRAME:
-        values = values[:: values.size // _MAX_SAMPLES_PER_FRAME + 1]
+    if values.size > max_samples:
+        values = values[:: values.size // max_samples + 1].copy()
     background = (valid.size - count) >= valid.size * _BACKGROUND_MIN_FRACTION
     bright = _background_is_bright(x, valid) if mode == "passthrough" and not depth.near_is_bright else None
     if keep:

@@ -128,6 +128,38 @@ def read_raster(path: str) -> Raster:
     return raster
 
 
+def probe_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file's header only, without decoding pixels."""
+    fmt = sniff_format(path)
+    name = os.path.basename(path)
+    try:
+        if fmt == "exr":
+            import OpenEXR
+
+            head = OpenEXR.File(path, header_only=True)
+            (x0, y0), (x1, y1) = (np.asarray(v) for v in head.parts[0].header["displayWindow"])
+            return int(x1 - x0 + 1), int(y1 - y0 + 1)
+        if fmt in ("png", "jpeg", "pgm"):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return img.size
+        if fmt == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return series.shape[series.axes.index("X")], series.shape[series.axes.index("Y")]
+        if fmt == "npy":
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+            return shape[1], shape[0]
+        return read_raster(path).width, read_raster(path).height  # PFM: the header is the first line anyway
+    except DepthInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user problem
+        raise DepthInputError(f"{name}: cannot read its header ({exc}); the file is corrupt or truncated") from None
+
+
 def check_shape(width: int, height: int, name: str) -> None:
     if width * height > MAX_PIXELS:
         raise DepthInputError(

@@ -1,0 +1,309 @@
+"""Camera moves: a depth frame sequence rendered with one normalization range, one seed and the same noise.
+
+Pass 1 (`compute_stats`) pools robust percentiles over every frame into a stats JSON. Pass 2 (`render_sequence`)
+renders each frame with that fixed range, so a back wall keeps its grey level while near objects move, and any
+frame range rendered on any machine with the same stats file matches what one machine would have made.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+from .depth import DepthInputError, DepthRange, DepthSettings, NormalizeSettings, compute_sequence_range, load_depth
+from .depth.readers import probe_size
+
+STATS_FORMAT = 1
+DEPTH_SUFFIXES = (".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm")
+# Pooled percentiles over at most ~20 M sampled pixels, whatever the frame count (memory stays bounded).
+_POOLED_SAMPLES = 20_000_000
+
+
+@dataclass(frozen=True)
+class Frame:
+    number: int
+    path: str
+
+
+@dataclass(frozen=True)
+class SequenceStats:
+    range: DepthRange
+    channel: str | None
+    settings: dict  # the normalization settings the range was computed with
+    frames: tuple[int, int]
+    count: int
+    resolution: tuple[int, int]
+    pattern: str
+    seed: int | None = None  # fixed for the whole sequence, so split runs match
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["range"] = self.range.to_dict()
+        d["format"] = STATS_FORMAT
+        return d
+
+
+# --- finding frames ----------------------------------------------------------------------------------------------
+
+
+def _pattern_regex(pattern: str) -> tuple[str, re.Pattern] | None:
+    """Houdini `$F4`/`$F`, `####` and printf `%04d` patterns -> (glob, regex with one number group)."""
+    base = os.path.basename(pattern)
+    for token in (r"\$F(\d*)", r"#+", r"%0?(\d*)d"):
+        m = re.search(token, base)
+        if m:
+            glob_base = base[: m.start()] + "*" + base[m.end():]
+            regex = re.escape(base[: m.start()]) + r"(-?\d+)" + re.escape(base[m.end():]) + "$"
+            return os.path.join(os.path.dirname(pattern), glob_base), re.compile(regex)
+    return None
+
+
+def find_frames(pattern: str) -> list[Frame]:
+    """Frames of `pattern` (a `####` / `$F4` / `%04d` path, or a folder of numbered depth files), by number."""
+    pattern = os.path.expanduser(pattern)
+    if os.path.isdir(pattern):
+        frames = []
+        for path in sorted(os.listdir(pattern)):
+            m = re.search(r"(\d+)(?=\.[^.]+$)", path)
+            if m and path.lower().endswith(DEPTH_SUFFIXES):
+                frames.append(Frame(int(m.group(1)), os.path.join(pattern, path)))
+        stems = {re.sub(r"\d+(?=\.[^.]+$)", "#", os.path.basename(f.path)) for f in frames}
+        if len(stems) > 1:
+            raise DepthInputError(
+                f"{pattern} holds more than one numbered sequence ({', '.join(sorted(stems)[:3])}); "
+                "pass a pattern such as depth.####.exr instead of the folder"
+            )
+    else:
+        parsed = _pattern_regex(pattern)
+        if parsed is None:
+            raise DepthInputError(
+                f"{pattern} has no frame number placeholder; write it as depth.####.exr, depth.$F4.exr or "
+                "depth.%04d.exr, or pass the folder"
+            )
+        glob_pattern, regex = parsed
+        frames = []
+        for path in glob.glob(os.path.join(glob.escape(os.path.dirname(glob_pattern)),
+                                           os.path.basename(glob_pattern))):
+            m = regex.search(os.path.basename(path))
+            if m:
+                frames.append(Frame(int(m.group(1)), path))
+    frames.sort(key=lambda f: f.number)
+    if not frames:
+        raise DepthInputError(f"no depth frames match {pattern}")
+    return frames
+
+
+def parse_frame_range(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(-?\d+)\s*(?:-|:|\.\.)\s*(-?\d+)\s*", text) or re.fullmatch(r"\s*(-?\d+)\s*", text)
+    if not m:
+        raise DepthInputError(f"frame range {text!r} is not like 1-40")
+    a, b = int(m.group(1)), int(m.group(m.lastindex))
+    if b < a:
+        raise DepthInputError(f"frame range {text!r} ends before it starts")
+    return a, b
+
+
+def check_frames(frames: list[Frame], wanted: tuple[int, int] | None = None) -> list[Frame]:
+    """The frames to use, after refusing gaps and mixed resolutions (both found before any rendering)."""
+    if wanted:
+        frames = [f for f in frames if wanted[0] <= f.number <= wanted[1]]
+        if not frames:
+            raise DepthInputError(f"no frames in {wanted[0]}-{wanted[1]}")
+    numbers = [f.number for f in frames]
+    expected = set(range(numbers[0], numbers[-1] + 1)) if not wanted else set(range(wanted[0], wanted[1] + 1))
+    missing = sorted(expected - set(numbers))
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise DepthInputError(f"missing frames: {shown} ({len(missing)} of {len(expected)}); render them or pick "
+                              "a range without gaps (--frames)")
+    sizes: dict[tuple[int, int], list[int]] = {}
+    for f in frames:
+        sizes.setdefault(probe_size(f.path), []).append(f.number)
+    if len(sizes) > 1:
+        parts = [f"{w}x{h} (frames {v[0]}..{v[-1]}, {len(v)} frames)" for (w, h), v in sizes.items()]
+        raise DepthInputError(f"mixed resolutions in the sequence: {'; '.join(parts)}; render every frame at one size")
+    return frames
+
+
+# --- pass 1: one range for all frames ----------------------------------------------------------------------------
+
+
+def compute_stats(frames: list[Frame], settings: DepthSettings, pattern: str, seed: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> SequenceStats:
+    def depths() -> Iterable:
+        for i, frame in enumerate(frames):
+            if progress:
+                progress(i + 1, len(frames))
+            yield load_depth(frame.path, settings.channel)
+
+    per_frame = max(100_000, _POOLED_SAMPLES // max(1, len(frames)))
+    rng = compute_sequence_range(depths(), settings.normalize, samples_per_frame=per_frame)
+    n = settings.normalize
+    return SequenceStats(
+        range=rng, channel=settings.channel,
+        settings={"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far},
+        frames=(frames[0].number, frames[-1].number), count=len(frames),
+        resolution=probe_size(frames[0].path), pattern=pattern, seed=seed,
+    )
+
+
+def save_stats(stats: SequenceStats, path: str) -> None:
+    with open(path, "w") as fh:
+        json.dump(stats.to_dict(), fh, indent=2)
+
+
+def load_stats(path: str) -> SequenceStats:
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise DepthInputError(f"stats file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise DepthInputError(f"stats file {path} cannot be read ({exc}); compute it again") from None
+    if data.get("format") != STATS_FORMAT or "range" not in data:
+        raise DepthInputError(f"{path} is not a FluxDepth sequence stats file")
+    return SequenceStats(
+        range=DepthRange.from_dict(data["range"]), channel=data.get("channel"), settings=data.get("settings", {}),
+        frames=tuple(data.get("frames", (0, 0))), count=int(data.get("count", 0)),
+        resolution=tuple(data.get("resolution", (0, 0))), pattern=data.get("pattern", ""), seed=data.get("seed"),
+    )
+
+
+def stats_match(stats: SequenceStats, settings: DepthSettings, pattern: str) -> bool:
+    """True when `stats` was computed for this pattern with these normalization settings (resume-safe)."""
+    n = settings.normalize
+    wanted = {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far}
+    return stats.pattern == pattern and stats.channel == settings.channel and stats.settings == wanted
+
+
+def settings_with_stats(settings: DepthSettings, stats: SequenceStats) -> DepthSettings:
+    """Depth settings that reproduce the sequence's mapping for any single frame."""
+    s = stats.settings
+    normalize = NormalizeSettings(mode=s.get("mode", "auto"), invert=settings.normalize.invert,
+                                  clip=tuple(s.get("clip", settings.normalize.clip)), near=s.get("near"),
+                                  far=s.get("far"))
+    return DepthSettings(channel=settings.channel or stats.channel, normalize=normalize,
+                         long_side=settings.long_side, fixed_range=stats.range)
+
+
+# --- pass 2: render ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SequenceReport:
+    rendered: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    controls: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def frame_key(frame: Frame, generation: dict, depth: DepthSettings, model: str, variant: str) -> str:
+    """What a finished frame depends on: if it matches the sidecar, the frame is not rendered again."""
+    st = os.stat(frame.path)
+    payload = {
+        "file": os.path.basename(frame.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+        "generation": generation, "model": model, "variant": variant, "long_side": depth.long_side,
+        "range": depth.fixed_range.to_dict() if depth.fixed_range else None, "channel": depth.channel,
+        "invert": depth.normalize.invert,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def output_paths(out_dir: str, frame: Frame, stem: str = "frame") -> tuple[str, str, str]:
+    png = os.path.join(out_dir, f"{stem}.{frame.number:04d}.png")
+    return png, os.path.splitext(png)[0] + ".json", os.path.join(out_dir, "control", f"{stem}.{frame.number:04d}.png")
+
+
+def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: DepthSettings, generation,
+                    out_dir: str, on_frame: Callable[[int, int, Frame, str], None] | None = None,
+                    on_step=None, cancel=None) -> SequenceReport:
+    """Render `frames` with the sequence's fixed range and seed. Frames already done with the same settings are kept.
+
+    `generation` is a GenerationSettings whose seed is the sequence seed; `on_frame(i, n, frame, status)` reports
+    progress ("rendered" / "skipped").
+    """
+    from .depth import prepare_depth, write_preview_png
+    from .pipeline import GenerationCancelled, save_result
+
+    os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
+    depth = settings_with_stats(depth, stats)
+    gen_dict = {"prompt": generation.prompt, "seed": generation.seed, "steps": generation.steps,
+                "guidance": generation.guidance}
+    report = SequenceReport()
+    t0 = time.perf_counter()
+    for i, frame in enumerate(frames):
+        png, sidecar, control_png = output_paths(out_dir, frame)
+        key = frame_key(frame, gen_dict, depth, manager.source.key, manager.variant)
+        if os.path.exists(png) and os.path.exists(control_png) and _sidecar_key(sidecar) == key:
+            report.skipped.append(frame.number)
+            report.outputs.append(png)
+            report.controls.append(control_png)
+            if on_frame:
+                on_frame(i + 1, len(frames), frame, "skipped")
+            continue
+        if cancel is not None and cancel.is_set():
+            raise GenerationCancelled(f"cancelled before frame {frame.number}")
+        preview = prepare_depth(frame.path, depth)
+        result = manager.generate(preview.control, generation, depth=preview.stats, on_step=on_step, cancel=cancel)
+        save_result(result.image, result.metadata, png)
+        with open(sidecar) as fh:
+            meta = json.load(fh)
+        meta.update(sequence_key=key, frame=frame.number, depth_path=os.path.abspath(frame.path))
+        with open(sidecar, "w") as fh:
+            json.dump(meta, fh, indent=2)
+        write_preview_png(preview.control, control_png)
+        report.rendered.append(frame.number)
+        report.outputs.append(png)
+        report.controls.append(control_png)
+        if on_frame:
+            on_frame(i + 1, len(frames), frame, "rendered")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _sidecar_key(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh).get("sequence_key")
+    except (OSError, ValueError):
+        return None
+
+
+# --- video -------------------------------------------------------------------------------------------------------
+
+
+def write_video(paths: list[str], out: str, fps: float = 24.0) -> str:
+    """MP4 (H.264 through the ffmpeg that imageio-ffmpeg ships) or GIF, by the extension of `out`."""
+    import imageio.v3 as iio
+    import numpy as np
+    from PIL import Image
+
+    if not paths:
+        raise DepthInputError("no frames to put in a video")
+
+    def rgb8(path):
+        with Image.open(path) as img:
+            if img.mode.startswith("I;16") or img.mode == "I":
+                arr = (np.asarray(img, dtype=np.float32) / 257.0).round().astype(np.uint8)
+                return np.repeat(arr[..., None], 3, axis=2)
+            return np.asarray(img.convert("RGB"))
+
+    frames = np.stack([rgb8(p) for p in paths])
+    ext = os.path.splitext(out)[1].lower()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if ext == ".gif":
+        iio.imwrite(out, frames, duration=1000.0 / fps, loop=0)
+    elif ext in (".mp4", ".mov", ".mkv"):
+        iio.imwrite(out, frames, plugin="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=16)
+    else:
+        raise DepthInputError(f"video {out}: use .mp4, .mov, .mkv or .gif")
+    return out
