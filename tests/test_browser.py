@@ -113,3 +113,31 @@ def test_artist_flow_in_a_real_browser(app_url, browser):
     other.close()
     page.close()
     assert outside == [], f"the page reached outside loopback: {outside[:3]}"
+
+
+def test_sequence_tab_renders_all_frames_with_one_range(app_url, browser, tmp_path):
+    import numpy as np
+
+    from conftest import write_exr
+
+    paths = []
+    for i, z in enumerate([5.0, 8.0, 12.0]):
+        d = np.full((96, 128), 50.0, np.float32)
+        d[30:60, 10 + 20 * i: 40 + 20 * i] = z
+        paths.append(str(write_exr(tmp_path / f"move.{i + 1:04d}.exr", {"Z": d})))
+    page = browser.new_page(viewport={"width": 1440, "height": 1400})
+    page.goto(app_url)
+    page.get_by_role("tab", name="Sequence").click()
+    page.locator("#seq-files input[type=file]").set_input_files(paths)
+    page.wait_for_function("() => document.querySelector('#seq-summary').innerText.includes('3 frames')",
+                           timeout=60_000)
+    assert page.locator("#seq-previews img").count() == 3
+    page.locator("#seq-prompt textarea").fill("a corridor")
+    page.locator("#seq-render").click()
+    page.wait_for_function("() => document.querySelector('#seq-status').innerText.includes('Done: 3 frames')",
+                           timeout=120_000)
+    assert page.locator("#seq-gallery img").count() == 3
+    page.wait_for_selector("#seq-video video", state="attached", timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "browser-sequence.png"), full_page=True)
+    page.close()

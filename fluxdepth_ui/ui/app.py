@@ -80,60 +80,99 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             preset_save = gr.Button("Save preset", scale=1)
         preset_status = gr.Markdown()
 
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1):
-                depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
-                                     type="filepath", elem_id="depth-file")
-                gr.Examples(examples=[[p] for p in example_paths()], inputs=[depth_file], label="Example depth maps",
-                            example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
-                with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
-                    photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"])
-                    estimate_btn = gr.Button("Estimate depth")
-                with gr.Row():
-                    channel = gr.Dropdown([h.AUTO_CHANNEL], value=h.AUTO_CHANNEL, label="Channel", elem_id="channel")
-                    mode = gr.Dropdown(list(MODES), value="auto", label="Mode", elem_id="mode")
-                    invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
-                with gr.Row():
-                    clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
-                    clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
-                    near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
-                    far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
-                long_side = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)", elem_id="long-side")
-                preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
-                                       format="png", interactive=False, height=360, elem_id="preview")
-                stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
-                log_hist = gr.Checkbox(False, label="Log scale for raw values")
-                raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
-                                      color_map={"used": "#4c78a8", "clipped": "#e45756"},
-                                      height=180, elem_id="raw-hist")
-                control_plot = gr.BarPlot(x="level", y="pixels", title="Control map levels", height=180,
-                                          elem_id="control-hist")
+        with gr.Tabs():
+            with gr.Tab("Single frame", elem_id="single-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
+                                             type="filepath", elem_id="depth-file")
+                        gr.Examples(examples=[[p] for p in example_paths()], inputs=[depth_file], label="Example depth maps",
+                                    example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
+                        with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
+                            photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"])
+                            estimate_btn = gr.Button("Estimate depth")
+                        with gr.Row():
+                            channel = gr.Dropdown([h.AUTO_CHANNEL], value=h.AUTO_CHANNEL, label="Channel", elem_id="channel")
+                            mode = gr.Dropdown(list(MODES), value="auto", label="Mode", elem_id="mode")
+                            invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
+                        with gr.Row():
+                            clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
+                            clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
+                            near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
+                            far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
+                        long_side = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)", elem_id="long-side")
+                        preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
+                                               format="png", interactive=False, height=360, elem_id="preview")
+                        stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
+                        log_hist = gr.Checkbox(False, label="Log scale for raw values")
+                        raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
+                                              color_map={"used": "#4c78a8", "clipped": "#e45756"},
+                                              height=180, elem_id="raw-hist")
+                        control_plot = gr.BarPlot(x="level", y="pixels", title="Control map levels", height=180,
+                                                  elem_id="control-hist")
 
-            with gr.Column(scale=1):
-                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
-                                    placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
-                variant = gr.Radio([(VARIANT_HINTS[v], v) for v in ("bf16", "qint8", "qint4")],
-                                   value=manager.variant, label="Precision (switching reloads the model)")
-                with gr.Row():
-                    steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
-                    guidance = gr.Slider(0, 30, value=10, step=0.5, label="Guidance")
-                with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-                    randomize = gr.Checkbox(True, label="Random seed")
-                with gr.Accordion("Start from an image (img2img)", open=False):
-                    init_image = gr.Image(type="filepath", label="Init image", sources=["upload", "clipboard"])
-                    strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    cancel_btn = gr.Button("Cancel", elem_id="cancel")
-                result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False,
-                                      elem_id="result")
-                status = gr.Markdown(elem_id="status")
-                compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
-                downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple",
-                                    interactive=False)
-                gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
-                                     allow_preview=False, elem_id="gallery")
+                    with gr.Column(scale=1):
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                                            placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
+                        variant = gr.Radio([(VARIANT_HINTS[v], v) for v in ("bf16", "qint8", "qint4")],
+                                           value=manager.variant, label="Precision (switching reloads the model)")
+                        with gr.Row():
+                            steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
+                            guidance = gr.Slider(0, 30, value=10, step=0.5, label="Guidance")
+                        with gr.Row():
+                            seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                            randomize = gr.Checkbox(True, label="Random seed")
+                        with gr.Accordion("Start from an image (img2img)", open=False):
+                            init_image = gr.Image(type="filepath", label="Init image", sources=["upload", "clipboard"])
+                            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
+                        with gr.Row():
+                            generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                            cancel_btn = gr.Button("Cancel", elem_id="cancel")
+                        result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False,
+                                              elem_id="result")
+                        status = gr.Markdown(elem_id="status")
+                        compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
+                        downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple",
+                                            interactive=False)
+                        gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
+                                             allow_preview=False, elem_id="gallery")
+
+
+            with gr.Tab("Sequence", elem_id="sequence-tab"):
+                gr.Markdown("Drop every frame of a camera move (or one zip). One normalization range and one seed "
+                            "cover all frames, so the depth does not flicker; the first, middle and last control "
+                            "maps are shown under that shared range. Precision is the one chosen on the Single frame "
+                            "tab (one model is loaded at a time).")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        seq_files = gr.File(label="Frames (depth.0001.exr, ... or a zip)", file_count="multiple",
+                                            file_types=DEPTH_FILE_TYPES + [".zip"], type="filepath",
+                                            elem_id="seq-files")
+                        with gr.Row():
+                            seq_mode = gr.Dropdown(list(MODES), value="auto", label="Mode")
+                            seq_invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert")
+                            seq_long = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)")
+                        seq_summary = gr.Markdown(elem_id="seq-summary")
+                        seq_previews = gr.Gallery(label="First · middle · last control map (shared range)",
+                                                  columns=3, height=200, allow_preview=True, elem_id="seq-previews")
+                    with gr.Column(scale=1):
+                        seq_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="seq-prompt")
+                        with gr.Row():
+                            seq_steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
+                            seq_guidance = gr.Slider(0, 30, value=10, step=0.5, label="Guidance")
+                        with gr.Row():
+                            seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0, minimum=0)
+                            seq_random = gr.Checkbox(True, label="Random seed")
+                            seq_fps = gr.Number(24, label="Video fps", minimum=1, maximum=120)
+                        with gr.Row():
+                            seq_render = gr.Button("Render all frames", variant="primary", elem_id="seq-render")
+                            seq_cancel = gr.Button("Cancel")
+                        seq_status = gr.Markdown(elem_id="seq-status")
+                        seq_gallery = gr.Gallery(label="Rendered frames", columns=6, height=220, elem_id="seq-gallery")
+                        seq_video = gr.Video(label="Result video", elem_id="seq-video")
+                        seq_downloads = gr.File(label="Downloads (videos, stats)", file_count="multiple",
+                                                interactive=False)
+                seq_setup = gr.State(None)
 
         depth_inputs = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side]
 
@@ -247,6 +286,57 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         preset_save.click(store_preset, [preset_name, mode, invert, clip_low, clip_high, near, far, long_side,
                                          variant, steps, guidance], [preset_menu, preset_status],
                           api_visibility="private")
+
+        # --- sequence --------------------------------------------------------------------------------------------
+        def seq_settings(mode_v, invert_v, side):
+            return h.depth_settings(None, mode_v, invert_v, DEFAULT_CLIP[0], DEFAULT_CLIP[1], None, None, side)
+
+        def ui_seq_prepare(files, mode_v, invert_v, side, request: gr.Request):
+            if not files:
+                return None, [], ""
+            try:
+                setup = h.gather_sequence(studio, request.session_hash, files, seq_settings(mode_v, invert_v, side),
+                                          None)
+            except _errors() as exc:
+                raise _user_error(exc) from None
+            labels = ["first", "middle", "last"]
+            return setup, [(p, labels[i]) for i, p in enumerate(setup.previews)], setup.summary
+
+        for trigger in (seq_files.change, seq_mode.input, seq_invert.input, seq_long.release):
+            trigger(ui_seq_prepare, [seq_files, seq_mode, seq_invert, seq_long],
+                    [seq_setup, seq_previews, seq_summary], api_visibility="private", trigger_mode="always_last")
+
+        def ui_seq_render(setup, mode_v, invert_v, side, prompt_v, variant_v, steps_v, guidance_v, fps_v, seed_v,
+                          random_v, request: gr.Request, progress=gr.Progress()):
+            if setup is None:
+                raise gr.Error("add the sequence's frames first", print_exception=False)
+            seed_fixed = None if random_v or seed_v is None else int(seed_v)
+            setup = h.SequenceSetup(setup.folder, setup.frames,
+                                    type(setup.stats)(**{**setup.stats.__dict__, "seed": seed_fixed}),
+                                    setup.previews, setup.summary)
+            try:
+                report, video, control_video, seed_v = h.run_sequence(
+                    studio, request.session_hash, setup, seq_settings(mode_v, invert_v, side), prompt_v, variant_v,
+                    steps_v, guidance_v, float(fps_v or 24),
+                    on_frame=lambda i, n, frame, status: progress((i, n), desc=f"frame {frame.number} {status}"),
+                )
+            except _errors() as exc:
+                raise _user_error(exc) from None
+            stats_file = os.path.join(setup.folder, "render", "sequence_stats.json")
+            from ..sequence import save_stats
+
+            save_stats(type(setup.stats)(**{**setup.stats.__dict__, "seed": seed_v}), stats_file)
+            message = (f"Done: {len(report.rendered)} frames rendered, {len(report.skipped)} unchanged and kept · seed "
+                       f"**{seed_v}** · {report.seconds:.1f} s")
+            return ([(p, f"frame {os.path.basename(p).split('.')[1]}") for p in report.outputs], video,
+                    [video, control_video, stats_file], message, seed_v)
+
+        seq_render.click(ui_seq_render,
+                         [seq_setup, seq_mode, seq_invert, seq_long, seq_prompt, variant, seq_steps, seq_guidance,
+                          seq_fps, seq_seed, seq_random],
+                         [seq_gallery, seq_video, seq_downloads, seq_status, seq_seed],
+                         concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
+        seq_cancel.click(ui_cancel, None, seq_status, queue=False, api_visibility="private")
 
         # --- API -------------------------------------------------------------------------------------------------
         def api_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",

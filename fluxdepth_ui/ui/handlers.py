@@ -218,3 +218,79 @@ def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:
 def read_sidecar(path: str) -> dict:
     with open(path) as fh:
         return json.load(fh)
+
+
+# --- sequences ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SequenceSetup:
+    folder: str
+    frames: list
+    stats: object  # SequenceStats
+    previews: list[str]  # control PNGs of the first, middle and last frame under the shared range
+    summary: str
+
+
+def gather_sequence(studio: Studio, session: str | None, files: list, settings: DepthSettings,
+                    seed: int | None) -> SequenceSetup:
+    """Uploaded frames (several files, or one zip) -> one folder, checked, with the shared range computed."""
+    import shutil
+    import zipfile
+
+    from ..depth import DepthInputError, prepare_depth
+    from ..sequence import check_frames, compute_stats, find_frames
+
+    paths = [str(f["path"] if isinstance(f, dict) else f) for f in (files or [])]
+    if not paths:
+        raise DepthInputError("add the frames of the sequence (several depth files, or one zip)")
+    folder = studio.session_dir(session) / f"sequence-{time.time_ns()}"
+    folder.mkdir()
+    for path in paths:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                for member in zf.infolist():
+                    name = os.path.basename(member.filename)  # never a path from inside the zip
+                    if member.is_dir() or not name or name.startswith("."):
+                        continue
+                    with zf.open(member) as src, open(folder / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+        else:
+            shutil.copy(path, folder / os.path.basename(path))
+    frames = check_frames(find_frames(str(folder)))
+    stats = compute_stats(frames, settings, str(folder), seed=seed)
+    shared = DepthSettings(channel=settings.channel, normalize=settings.normalize, long_side=settings.long_side,
+                           fixed_range=stats.range)
+    previews = []
+    for frame in (frames[0], frames[len(frames) // 2], frames[-1]):
+        result = prepare_depth(frame.path, shared)
+        out = folder / f"preview-{frame.number:04d}.png"
+        write_preview_png(result.control, str(out), compress_level=1)
+        previews.append(str(out))
+    r = stats.range
+    summary = (f"**{len(frames)} frames** ({frames[0].number}–{frames[-1].number}), "
+               f"{stats.resolution[0]}×{stats.resolution[1]} · one range for all: mode {r.mode}, "
+               f"{r.low:.4g} … {r.high:.4g}{', inverted' if r.inverted else ''}")
+    return SequenceSetup(str(folder), frames, stats, previews, summary)
+
+
+def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, settings: DepthSettings, prompt: str,
+                 variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None):
+    """Render every frame with the shared range and seed, then the result and control-map videos."""
+    from ..pipeline import GenerationSettings
+    from ..pipeline.manager import draw_seed
+    from ..sequence import render_sequence, write_video
+
+    seed = setup.stats.seed if setup.stats.seed is not None else draw_seed()
+    stats = type(setup.stats)(**{**setup.stats.__dict__, "seed": seed})
+    generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=int(steps), guidance=float(guidance))
+    generation.validate()
+    studio.manager.configure(variant=variant)
+    cancel = studio.cancel_event(session)
+    cancel.clear()
+    out_dir = os.path.join(setup.folder, "render")
+    report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
+                             on_frame=on_frame, on_step=on_step, cancel=cancel)
+    video = write_video(report.outputs, os.path.join(out_dir, "sequence.mp4"), fps)
+    control_video = write_video(report.controls, os.path.join(out_dir, "sequence_control.mp4"), fps)
+    return report, video, control_video, seed
