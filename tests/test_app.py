@@ -122,3 +122,31 @@ def test_bad_start_options_exit_2(capsys):
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_houdini_send_script_against_the_running_app(app, tmp_path):
+    """examples/houdini/fluxdepth_send.py outside Houdini: $F4 expansion, /generate per frame, results saved."""
+    import importlib.util
+
+    import numpy as np
+
+    from conftest import write_exr
+
+    _, demo = app
+    spec = importlib.util.spec_from_file_location("fluxdepth_send", "examples/houdini/fluxdepth_send.py")
+    send_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(send_mod)
+    for f in (3, 4):
+        d = np.full((96, 128), 40.0, np.float32)
+        d[20:70, 10 * f: 10 * f + 40] = 6.0
+        write_exr(tmp_path / f"shot.depth.{f:04d}.exr", {"Z": d})
+    rc = send_mod.main(["--depth", str(tmp_path / "shot.depth.$F4.exr"), "--frames", "3-4", "--prompt", "a hall",
+                        "--out", str(tmp_path / "flux" / "shot.$F4.png"), "--url", demo.local_url, "--seed", "9",
+                        "--steps", "1", "--long-side", "256"])
+    assert rc == 0
+    for f in (3, 4):
+        meta = read_metadata(str(tmp_path / "flux" / f"shot.{f:04d}.png"))
+        assert meta.seed == 9 and meta.depth_file == f"shot.depth.{f:04d}.exr"
+    with pytest.raises(SystemExit, match="does not exist"):
+        send_mod.main(["--depth", str(tmp_path / "nope.$F4.exr"), "--frames", "1", "--prompt", "x",
+                       "--out", str(tmp_path / "x.png"), "--url", demo.local_url])
