@@ -121,7 +121,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .depth import prepare_depth
     from .pipeline import GenerationSettings, PipelineManager, parse_model_source, save_result
 
-    settings = GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+    seed = args.seed
+    if seed is None and args.stats:
+        from .sequence import load_stats
+
+        seed = load_stats(args.stats).seed  # a frame re-rendered under its sequence gets the sequence's seed
+    settings = GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps, guidance=args.guidance,
                                   strength=args.strength)
     settings.validate()
     source = parse_model_source(args.model, args.revision, args.lora, args.lora_scale)
