@@ -138,6 +138,9 @@ def main() -> None:
     ap.add_argument("--cache-roundtrip", action="store_true", help="save the quantized cache and time a reload")
     ap.add_argument("--reload-device", default="cuda", choices=["cuda", "cpu"],
                     help="requantize the cached weights onto this device (cpu: then move the module to the GPU)")
+    ap.add_argument("--dense", action="store_true", help="quantized tiers: dense-path linears (fluxdepth_ui.pipeline.dense)")
+    ap.add_argument("--compile-dequant", action="store_true", help="with --dense: torch.compile the unpack step")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the whole transformer (fast tier)")
     ap.add_argument("--placement", default="gpu", choices=["gpu", "model_offload", "sequential_offload"])
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generations")
     ap.add_argument("--json", required=True)
@@ -176,6 +179,24 @@ def main() -> None:
         print(f"quantized in {report['quantize_s']} s", flush=True)
         if args.cache_roundtrip:
             report.update(cache_roundtrip(transformer, variant.transformer, args.reload_device))
+    if args.dense and variant.transformer:
+        from fluxdepth_ui.pipeline.dense import compile_dequant, densify
+
+        t = time.perf_counter()
+        report["dense_layers"] = densify(transformer)
+        if args.compile_dequant:
+            compile_dequant(transformer)
+        sync()
+        report["densify_s"] = round(time.perf_counter() - t, 2)
+        report["path"] = "dense" + ("+compiled-dequant" if args.compile_dequant else "")
+    else:
+        report["path"] = "quanto" if variant.transformer else "bf16"
+    if args.compile:
+        transformer = torch.compile(transformer)
+        t = time.perf_counter()
+        step_times(transformer, 1)  # compiles
+        report["compile_s"] = round(time.perf_counter() - t, 1)
+        report["path"] += "+torch.compile"
     torch.cuda.empty_cache()
     report["transformer_weights_gib"] = round(module_bytes(transformer) / GIB, 2)
     report["t5_weights_gib"] = round(module_bytes(t5) / GIB, 2)

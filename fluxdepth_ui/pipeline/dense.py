@@ -1,0 +1,145 @@
+"""Weight-only quantized linears for big inputs: dequantize the weight to bf16 once per call, then a dense matmul.
+
+A 1024x1024 FLUX step feeds every linear 4096+ rows, so the matmul is compute-bound and weight bytes barely matter;
+quanto's own kernels (per-layer dequant/scale passes for int8, GEMV-oriented TinyGemm for int4) are slow there
+(docs/benchmarks.md). These modules keep the memory win (int8, or int4 packed two per byte with a scale and shift per
+group) in a plain layout that unpacks with a few fused elementwise ops, and that loads from a cache without quanto's
+int4 re-layout. quanto stays the quantizer: weights are converted from its tensors, with exactly its math
+(W = q * scale for int8, W = q * scale - shift per group for int4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _dequant_int8(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return qweight.to(dtype) * scale
+
+
+def _dequant_int4(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    out_features, half = packed.shape
+    groups = scale.shape[1]
+    low = packed & 0x0F
+    high = packed >> 4
+    q = torch.stack((low, high), dim=-1).reshape(out_features, groups, (2 * half) // groups).to(dtype)
+    return (q * scale[..., None] - shift[..., None]).reshape(out_features, 2 * half)
+
+
+class DenseInt8Linear(nn.Module):
+    """int8 weight with one scale per output row."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype = torch.bfloat16,
+                 device=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("scale", torch.empty(out_features, 1, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+        self.dequant = _dequant_int8
+
+    @classmethod
+    def from_quanto(cls, qlinear) -> "DenseInt8Linear":
+        w = qlinear.weight
+        data, scale = w._data, w._scale
+        if data.dtype != torch.int8 or scale.shape != (w.shape[0], 1):
+            raise ValueError(f"not a per-row int8 quanto weight: {type(w).__name__} {data.dtype} {tuple(scale.shape)}")
+        module = cls(qlinear.in_features, qlinear.out_features, qlinear.bias is not None, scale.dtype, data.device)
+        module.qweight.copy_(data)
+        module.scale.copy_(scale)
+        if qlinear.bias is not None:
+            module.bias.data.copy_(qlinear.bias.data.to(scale.dtype))
+        return module
+
+    def weight(self) -> torch.Tensor:
+        return self.dequant(self.qweight, self.scale, self.scale.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequant(self.qweight, self.scale, x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class DenseInt4Linear(nn.Module):
+    """4-bit weight, two values per byte along in_features (low nibble first), scale and shift per input group."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int,
+                 dtype: torch.dtype = torch.bfloat16, device=None):
+        super().__init__()
+        if in_features % group_size or group_size % 2:
+            raise ValueError(f"group size {group_size} must be even and divide in_features {in_features}")
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        groups = in_features // group_size
+        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.register_buffer("scale", torch.empty(out_features, groups, dtype=dtype, device=device))
+        self.register_buffer("shift", torch.empty(out_features, groups, dtype=dtype, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
+        self.dequant = _dequant_int4
+
+    @classmethod
+    def from_quanto(cls, qlinear) -> "DenseInt4Linear":
+        from optimum.quanto.tensor.weights.qbits import WeightQBitsTensor
+
+        w = qlinear.weight
+        canonical = w if type(w) is WeightQBitsTensor else w.weight_qbits_tensor()
+        if canonical.axis != 0 or not canonical._shift.dtype.is_floating_point:
+            raise ValueError("expected a quanto qint4 weight grouped along input features with a float shift")
+        q = canonical._data.unpack()  # (n_groups, group_size) uint8, groups run along each row
+        out_features, in_features = w.shape
+        group = (out_features * in_features) // canonical._scale.numel()  # _group_size is not always kept
+        q = q.reshape(out_features, in_features)
+        module = cls(in_features, out_features, qlinear.bias is not None, group, canonical._scale.dtype, q.device)
+        module.packed.copy_(q[:, 0::2] | (q[:, 1::2] << 4))
+        module.scale.copy_(canonical._scale.reshape(out_features, in_features // group))
+        module.shift.copy_(canonical._shift.reshape(out_features, in_features // group))
+        if qlinear.bias is not None:
+            module.bias.data.copy_(qlinear.bias.data.to(canonical._scale.dtype))
+        return module
+
+    def weight(self) -> torch.Tensor:
+        return self.dequant(self.packed, self.scale, self.shift, self.scale.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.dequant(self.packed, self.scale, self.shift, x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
+
+
+def densify(model: nn.Module) -> int:
+    """Replace every quanto QLinear in `model` by the dense-path module holding the same quantized weights.
+
+    Returns how many were replaced.
+    """
+    from optimum.quanto import QLinear, qint4, qint8
+
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, QLinear):
+            continue
+        if module.weight_qtype == qint8:
+            dense = DenseInt8Linear.from_quanto(module)
+        elif module.weight_qtype == qint4:
+            dense = DenseInt4Linear.from_quanto(module)
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, dense)
+        replaced += 1
+    return replaced
+
+
+def compile_dequant(model: nn.Module, **compile_kwargs) -> None:
+    """torch.compile only the unpack/scale step of each dense linear, so it runs as one fused kernel."""
+    cache: dict = {}
+    for module in model.modules():
+        if isinstance(module, (DenseInt8Linear, DenseInt4Linear)):
+            fn = _dequant_int8 if isinstance(module, DenseInt8Linear) else _dequant_int4
+            if fn not in cache:
+                cache[fn] = torch.compile(fn, **compile_kwargs)
+            module.dequant = cache[fn]

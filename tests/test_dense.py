@@ -1,0 +1,59 @@
+"""Dense-path quantized linears (issue 6): same math as quanto's own dequantization, same outputs."""
+
+import numpy as np
+import pytest
+import torch
+from optimum.quanto import QLinear
+
+from fluxdepth_ui.pipeline.dense import DenseInt4Linear, DenseInt8Linear, densify
+from fluxdepth_ui.pipeline.tiny import build_tiny_components
+from fluxdepth_ui.pipeline.variants import exclude_for, quantize_module
+
+
+@pytest.mark.parametrize("weights,cls", [("qint8", DenseInt8Linear), ("qint4", DenseInt4Linear)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dense_linear_matches_quanto_dequantized_weight(weights, cls, dtype):
+    torch.manual_seed(0)
+    lin = torch.nn.Sequential(torch.nn.Linear(256, 96)).to(dtype)
+    quantize_module(lin, weights)
+    q = lin[0]
+    assert isinstance(q, QLinear)
+    dense = cls.from_quanto(q)
+    # The weight itself: exactly quanto's dequantization.
+    assert torch.equal(dense.weight(), q.weight.dequantize().to(dtype))
+    # The output: a dense matmul with that weight, within bf16 rounding of quanto's own forward.
+    x = torch.randn(512, 256, dtype=dtype)
+    ref = torch.nn.functional.linear(x, q.weight.dequantize().to(dtype), q.bias)
+    assert torch.equal(dense(x), ref)
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+    torch.testing.assert_close(dense(x), q(x).to(dtype), atol=tol * float(ref.abs().max()), rtol=0)
+
+
+def test_int4_packs_two_per_byte_and_groups_along_inputs():
+    torch.manual_seed(1)
+    lin = torch.nn.Sequential(torch.nn.Linear(256, 64)).to(torch.bfloat16)
+    quantize_module(lin, "qint4")
+    dense = DenseInt4Linear.from_quanto(lin[0])
+    assert dense.packed.dtype == torch.uint8 and dense.packed.shape == (64, 128)
+    assert dense.scale.shape == (64, 256 // dense.group_size) and dense.scale.dtype == torch.bfloat16
+    bytes_dense = sum(b.numel() * b.element_size() for b in dense.buffers())
+    assert bytes_dense < 64 * 256 * 2 / 3.5  # ~4.3 bits per weight incl. scales, vs 16 in bf16
+
+
+def test_densified_tiny_transformer_gives_the_same_images_as_quanto(tmp_path):
+    """The whole tiny transformer, quanto forward vs dense forward: same latents within bf16/fp32 rounding."""
+    for weights in ("qint8", "qint4"):
+        comps = build_tiny_components(0)
+        t = comps["transformer"]
+        quantize_module(t, weights, exclude_for("transformer"))
+        n_q = sum(isinstance(m, QLinear) for m in t.modules())
+        kw = dict(hidden_states=torch.randn(1, 64, 128), encoder_hidden_states=torch.randn(1, 16, 32),
+                  pooled_projections=torch.randn(1, 32), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([10.0]), img_ids=torch.zeros(64, 3), txt_ids=torch.zeros(16, 3),
+                  return_dict=False)
+        with torch.no_grad():
+            ref = t(**kw)[0]
+            assert densify(t) == n_q > 0
+            assert not any(isinstance(m, QLinear) for m in t.modules())
+            out = t(**kw)[0]
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-4 * float(ref.abs().max()))
