@@ -5,7 +5,7 @@
 Random weights cost exactly what real ones do (a forward pass does not look at values), and the configs in
 benchmarks/configs/flux1-depth-dev/ are the real model's. Measured per tier, in one process:
 - build (random init on the GPU) and quantize time; with --cache-roundtrip also the quantized-cache save and the
-  reload a second start does (meta-device build + quanto requantize onto the GPU);
+  reload a second start does (meta-device build + the dense layout assigned, then moved to the GPU);
 - transformer ms per denoising step at 1024x1024 (4096 image + 512 text tokens), CUDA events, median/min/max;
 - transformer weight GiB and peak GPU memory of a whole 28-step generation (T5, CLIP and VAE included);
 - end-to-end 28-step seconds through PipelineManager.generate and through a direct FluxControlPipeline call with the
@@ -35,7 +35,7 @@ from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManag
 from fluxdepth_ui.pipeline.placement import module_bytes  # noqa: E402
 from fluxdepth_ui.pipeline.sources import LoadedModel  # noqa: E402
 from fluxdepth_ui.pipeline.tiny import tiny_tokenizers  # noqa: E402
-from fluxdepth_ui.pipeline.variants import QuantizedCache, exclude_for, get_variant, quantize_module  # noqa: E402
+from fluxdepth_ui.pipeline.variants import QuantizedCache, get_variant, quantize_component  # noqa: E402
 
 GIB = 2**30
 SIZE = 1024
@@ -96,11 +96,11 @@ def build_small_parts() -> dict:
                                                           max_image_seq_len=4096))
 
 
-def step_times(transformer, n: int) -> list[float]:
-    """ms per transformer call at 1024x1024, as in the denoising loop (bf16 activations, guidance embedded)."""
+def step_inputs() -> dict:
+    """One transformer call's inputs at 1024x1024, as in the denoising loop (bf16, guidance embedded). Fixed seed."""
     g = torch.Generator("cuda").manual_seed(0)
     tokens = (SIZE // 16) ** 2
-    kw = dict(
+    return dict(
         hidden_states=torch.randn(1, tokens, 128, device="cuda", dtype=torch.bfloat16, generator=g),
         encoder_hidden_states=torch.randn(1, 512, 4096, device="cuda", dtype=torch.bfloat16, generator=g),
         pooled_projections=torch.randn(1, 768, device="cuda", dtype=torch.bfloat16, generator=g),
@@ -110,6 +110,27 @@ def step_times(transformer, n: int) -> list[float]:
         txt_ids=torch.zeros(512, 3, device="cuda"),
         return_dict=False,
     )
+
+
+def versions() -> dict:
+    import diffusers
+    import optimum.quanto
+    import transformers
+
+    return {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "optimum_quanto": optimum.quanto.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def step_times(transformer, n: int) -> list[float]:
+    """ms per transformer call at 1024x1024, CUDA events."""
+    kw = step_inputs()
     times = []
     with torch.no_grad():
         transformer(**kw)  # warm-up
@@ -137,9 +158,7 @@ def main() -> None:
     ap.add_argument("--direct", action="store_true", help="also time a direct diffusers call (interleaved)")
     ap.add_argument("--cache-roundtrip", action="store_true", help="save the quantized cache and time a reload")
     ap.add_argument("--reload-device", default="cuda", choices=["cuda", "cpu"],
-                    help="requantize the cached weights onto this device (cpu: then move the module to the GPU)")
-    ap.add_argument("--dense", action="store_true", help="quantized tiers: dense-path linears (fluxdepth_ui.pipeline.dense)")
-    ap.add_argument("--compile-dequant", action="store_true", help="with --dense: torch.compile the unpack step")
+                    help="load the cached weights onto this device (cpu: then move the module to the GPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the whole transformer (fast tier)")
     ap.add_argument("--placement", default="gpu", choices=["gpu", "model_offload", "sequential_offload"])
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end generations")
@@ -172,25 +191,14 @@ def main() -> None:
 
     if variant.transformer:
         t = time.perf_counter()
-        quantize_module(transformer, variant.transformer, exclude_for("transformer"))
-        quantize_module(t5, variant.text_encoder_2, exclude_for("text_encoder_2"))
+        quantize_component(transformer, variant.transformer, "transformer")
+        quantize_component(t5, variant.text_encoder_2, "text_encoder_2")
         sync()
         report["quantize_s"] = round(time.perf_counter() - t, 2)
         print(f"quantized in {report['quantize_s']} s", flush=True)
         if args.cache_roundtrip:
             report.update(cache_roundtrip(transformer, variant.transformer, args.reload_device))
-    if args.dense and variant.transformer:
-        from fluxdepth_ui.pipeline.dense import compile_dequant, densify
-
-        t = time.perf_counter()
-        report["dense_layers"] = densify(transformer)
-        if args.compile_dequant:
-            compile_dequant(transformer)
-        sync()
-        report["densify_s"] = round(time.perf_counter() - t, 2)
-        report["path"] = "dense" + ("+compiled-dequant" if args.compile_dequant else "")
-    else:
-        report["path"] = "quanto" if variant.transformer else "bf16"
+    report["path"] = "dense" if variant.transformer else "bf16"
     if args.compile:
         transformer = torch.compile(transformer)
         t = time.perf_counter()
@@ -275,7 +283,7 @@ def cache_roundtrip(transformer, weights: str, reload_device: str = "cuda") -> d
     reloaded = cache.load(folder, fp, build_empty, device=reload_device)
     out["cache_reload_device"] = reload_device
     out["cache_reload_s"] = round(time.perf_counter() - t, 2)
-    print(f"requantized on {reload_device} in {out['cache_reload_s']} s", flush=True)
+    print(f"reloaded on {reload_device} in {out['cache_reload_s']} s", flush=True)
     if reload_device == "cpu" and reloaded is not None:
         t = time.perf_counter()
         reloaded.to("cuda")

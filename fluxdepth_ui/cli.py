@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthInputError, DepthSettings, NormalizeSettings
@@ -82,6 +83,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora", help="depth LoRA to fuse into a FLUX.1-dev base model")
     g.add_argument("--lora-scale", type=float, default=0.85, help="LoRA scale (default 0.85)")
     g.add_argument("--placement", choices=PLACEMENTS, default="auto", help="GPU placement (default auto)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer (CUDA GPUs): the first image compiles, later ones run 15-25%% "
+                        "faster; worth it for sequences. fp8 always compiles")
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
     g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
     g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
@@ -115,11 +119,17 @@ def _step_printer():
     return show
 
 
+def _manager(args, source):
+    from .pipeline import PipelineManager
+
+    return PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
+                           token=os.environ.get("HF_TOKEN"), compile=args.compile)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    import os
 
     from .depth import prepare_depth
-    from .pipeline import GenerationSettings, PipelineManager, parse_model_source, save_result
+    from .pipeline import GenerationSettings, parse_model_source, save_result
 
     seed = args.seed
     if seed is None and args.stats:
@@ -135,8 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise UsageError(f"output folder {out_dir} does not exist; create it or pick another path")
     init = load_init_image(args.init_image)
     depth = prepare_depth(args.depth, depth_settings_from_args(args))
-    manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
-                              token=os.environ.get("HF_TOKEN"))
+    manager = _manager(args, source)
     result = manager.generate(depth.control, settings, init_image=init,
                               init_image_name=os.path.basename(args.init_image) if args.init_image else None,
                               depth=depth.stats, on_step=_step_printer())
@@ -157,9 +166,8 @@ def _progress_bar(total: int, desc: str):
 
 
 def cmd_sequence(args: argparse.Namespace) -> int:
-    import os
 
-    from .pipeline import GenerationSettings, PipelineManager, parse_model_source
+    from .pipeline import GenerationSettings, parse_model_source
     from .pipeline.manager import draw_seed
     from .sequence import (
         check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
@@ -190,8 +198,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         stats = type(stats)(**{**stats.__dict__, "seed": draw_seed()})
     save_stats(stats, stats_path)
     generation = GenerationSettings(prompt=args.prompt, seed=stats.seed, steps=args.steps, guidance=args.guidance)
-    manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
-                              token=os.environ.get("HF_TOKEN"))
+    manager = _manager(args, source)
     with _progress_bar(len(selected), "frames (pass 2)") as bar:
         report = render_sequence(manager, selected, stats, settings, generation, args.out,
                                  on_frame=lambda i, n, frame, status: (bar.set_postfix_str(f"{frame.number} "

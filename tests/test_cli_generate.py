@@ -56,6 +56,7 @@ def test_generate_img2img_in_process(tmp_path, capsys):
     (["--init-image", "/no/plate.png"], "init image not found"),
     (["--variant", "fp4"], "invalid choice"),
     (["--model", "/no/such/folder"], "does not exist"),
+    (["--model", "tiny-random", "--variant", "fp8", "--long-side", "256"], "fp8 tier needs an NVIDIA GPU"),
 ])
 def test_generate_bad_input_exit_2_one_line(tmp_path, capsys, args, fragment):
     rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--out", str(tmp_path / "o.png"), *args])
@@ -69,3 +70,13 @@ def test_generate_missing_output_folder(tmp_path, capsys):
                "--out", str(tmp_path / "nope" / "o.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: output folder") and "\n" not in err
+
+
+def test_generate_compile_flag_on_cpu_is_noted_and_changes_nothing(tmp_path, capsys):
+    common = ["generate", str(DEPTH_SYN), "--prompt", "x", "--model", "tiny-random", "--steps", "2",
+              "--long-side", "256", "--seed", "3"]
+    assert main([*common, "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*common, "--compile", "--out", str(tmp_path / "b.png")]) == 0
+    capsys.readouterr()
+    a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
+    assert np.array_equal(a, b)

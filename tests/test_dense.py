@@ -57,3 +57,50 @@ def test_densified_tiny_transformer_gives_the_same_images_as_quanto(tmp_path):
             assert not any(isinstance(m, QLinear) for m in t.modules())
             out = t(**kw)[0]
         np.testing.assert_allclose(out.numpy(), ref.numpy(), atol=1e-4 * float(ref.abs().max()))
+
+
+TRITON_CHECK = r"""
+import torch
+from optimum.quanto import QLinear
+from fluxdepth_ui.pipeline import dequant
+from fluxdepth_ui.pipeline.dense import DenseInt4Linear, DenseInt8Linear
+from fluxdepth_ui.pipeline.variants import quantize_module
+
+assert dequant.triton_available(), "triton is not installed: pip install -e '.[test]'"
+torch.manual_seed(0)
+# Real quanto weights (its bf16 int4 layout needs rows in 16s), FLUX's group size, sizes off the block size.
+for out_f, in_f in ((48, 256), (32, 3072), (16, 640)):
+    lin = torch.nn.Sequential(torch.nn.Linear(in_f, out_f)).to(torch.bfloat16)
+    lin8 = torch.nn.Sequential(torch.nn.Linear(in_f, out_f)).to(torch.bfloat16)
+    quantize_module(lin, "qint4")
+    quantize_module(lin8, "qint8")
+    d4, d8 = DenseInt4Linear.from_quanto(lin[0]), DenseInt8Linear.from_quanto(lin8[0])
+    w4 = dequant.dequant_int4_triton(d4.packed, d4.scale, d4.shift)
+    w8 = dequant.dequant_int8_triton(d8.qweight, d8.scale)
+    assert torch.equal(w4, dequant.dequant_int4_reference(d4.packed, d4.scale, d4.shift, torch.bfloat16))
+    assert torch.equal(w4, lin[0].weight.dequantize()), "int4 differs from quanto's own dequantization"
+    assert torch.equal(w8, dequant.dequant_int8_reference(d8.qweight, d8.scale, torch.bfloat16))
+    assert torch.equal(w8, lin8[0].weight.dequantize()), "int8 differs from quanto's own dequantization"
+# Random bytes and scales over the whole range, including negative shifts and rounding ties.
+packed = torch.randint(0, 256, (29, 192), dtype=torch.uint8)
+scale = (torch.rand(29, 3) * 4).to(torch.bfloat16)
+shift = (torch.randn(29, 3) * 8).to(torch.bfloat16)
+assert torch.equal(dequant.dequant_int4_triton(packed, scale, shift),
+                   dequant.dequant_int4_reference(packed, scale, shift, torch.bfloat16))
+q = torch.randint(-128, 128, (29, 333), dtype=torch.int8)
+s = (torch.rand(29, 1) * 0.1).to(torch.bfloat16)
+assert torch.equal(dequant.dequant_int8_triton(q, s), dequant.dequant_int8_reference(q, s, torch.bfloat16))
+print("ok")
+"""
+
+
+def test_triton_kernels_give_quantos_bits(tmp_path):
+    """The GPU kernels, run by Triton's interpreter on the CPU: bit-identical to the reference and to quanto."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]

@@ -112,13 +112,17 @@ def test_quantized_tiers_run_and_stay_close(tmp_path, depth, variant):
     full = run(PipelineManager(TINY, cache_root=str(tmp_path)), depth)
     quant_manager = PipelineManager(TINY, variant=variant, cache_root=str(tmp_path))
     quant = run(quant_manager, depth)
-    from optimum.quanto import QLinear
+    from fluxdepth_ui.pipeline.dense import DenseInt4Linear, DenseInt8Linear
 
+    # quanto quantized, and the dense-path linears hold its weights (issue 6).
+    kind = DenseInt8Linear if variant == "qint8" else DenseInt4Linear
     transformer = quant_manager._pipe.transformer
-    qlinears = [n for n, m in transformer.named_modules() if isinstance(m, QLinear)]
+    qlinears = [n for n, m in transformer.named_modules() if isinstance(m, kind)]
     assert qlinears and "proj_out" not in qlinears and "x_embedder" not in qlinears
     assert "norm_out.linear" not in qlinears and "context_embedder" not in qlinears
-    assert any(isinstance(m, QLinear) for m in quant_manager._pipe.text_encoder_2.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for n, m in transformer.named_modules()
+                   if n.startswith("transformer_blocks.0.attn."))
+    assert any(isinstance(m, DenseInt8Linear) for m in quant_manager._pipe.text_encoder_2.modules())
     diff = np.abs(pixels(quant.image) - pixels(full.image)).mean()
     seed_diff = np.abs(pixels(run(quant_manager, depth, seed=99).image) - pixels(quant.image)).mean()
     assert diff < seed_diff / 3, (diff, seed_diff)
@@ -148,7 +152,11 @@ def test_quantized_cache_roundtrip_bit_identical_and_stale_rejected(tmp_path, de
     assert json.loads((folder / "fingerprint.json").read_text())["source"] == "tiny-seed0"
     assert np.array_equal(pixels(first.image), pixels(third.image))
 
-    # A cache missing tensors is refused too (requantize would leave them uninitialised).
+    # The cache is the plain dense layout, not quanto's serialization.
+    layout = json.loads((folder / "layout.json").read_text())
+    assert layout["modules"]["transformer_blocks.0.attn.to_q"]["kind"] == "int4"
+
+    # A cache missing tensors is refused too (they would stay uninitialised).
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(folder / "weights.safetensors"))
@@ -302,3 +310,21 @@ def test_metadata_in_png_and_sidecar(manager, depth, tmp_path):
     with Image.open(png) as img:
         assert img.format == "PNG" and "Seed: 7" in img.info["parameters"]
         assert np.array_equal(np.asarray(img), np.asarray(result.image))  # lossless
+
+
+def test_fast_tier_options_are_explained_where_they_cannot_run(tmp_path, depth):
+    """compile asks for a CUDA GPU: on the CPU it is off with a note and the image is unchanged; fp8 is refused."""
+    plain = run(PipelineManager(TINY, cache_root=str(tmp_path)), depth)
+    compiled = PipelineManager(TINY, cache_root=str(tmp_path), compile=True)
+    image = run(compiled, depth)
+    status = compiled.status()
+    assert status["compile"] and not status["compiled"]
+    assert any("torch.compile is off" in n and "cpu" in n for n in status["notes"])
+    assert np.array_equal(pixels(image.image), pixels(plain.image))
+    # Switching compile off is a reconfiguration like any other.
+    assert compiled.configure(compile=False) and not compiled.loaded
+
+    fp8 = PipelineManager(TINY, variant="fp8", cache_root=str(tmp_path))
+    with pytest.raises(PipelineError, match=r"fp8 tier needs an NVIDIA GPU .* choose bf16, qint8 or qint4"):
+        run(fp8, depth)
+    assert not fp8.loaded

@@ -3,9 +3,11 @@
 A 1024x1024 FLUX step feeds every linear 4096+ rows, so the matmul is compute-bound and weight bytes barely matter;
 quanto's own kernels (per-layer dequant/scale passes for int8, GEMV-oriented TinyGemm for int4) are slow there
 (docs/benchmarks.md). These modules keep the memory win (int8, or int4 packed two per byte with a scale and shift per
-group) in a plain layout that unpacks with a few fused elementwise ops, and that loads from a cache without quanto's
-int4 re-layout. quanto stays the quantizer: weights are converted from its tensors, with exactly its math
-(W = q * scale for int8, W = q * scale - shift per group for int4).
+group) in a plain layout that one kernel unpacks in a single pass (`dequant.py`), and that loads from the cache as a
+plain state dict, without quanto's int4 re-layout. quanto stays the quantizer: weights are converted from its
+tensors, with exactly its math (W = q * scale for int8, W = q * scale - shift per group for int4).
+
+Rows are few only in tests and tiny models; every real call here (4096+ image tokens, 512 T5 tokens) is a big input.
 """
 
 from __future__ import annotations
@@ -14,18 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _dequant_int8(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return qweight.to(dtype) * scale
-
-
-def _dequant_int4(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    out_features, half = packed.shape
-    groups = scale.shape[1]
-    low = packed & 0x0F
-    high = packed >> 4
-    q = torch.stack((low, high), dim=-1).reshape(out_features, groups, (2 * half) // groups).to(dtype)
-    return (q * scale[..., None] - shift[..., None]).reshape(out_features, 2 * half)
+from .dequant import dequant_int4, dequant_int8
 
 
 class DenseInt8Linear(nn.Module):
@@ -39,7 +30,6 @@ class DenseInt8Linear(nn.Module):
         self.register_buffer("scale", torch.empty(out_features, 1, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
-        self.dequant = _dequant_int8
 
     @classmethod
     def from_quanto(cls, qlinear) -> "DenseInt8Linear":
@@ -55,10 +45,10 @@ class DenseInt8Linear(nn.Module):
         return module
 
     def weight(self) -> torch.Tensor:
-        return self.dequant(self.qweight, self.scale, self.scale.dtype)
+        return dequant_int8(self.qweight, self.scale, self.scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequant(self.qweight, self.scale, x.dtype), self.bias)
+        return F.linear(x, dequant_int8(self.qweight, self.scale, x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
@@ -79,7 +69,6 @@ class DenseInt4Linear(nn.Module):
         self.register_buffer("shift", torch.empty(out_features, groups, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
-        self.dequant = _dequant_int4
 
     @classmethod
     def from_quanto(cls, qlinear) -> "DenseInt4Linear":
@@ -102,10 +91,10 @@ class DenseInt4Linear(nn.Module):
         return module
 
     def weight(self) -> torch.Tensor:
-        return self.dequant(self.packed, self.scale, self.shift, self.scale.dtype)
+        return dequant_int4(self.packed, self.scale, self.shift, self.scale.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.dequant(self.packed, self.scale, self.shift, x.dtype), self.bias)
+        return F.linear(x, dequant_int4(self.packed, self.scale, self.shift, x.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group_size}"
@@ -134,12 +123,28 @@ def densify(model: nn.Module) -> int:
     return replaced
 
 
-def compile_dequant(model: nn.Module, **compile_kwargs) -> None:
-    """torch.compile only the unpack/scale step of each dense linear, so it runs as one fused kernel."""
-    cache: dict = {}
-    for module in model.modules():
-        if isinstance(module, (DenseInt8Linear, DenseInt4Linear)):
-            fn = _dequant_int8 if isinstance(module, DenseInt8Linear) else _dequant_int4
-            if fn not in cache:
-                cache[fn] = torch.compile(fn, **compile_kwargs)
-            module.dequant = cache[fn]
+def dense_layout(model: nn.Module) -> dict[str, dict]:
+    """Which modules are dense quantized linears, and their shapes: what a cache needs to rebuild the module tree."""
+    layout = {}
+    for name, module in model.named_modules():
+        if isinstance(module, DenseInt8Linear):
+            layout[name] = {"kind": "int8", "in": module.in_features, "out": module.out_features,
+                            "bias": module.bias is not None}
+        elif isinstance(module, DenseInt4Linear):
+            layout[name] = {"kind": "int4", "in": module.in_features, "out": module.out_features,
+                            "bias": module.bias is not None, "group_size": module.group_size}
+    return layout
+
+
+def apply_dense_layout(model: nn.Module, layout: dict[str, dict], dtype: torch.dtype) -> None:
+    """Swap the named modules of an (empty, meta-device) model for dense linears, ready for a state dict."""
+    for name, spec in layout.items():
+        if spec["kind"] == "int8":
+            module = DenseInt8Linear(spec["in"], spec["out"], spec["bias"], dtype, device="meta")
+        elif spec["kind"] == "int4":
+            module = DenseInt4Linear(spec["in"], spec["out"], spec["bias"], spec["group_size"], dtype,
+                                     device="meta")
+        else:
+            raise ValueError(f"unknown dense layout kind {spec['kind']!r} for {name}")
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, module)

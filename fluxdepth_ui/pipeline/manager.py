@@ -32,7 +32,8 @@ from .placement import (
     release_device_memory,
 )
 from .sources import LoadedModel, ModelSource, load_model
-from .variants import QuantizedCache, Variant, default_cache_root, get_variant
+from .speed import check_fp8, compile_transformer, decide_compile, fp8_quantize_transformer
+from .variants import TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,15 @@ class PipelineManager:
 
     def __init__(self, source: ModelSource | None = None, variant: str = "bf16", placement: str = "auto",
                  device: str | None = None, cache_root: str | None = None, token: str | None = None,
-                 loader: Loader | None = None):
+                 loader: Loader | None = None, compile: bool = False):
         get_variant(variant)
         if placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         self.source = source or ModelSource()
         self.variant = variant
         self.placement = placement
+        self.compile = bool(compile)
+        self._compiled = False
         self._device_request = device
         self.cache = QuantizedCache(cache_root or default_cache_root())
         self._token = token
@@ -131,12 +134,14 @@ class PipelineManager:
             "device": str(self._device) if self._device else None,
             "placement": self._choice.placement if self._choice else self.placement,
             "placement_reason": self._choice.reason if self._choice else None,
+            "compile": self.compile,
+            "compiled": self._compiled,
             "revision": self._revision,
             "notes": list(self._notes),
         }
 
     def configure(self, source: ModelSource | None = None, variant: str | None = None,
-                  placement: str | None = None) -> bool:
+                  placement: str | None = None, compile: bool | None = None) -> bool:
         """Change model, variant or placement. The old pipeline is released at once; the new one loads lazily.
 
         Returns True when something changed.
@@ -146,11 +151,12 @@ class PipelineManager:
         if placement is not None and placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         with self._lock:
-            new = (source or self.source, variant or self.variant, placement or self.placement)
-            if new == (self.source, self.variant, self.placement):
+            new = (source or self.source, variant or self.variant, placement or self.placement,
+                   self.compile if compile is None else bool(compile))
+            if new == (self.source, self.variant, self.placement, self.compile):
                 return False
             self.unload()
-            self.source, self.variant, self.placement = new
+            self.source, self.variant, self.placement, self.compile = new
             return True
 
     def unload(self) -> None:
@@ -163,6 +169,7 @@ class PipelineManager:
                     setattr(pipe, name, None)
                 del pipe
             self._choice = None
+            self._compiled = False
             release_device_memory()
 
     def load(self, progress: LoadProgress | None = None) -> None:
@@ -175,23 +182,41 @@ class PipelineManager:
 
         variant = get_variant(self.variant)
         device = pick_device(self._device_request)
+        if variant.fp8:
+            check_fp8(device)  # before reading 30 GB of weights
         t0 = time.perf_counter()
         progress(0.0, f"loading {self.source.label} ({variant.name})")
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
             loaded = load_model(self.source, variant, self.cache, progress, self._token)
+        sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
+        if variant.fp8:
+            sizes["transformer"] //= 2  # what it will hold once in fp8
+        choice = choose_placement(self.placement, device, sizes, 1.0, free_memory(device),
+                                  quantized=variant.transformer is not None or variant.fp8)
+        notes = loaded.notes + [choice.reason]
+        if variant.fp8:
+            if choice.placement != "gpu":
+                raise PipelineError(f"the fp8 tier keeps the whole pipeline on the GPU, but {choice.reason}: choose "
+                                    "qint8 or qint4, which can offload")
+            progress(0.9, "quantizing the transformer to fp8 on the GPU")
+            fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE)
         pipe = FluxControlPipeline(**loaded.components)
         pipe.set_progress_bar_config(disable=True)
-        sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
-        choice = choose_placement(self.placement, device, sizes, 1.0, free_memory(device),
-                                  quantized=variant.transformer is not None)
         progress(0.97, f"placing on {device} ({choice.placement})")
         apply_placement(pipe, choice, device)
+        decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
+        if decision.enabled:
+            compile_transformer(pipe.transformer, self.cache.root)
+        if decision.reason:
+            notes.append(decision.reason)
         self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
-        self._notes = loaded.notes + [choice.reason]
+        self._compiled = decision.enabled
+        self._notes = notes
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
-        log.info("loaded %s %s on %s (%s)", self.source.label, variant.name, device, choice.placement)
+        log.info("loaded %s %s on %s (%s%s)", self.source.label, variant.name, device, choice.placement,
+                 ", compiled" if decision.enabled else "")
 
     def _img2img_pipe(self):
         if self._img2img is None:

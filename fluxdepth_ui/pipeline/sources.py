@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .errors import ModelSourceError
-from .variants import QuantizedCache, Variant, exclude_for, quantize_module
+from .variants import QuantizedCache, Variant, quantize_component
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Varian
             loaded.notes.append(f"{component}: {weights} weights from the cache")
             continue
         progress(0.5, f"quantizing {component} to {weights}")
-        quantize_module(module, weights, exclude_for(component))
+        quantize_component(module, weights, component)
         cache.save(folder, fp, module)
 
 
@@ -215,7 +215,7 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
         else:
             progress(0.4, f"quantizing {component} to {weights} (first start of this tier; cached afterwards)")
             module = _load_full_component(folder, source, component, token)
-            quantize_module(module, weights, exclude_for(component))
+            quantize_component(module, weights, component)
             cache.save(cache_folder, fp, module)
         out[component] = module
     return out

@@ -1,9 +1,13 @@
-"""Precision tiers (bf16, qint8, qint4) with optimum-quanto, and the on-disk cache of quantized weights.
+"""Precision tiers (bf16, qint8, qint4, fp8) and the on-disk cache of quantized weights.
 
-The cache holds quanto's own format (safetensors state dict + quantization map) keyed by model, revision, variant
-and component, with a fingerprint of everything the weights depend on. A cache whose fingerprint does not match is
-rebuilt, never silently used. Loading a cached component builds the module on the meta device (no full-precision
-weights in memory) and lets quanto `requantize` it.
+optimum-quanto quantizes (its scales, groups and rounding); the result is then held by the dense-path linears of
+`dense.py`, which run at near bf16 speed on big inputs. The cache stores that layout as a plain safetensors state
+dict plus `layout.json` (which modules are int8 / int4 and their shapes), keyed by model, revision, component and
+weight type, with a fingerprint of everything the weights depend on. A cache whose fingerprint does not match is
+rebuilt, never silently used. Loading builds the module on the meta device (no full-precision weights in memory),
+swaps in empty dense linears and assigns the tensors: seconds, where quanto's `requantize` of qint4 took minutes.
+
+fp8 (Hopper / Ada GPUs) goes through torchao on the GPU at load time; it is not cached (quantizing takes ~1 s).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 1 was quanto's own serialization
 
 
 @dataclass(frozen=True)
@@ -29,13 +33,17 @@ class Variant:
     name: str
     transformer: str | None  # quanto weight type for the transformer, None = unquantized
     text_encoder_2: str | None  # the T5 encoder
-    label: str  # what the UI shows next to the choice (measured numbers are filled in by docs/benchmarks.md)
+    label: str  # what the UI shows next to the choice
+    fp8: bool = False  # transformer in fp8 through torchao, quantized on the GPU at load (Ada / Hopper only)
 
 
+# Labels carry the numbers measured on an H200 at 1024x1024, 28 steps, whole pipeline (docs/benchmarks.md, "Tiers").
 VARIANTS: dict[str, Variant] = {
-    "bf16": Variant("bf16", None, None, "full precision: best quality, ~33 GB of weights"),
-    "qint8": Variant("qint8", "qint8", "qint8", "8-bit weights: ~half the memory, near-bf16 quality"),
-    "qint4": Variant("qint4", "qint4", "qint8", "4-bit transformer: fits 12-16 GB cards"),
+    "bf16": Variant("bf16", None, None, "bf16 · best quality · 33.9 GiB GPU · 5.1 s/image"),
+    "qint8": Variant("qint8", "qint8", "qint8", "qint8 · 18.5 GiB GPU (11.9 offloaded) · 5.3 s/image"),
+    "qint4": Variant("qint4", "qint4", "qint8", "qint4 · 13.3 GiB GPU (6.7 offloaded) · 5.6 s/image"),
+    "fp8": Variant("fp8", None, "qint8", "fp8 · Ada/Hopper GPUs · 18.5 GiB · 3.0 s/image after a one-time compile "
+                                         "of minutes", fp8=True),
 }
 
 # Modules kept in full precision: the input/output projections and the final modulation are small and sensitive.
@@ -77,6 +85,15 @@ def quantize_module(module: torch.nn.Module, weights: str, exclude: tuple[str, .
         use_torch_unpack()
     quantize(module, weights=qtype, exclude=list(exclude) or None)
     freeze(module)
+    return module
+
+
+def quantize_component(module: torch.nn.Module, weights: str, component: str) -> torch.nn.Module:
+    """quanto quantizes, then the dense-path linears take its tensors (same values, faster at FLUX sizes)."""
+    from .dense import densify
+
+    quantize_module(module, weights, exclude_for(component))
+    densify(module)
     return module
 
 
@@ -139,37 +156,47 @@ class QuantizedCache:
             log.warning("quantized cache %s is stale (fingerprint differs): rebuilding it", folder)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        from optimum.quanto import requantize
-        from safetensors.torch import load_file
+        from .dense import apply_dense_layout
 
         try:
-            state = load_file(os.path.join(folder, "weights.safetensors"))
-            with open(os.path.join(folder, "quantization_map.json")) as fh:
-                qmap = json.load(fh)
+            state = _read_tensors(os.path.join(folder, "weights.safetensors"), device)
+            with open(os.path.join(folder, "layout.json")) as fh:
+                layout = json.load(fh)
             with open(os.path.join(folder, "aliases.json")) as fh:
                 for alias, kept in json.load(fh).items():
                     state[alias] = state[kept]
-        except (OSError, ValueError) as exc:
+            module = build_empty()
+            apply_dense_layout(module, layout["modules"], getattr(torch, layout["dtype"]))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
             log.warning("quantized cache %s is unreadable (%s): rebuilding it", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
             return None
-        if expected["weights"] == "qint4":
-            use_torch_unpack()
-        module = build_empty()
-        requantize(module, state, qmap, device=torch.device(device))
-        # requantize loads with strict=False: a key it did not get would stay uninitialised memory. Refuse that.
-        missing = set(module.state_dict()) - set(state)
-        if missing:
-            log.warning("quantized cache %s lacks %d tensors (e.g. %s): rebuilding it", folder, len(missing),
-                        sorted(missing)[0])
+        expected_keys = set(module.state_dict())
+        if expected_keys != set(state):
+            gap = sorted(expected_keys ^ set(state))
+            log.warning("quantized cache %s does not match the model (%d tensors differ, e.g. %s): rebuilding it",
+                        folder, len(gap), gap[0])
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        try:
+            module.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:  # a shape or dtype that does not fit
+            log.warning("quantized cache %s does not fit the model (%s): rebuilding it", folder,
+                        str(exc).splitlines()[0])
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        left_empty = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        if left_empty:  # a non-persistent buffer the state dict cannot carry: the module would not run
+            log.warning("quantized cache %s cannot restore %s: rebuilding it", folder, left_empty[0])
             shutil.rmtree(folder, ignore_errors=True)
             return None
         module.eval()
         return module
 
     def save(self, folder: str, fingerprint: dict, module: torch.nn.Module) -> None:
-        from optimum.quanto import quantization_map
         from safetensors.torch import save_file
+
+        from .dense import dense_layout
 
         tmp = folder + ".partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -179,8 +206,9 @@ class QuantizedCache:
             save_file(state, os.path.join(tmp, "weights.safetensors"))
             with open(os.path.join(tmp, "aliases.json"), "w") as fh:
                 json.dump(aliases, fh)
-            with open(os.path.join(tmp, "quantization_map.json"), "w") as fh:
-                json.dump(quantization_map(module), fh)
+            with open(os.path.join(tmp, "layout.json"), "w") as fh:
+                json.dump({"dtype": str(_module_dtype(module)).removeprefix("torch."),
+                           "modules": dense_layout(module)}, fh)
             # The fingerprint is written last: a half-written cache has none and is ignored.
             with open(os.path.join(tmp, "fingerprint.json"), "w") as fh:
                 json.dump(fingerprint, fh, indent=1)
@@ -204,3 +232,29 @@ def _dedupe_tied(state: dict) -> tuple[dict, dict]:
         kept[ident] = key
         out[key] = tensor.contiguous()
     return out, aliases
+
+
+def _module_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The float dtype the module computes in (its scales and kept-precision layers)."""
+    for tensor in module.state_dict().values():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def _read_tensors(path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, each in its own freshly allocated (aligned) memory on `device`.
+
+    Tensors viewed straight out of the file sit at arbitrary byte offsets, and CPU matmul kernels take other code
+    paths for unaligned memory: the last bits of the output would then differ from the run that wrote the cache.
+    Copying one tensor at a time keeps the peak at the file size plus the largest tensor.
+    """
+    from safetensors import safe_open
+
+    device = torch.device(device)
+    out = {}
+    with safe_open(path, framework="pt", device="cpu") as fh:
+        for key in fh.keys():
+            tensor = fh.get_tensor(key)
+            out[key] = tensor.clone() if device.type == "cpu" else tensor.to(device)
+    return out

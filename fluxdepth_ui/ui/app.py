@@ -10,6 +10,7 @@ import gradio as gr
 from gradio import FileData
 
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthInputError
+from ..pipeline.variants import VARIANTS
 from ..presets import PresetError, list_presets, save_preset
 from . import handlers as h
 from .examples import EXAMPLES, FOLDER as EXAMPLE_FOLDER, example_paths
@@ -18,11 +19,7 @@ log = logging.getLogger(__name__)
 
 DEPTH_FILE_TYPES = [".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm"]
 # Measured on an NVIDIA H200 with random full-size weights, 1024x1024, 28 steps (docs/benchmarks.md).
-VARIANT_HINTS = {
-    "bf16": "bf16 · best quality · 33.9 GiB GPU · 5.1 s",
-    "qint8": "qint8 · 18.5 GiB GPU · 6.7 s",
-    "qint4": "qint4 · 13.4 GiB GPU · 60 s (slow today)",
-}
+VARIANT_HINTS = {name: variant.label for name, variant in VARIANTS.items()}
 CSS = """
 .fd-warning {background: #fff3cd; color: #664d03; padding: 6px 10px; border-radius: 6px;}
 .fd-stats p {margin: 2px 0;}
@@ -114,7 +111,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                     with gr.Column(scale=1):
                         prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
                                             placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
-                        variant = gr.Radio([(VARIANT_HINTS[v], v) for v in ("bf16", "qint8", "qint4")],
+                        variant = gr.Radio([(hint, v) for v, hint in VARIANT_HINTS.items()],
                                            value=manager.variant, label="Precision (switching reloads the model)")
                         with gr.Row():
                             steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
@@ -362,7 +359,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                          request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
             """Generate an image from a depth file and a prompt.
 
-            seed -1 draws one (it is reported); variant "" keeps the loaded tier (bf16, qint8 or qint4).
+            seed -1 draws one (it is reported); variant "" keeps the loaded tier (bf16, qint8, qint4 or fp8).
             Returns the PNG (settings in its text chunks) and the metadata record.
             """
             init_path = h.require_file(init_image) if init_image else None

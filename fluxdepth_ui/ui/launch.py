@@ -25,8 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=_env("MODEL"),
                    help="Hub id, local diffusers folder or tiny-random (env FLUXDEPTH_MODEL; default "
                         "black-forest-labs/FLUX.1-Depth-dev)")
-    p.add_argument("--variant", default=_env("VARIANT", "bf16"), choices=["bf16", "qint8", "qint4"],
+    p.add_argument("--variant", default=_env("VARIANT", "bf16"), choices=["bf16", "qint8", "qint4", "fp8"],
                    help="precision tier (env FLUXDEPTH_VARIANT)")
+    p.add_argument("--compile", action="store_true", default=_env("COMPILE", "") in ("1", "true", "True"),
+                   help="torch.compile the transformer on CUDA GPUs (env FLUXDEPTH_COMPILE=1): the first image at "
+                        "each size compiles (seconds to tens of seconds), later ones run 15-25%% faster; off on "
+                        "ZeroGPU; fp8 always compiles")
     p.add_argument("--placement", default=_env("PLACEMENT", "gpu" if on_space else "auto"),
                    choices=["auto", "gpu", "model_offload", "sequential_offload"], help="env FLUXDEPTH_PLACEMENT")
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:N, mps or cpu (env FLUXDEPTH_DEVICE)")
@@ -61,7 +65,7 @@ def create(args: argparse.Namespace):
 
     source = parse_model_source(args.model)
     manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
-                              token=os.environ.get("HF_TOKEN"))
+                              token=os.environ.get("HF_TOKEN"), compile=args.compile)
     outputs = Path(args.outputs).expanduser().resolve()
     outputs.mkdir(parents=True, exist_ok=True)
     studio = Studio(manager=manager, outputs=outputs)

@@ -1,0 +1,106 @@
+"""The fast tier: torch.compile of the transformer, and fp8 weights + activations on Hopper / Ada GPUs (torchao).
+
+Compilation uses diffusers' regional compilation (`compile_repeated_blocks`): the 19 double and 38 single blocks
+share two compiled graphs, so compiling takes seconds to tens of seconds instead of minutes, for the same step time
+as compiling the whole model (diffusers' docs). Compiled code and autotuning results go to a folder beside the
+quantized cache, so a second start of the app reuses them (torch's FX graph and Triton caches).
+
+Both are off where they cannot pay: on the CPU / MPS (nothing to gain), on ZeroGPU Spaces (each request runs in a
+fresh GPU process, so it would recompile every time), and with sequential offload (hooks on every layer).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+# Ada (8.9) and Hopper (9.0) have fp8 tensor cores; older GPUs would emulate it, slower than bf16.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+@dataclass(frozen=True)
+class CompileDecision:
+    enabled: bool
+    reason: str
+
+
+def on_zerogpu() -> bool:
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
+
+
+def decide_compile(requested: bool, device: torch.device, placement: str) -> CompileDecision:
+    if not requested:
+        return CompileDecision(False, "")
+    if device.type != "cuda":
+        return CompileDecision(False, f"torch.compile is off: it speeds up CUDA GPUs only (running on {device.type})")
+    if on_zerogpu():
+        return CompileDecision(False, "torch.compile is off on ZeroGPU: every request starts a fresh GPU process")
+    if placement == "sequential_offload":
+        return CompileDecision(False, "torch.compile is off with sequential offload (a hook on every layer)")
+    return CompileDecision(True, "torch.compile: the first image at each new size compiles (tens of seconds, "
+                                 "seconds once cached); later images run faster")
+
+
+def compile_cache_dir(cache_root: str) -> str:
+    return os.path.join(cache_root, "torch-compile")
+
+
+def compile_transformer(transformer: torch.nn.Module, cache_root: str, regional: bool = True) -> None:
+    """Compile in place (the repeated blocks, or the whole model). Graphs are built at the first call."""
+    # torch reads these when it first compiles; a user's own setting wins.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache_dir(cache_root))
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(compile_cache_dir(cache_root), "triton"))
+    # A new resolution should not recompile every block again and again: after the first size change, torch marks
+    # the token count dynamic (its default), and the cache limit leaves room for that plus the img2img variants.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if regional:
+        transformer.compile_repeated_blocks(fullgraph=True)
+    else:
+        transformer.compile(fullgraph=True)
+
+
+def check_fp8(device: torch.device) -> None:
+    """Raise a one-line PipelineError when this machine cannot run the fp8 tier."""
+    if device.type != "cuda":
+        raise PipelineError(f"the fp8 tier needs an NVIDIA GPU (Ada or Hopper); this machine runs on {device.type}: "
+                            "choose bf16, qint8 or qint4")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < FP8_MIN_CAPABILITY:
+        raise PipelineError(f"the fp8 tier needs compute capability 8.9 or newer (Ada, Hopper); "
+                            f"{torch.cuda.get_device_name(device)} is {major}.{minor}: choose qint8 instead")
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise PipelineError("the fp8 tier needs torchao: pip install torchao (or choose qint8)") from None
+
+
+def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
+                             exclude: tuple[str, ...]) -> torch.nn.Module:
+    """fp8 (e4m3) weights with a scale per output row, activations quantized per token at run time (torchao).
+
+    Block by block on the GPU, so the bf16 transformer is never whole on the card: the peak is the fp8 weights plus
+    one bf16 block.
+    """
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+
+    def wanted(module: torch.nn.Module, name: str) -> bool:
+        return isinstance(module, torch.nn.Linear) and name not in exclude
+
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    for index, block in enumerate(blocks):
+        block.to(device)
+        prefix = ("transformer_blocks" if index < len(transformer.transformer_blocks) else "single_transformer_blocks")
+        number = index if index < len(transformer.transformer_blocks) else index - len(transformer.transformer_blocks)
+        quantize_(block, config, filter_fn=lambda m, n, p=f"{prefix}.{number}.": wanted(m, p + n))
+    transformer.to(device)
+    quantize_(transformer, config, filter_fn=lambda m, n: wanted(m, n) and "transformer_blocks" not in n)
+    return transformer
