@@ -71,11 +71,12 @@ def dequant_int8_triton(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Ten
 def dequant_int4_triton(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     kernels = _triton_kernels()
     out_features, half_in = packed.shape
-    group = (2 * half_in) // scale.shape[1]
+    n_groups = scale.numel()
     out = torch.empty(out_features, 2 * half_in, dtype=torch.bfloat16, device=packed.device)
-    block = 1024
-    kernels.int4_kernel[(-(-packed.numel() // block),)](packed, scale, shift, out, packed.numel(), half_in,
-                                                        group // 2, BLOCK=block)
+    groups_per_program = 32
+    kernels.int4_kernel[(-(-n_groups // groups_per_program),)](packed, scale, shift, out, n_groups,
+                                                               HALF_GROUP=half_in // scale.shape[1],
+                                                               GROUPS=groups_per_program)
     return out
 
 
@@ -105,7 +106,9 @@ def _(qweight, scale, dtype):
 
 @torch.library.custom_op("fluxdepth::dequant_int4", mutates_args=())
 def dequant_int4(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if packed.is_cuda and _use_triton(dtype, packed, scale, shift):
+    half_group = packed.shape[1] // max(scale.shape[1], 1)
+    power_of_two = half_group > 0 and half_group & (half_group - 1) == 0  # Triton tiles are powers of two
+    if packed.is_cuda and power_of_two and _use_triton(dtype, packed, scale, shift):
         return dequant_int4_triton(packed, scale, shift)
     return dequant_int4_reference(packed, scale, shift, dtype)
 

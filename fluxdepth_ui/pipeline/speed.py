@@ -75,6 +75,9 @@ def check_fp8(device: torch.device) -> None:
     if (major, minor) < FP8_MIN_CAPABILITY:
         raise PipelineError(f"the fp8 tier needs compute capability 8.9 or newer (Ada, Hopper); "
                             f"{torch.cuda.get_device_name(device)} is {major}.{minor}: choose qint8 instead")
+    if on_zerogpu():
+        raise PipelineError("the fp8 tier is only fast compiled, and torch.compile is off on ZeroGPU: choose bf16 or "
+                            "qint8")
     try:
         import torchao  # noqa: F401
     except ImportError:
@@ -90,6 +93,8 @@ def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
     """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
+    # torchao's recommended inductor options come with it (coordinate-descent tuning, TF32 for float32 matmuls, for
+    # the whole process): they make the first compile slower and the steps faster; measured that way.
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
 
     def wanted(module: torch.nn.Module, name: str) -> bool:
