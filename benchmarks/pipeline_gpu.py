@@ -165,21 +165,12 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
 
-    import diffusers
-    import optimum.quanto
-    import transformers
     from diffusers import FluxControlPipeline
 
     variant = get_variant(args.variant)
     report: dict = {
         "variant": variant.name,
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "optimum_quanto": optimum.quanto.__version__,
-        "python": platform.python_version(),
+        **versions(),
         "size": f"{SIZE}x{SIZE}",
         "steps": args.steps,
     }

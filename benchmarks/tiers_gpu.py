@@ -148,7 +148,7 @@ def run_tier(tier: str, small: dict, ref: torch.Tensor, args) -> dict:
         row["e2e_s"] = round(time.perf_counter() - t, 2)
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     manager.unload()
-    del components, transformer
+    components = transformer = None  # noqa: F841 - drop the last references before the next tier
     torch.cuda.empty_cache()
     return row
 
@@ -179,7 +179,7 @@ def run_offload(name: str, small: dict, args) -> dict:
            "e2e_s": round(time.perf_counter() - t, 2),
            "peak_gib": round(torch.cuda.max_memory_allocated() / GIB, 2)}
     manager.unload()
-    del components
+    components = None  # noqa: F841
     for part in small.values():  # offload left the shared small parts on the CPU
         if isinstance(part, torch.nn.Module):
             part.to("cuda")

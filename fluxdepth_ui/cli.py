@@ -166,12 +166,10 @@ def _progress_bar(total: int, desc: str):
 
 
 def cmd_sequence(args: argparse.Namespace) -> int:
-
     from .pipeline import GenerationSettings, parse_model_source
-    from .pipeline.manager import draw_seed
     from .sequence import (
         check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
-        stats_match, write_video,
+        settle_seed, stats_match, write_video,
     )
 
     GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance).validate()
@@ -192,10 +190,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         with _progress_bar(len(frames), "range (pass 1)") as bar:
             stats = compute_stats(frames, settings, args.depth, seed=args.seed,
                                   progress=lambda i, n: bar.update(1))
-    if args.seed is not None and stats.seed != args.seed:
-        stats = type(stats)(**{**stats.__dict__, "seed": args.seed})
-    if stats.seed is None:
-        stats = type(stats)(**{**stats.__dict__, "seed": draw_seed()})
+    stats = settle_seed(stats, args.seed)
     save_stats(stats, stats_path)
     generation = GenerationSettings(prompt=args.prompt, seed=stats.seed, steps=args.steps, guidance=args.guidance)
     manager = _manager(args, source)

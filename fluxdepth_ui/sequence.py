@@ -155,6 +155,18 @@ def compute_stats(frames: list[Frame], settings: DepthSettings, pattern: str, se
     )
 
 
+def settle_seed(stats: SequenceStats, requested: int | None = None) -> SequenceStats:
+    """The seed the whole shot renders with: the one asked for, else the stats file's, else a fresh draw."""
+    from dataclasses import replace
+
+    seed = requested if requested is not None else stats.seed
+    if seed is None:
+        from .pipeline.manager import draw_seed
+
+        seed = draw_seed()
+    return stats if seed == stats.seed else replace(stats, seed=seed)
+
+
 def save_stats(stats: SequenceStats, path: str) -> None:
     with open(path, "w") as fh:
         json.dump(stats.to_dict(), fh, indent=2)

@@ -11,7 +11,9 @@ from PIL import Image
 from conftest import write_exr
 from fluxdepth_ui.cli import main
 from fluxdepth_ui.depth import DepthInputError, DepthSettings, NormalizeSettings, prepare_depth
-from fluxdepth_ui.sequence import check_frames, compute_stats, find_frames, load_stats, parse_frame_range
+from fluxdepth_ui.sequence import (
+    check_frames, compute_stats, find_frames, load_stats, parse_frame_range, settle_seed,
+)
 
 OBJECT_Z = [5.0, 8.0, 12.0, 20.0]
 
@@ -145,3 +147,12 @@ def test_video_of_results_and_control_maps(tmp_path, capsys):
 
     gif = write_video(sorted(map(str, (tmp_path / "o" / "control").glob("*.png"))), str(tmp_path / "c.gif"), 4)
     assert iio.imread(gif).shape[0] == 4
+
+
+def test_shot_seed_asked_for_wins_then_the_stats_file_then_a_draw(tmp_path):
+    frames = find_frames(str(make_sequence(tmp_path / "seq") / "shot.####.exr"))
+    stored = compute_stats(frames, DepthSettings(), "shot.####.exr", seed=7)
+    assert settle_seed(stored).seed == 7
+    assert settle_seed(stored, 9).seed == 9 and settle_seed(stored, 9).range == stored.range
+    drawn = settle_seed(compute_stats(frames, DepthSettings(), "shot.####.exr"))
+    assert isinstance(drawn.seed, int) and 0 <= drawn.seed <= 2**32 - 1

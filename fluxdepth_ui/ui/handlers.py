@@ -278,12 +278,10 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
                  variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None):
     """Render every frame with the shared range and seed, then the result and control-map videos."""
     from ..pipeline import GenerationSettings
-    from ..pipeline.manager import draw_seed
-    from ..sequence import render_sequence, write_video
+    from ..sequence import render_sequence, settle_seed, write_video
 
-    seed = setup.stats.seed if setup.stats.seed is not None else draw_seed()
-    stats = type(setup.stats)(**{**setup.stats.__dict__, "seed": seed})
-    generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=int(steps), guidance=float(guidance))
+    stats = settle_seed(setup.stats)
+    generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=int(steps), guidance=float(guidance))
     generation.validate()
     studio.manager.configure(variant=variant)
     cancel = studio.cancel_event(session)
