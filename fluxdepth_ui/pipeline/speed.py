@@ -2,8 +2,8 @@
 
 Compilation uses diffusers' regional compilation (`compile_repeated_blocks`): the 19 double and 38 single blocks
 share two compiled graphs, so compiling takes seconds to tens of seconds instead of minutes, for the same step time
-as compiling the whole model (diffusers' docs). Compiled code and autotuning results go to a folder beside the
-quantized cache, so a second start of the app reuses them (torch's FX graph and Triton caches).
+as compiling the whole model (diffusers' docs). Compiled graphs and autotuning results go to a folder beside the
+quantized cache (torch's inductor caches; Triton keeps its kernels in ~/.triton), so a second start reuses them.
 
 Both are off where they cannot pay: on the CPU / MPS (nothing to gain), on ZeroGPU Spaces (each request runs in a
 fresh GPU process, so it would recompile every time), and with sequential offload (hooks on every layer).
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 # Ada (8.9) and Hopper (9.0) have fp8 tensor cores; older GPUs would emulate it, slower than bf16.
 FP8_MIN_CAPABILITY = (8, 9)
+# Read at import, before any model is built: building one makes torch fill in its default (/tmp/torchinductor_USER,
+# lost at reboot), and from then on the variable looks set. Only a folder the user chose is left alone.
+USER_INDUCTOR_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 
 
 @dataclass(frozen=True)
@@ -54,9 +57,9 @@ def compile_cache_dir(cache_root: str) -> str:
 
 def compile_transformer(transformer: torch.nn.Module, cache_root: str, regional: bool = True) -> None:
     """Compile in place (the repeated blocks, or the whole model). Graphs are built at the first call."""
-    # torch reads these when it first compiles; a user's own setting wins.
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", compile_cache_dir(cache_root))
-    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(compile_cache_dir(cache_root), "triton"))
+    # torch reads this at every cache lookup. (Triton's own kernel cache is already kept, in ~/.triton.)
+    if USER_INDUCTOR_CACHE is None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache_dir(cache_root)
     # A new resolution should not recompile every block again and again: after the first size change, torch marks
     # the token count dynamic (its default), and the cache limit leaves room for that plus the img2img variants.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)

@@ -1,0 +1,57 @@
+"""The fast tier's decisions (issue 6): where torch.compile runs, where fp8 is refused, where compiled code is kept."""
+
+import os
+
+import pytest
+import torch
+
+from fluxdepth_ui.pipeline import PipelineError, speed
+from fluxdepth_ui.pipeline.speed import check_fp8, compile_cache_dir, compile_transformer, decide_compile
+from fluxdepth_ui.pipeline.tiny import build_tiny_components
+
+CUDA = torch.device("cuda")
+
+
+def test_compile_runs_on_cuda_only_and_not_where_it_cannot_pay(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert not decide_compile(False, CUDA, "gpu").enabled and decide_compile(False, CUDA, "gpu").reason == ""
+    on = decide_compile(True, CUDA, "gpu")
+    assert on.enabled and "first image at each new size compiles" in on.reason
+    assert decide_compile(True, CUDA, "model_offload").enabled
+    seq = decide_compile(True, CUDA, "sequential_offload")
+    assert not seq.enabled and "sequential offload" in seq.reason
+    for device in ("cpu", "mps"):
+        off = decide_compile(True, torch.device(device), "cpu")
+        assert not off.enabled and device in off.reason
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    zero = decide_compile(True, CUDA, "gpu")
+    assert not zero.enabled and "ZeroGPU" in zero.reason
+
+
+def test_fp8_refusals_are_one_line_and_name_the_way_out(monkeypatch):
+    with pytest.raises(PipelineError, match=r"needs an NVIDIA GPU .* runs on cpu: choose bf16, qint8 or qint4"):
+        check_fp8(torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce RTX 3090")
+    with pytest.raises(PipelineError, match=r"RTX 3090 is 8.6: choose qint8 instead"):
+        check_fp8(CUDA)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    with pytest.raises(PipelineError, match="torch.compile is off on ZeroGPU"):
+        check_fp8(CUDA)
+
+
+def test_compile_wraps_the_repeated_blocks_and_keeps_code_beside_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed, "USER_INDUCTOR_CACHE", None)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    transformer = build_tiny_components(0)["transformer"]  # makes torch fill in its /tmp default
+    compile_transformer(transformer, str(tmp_path))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == compile_cache_dir(str(tmp_path))
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    assert transformer._compiled_call_impl is None  # regional: the top level stays eager
+    # A folder the user chose before starting the app wins.
+    monkeypatch.setattr(speed, "USER_INDUCTOR_CACHE", str(tmp_path / "mine"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_transformer(build_tiny_components(0)["transformer"], str(tmp_path))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
