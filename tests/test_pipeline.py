@@ -321,6 +321,7 @@ def test_fast_tier_options_are_explained_where_they_cannot_run(tmp_path, depth):
     assert status["compile"] and not status["compiled"]
     assert any("torch.compile is off" in n and "cpu" in n for n in status["notes"])
     assert np.array_equal(pixels(image.image), pixels(plain.image))
+    assert image.metadata.compiled is False and image.metadata.to_dict()["compiled"] is False
     # Switching compile off is a reconfiguration like any other.
     assert compiled.configure(compile=False) and not compiled.loaded
 
@@ -328,3 +329,28 @@ def test_fast_tier_options_are_explained_where_they_cannot_run(tmp_path, depth):
     with pytest.raises(PipelineError, match=r"fp8 tier needs an NVIDIA GPU .* choose bf16, qint8 or qint4"):
         run(fp8, depth)
     assert not fp8.loaded
+
+
+def test_compiled_pipeline_says_when_a_size_compiles_and_records_it(tmp_path, depth, monkeypatch):
+    """The compile step itself needs CUDA; what the artist is told around it does not."""
+    from fluxdepth_ui.pipeline import manager as manager_module
+    from fluxdepth_ui.pipeline.speed import CompileDecision
+
+    compiled_for = []
+    monkeypatch.setattr(manager_module, "decide_compile", lambda requested, device, placement:
+                        CompileDecision(requested, "compiled (test)" if requested else ""))
+    monkeypatch.setattr(manager_module, "compile_transformer", lambda t, root: compiled_for.append(t))
+    manager = PipelineManager(TINY, cache_root=str(tmp_path), compile=True)
+    messages = []
+
+    def generate(control):
+        return manager.generate(control, GenerationSettings("a chair", seed=1, steps=2),
+                                load_progress=lambda f, m: messages.append(m))
+
+    first = generate(depth.control)
+    assert len(compiled_for) == 1 and first.metadata.compiled is True
+    assert sum("compiling the transformer for 256x192" in m for m in messages) == 1
+    generate(depth.control)  # same size: nothing new to compile, nothing said
+    assert sum("compiling the transformer" in m for m in messages) == 1
+    generate(ControlImage(np.full((128, 128), 0.5, np.float32)))
+    assert any("compiling the transformer for 128x128" in m for m in messages)

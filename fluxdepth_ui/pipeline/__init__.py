@@ -1,4 +1,4 @@
-"""Generation: the only package that imports torch, diffusers and optimum-quanto."""
+"""Generation: the only package that imports torch, diffusers, optimum-quanto, Triton and torchao."""
 
 from .errors import GenerationCancelled, ModelSourceError, OutOfMemoryError, PipelineError
 from .manager import (

@@ -108,6 +108,7 @@ class PipelineManager:
         self.placement = placement
         self.compile = bool(compile)
         self._compiled = False
+        self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._device_request = device
         self.cache = QuantizedCache(cache_root or default_cache_root())
         self._token = token
@@ -170,6 +171,7 @@ class PipelineManager:
                 del pipe
             self._choice = None
             self._compiled = False
+            self._compiled_shapes = set()
             release_device_memory()
 
     def load(self, progress: LoadProgress | None = None) -> None:
@@ -282,6 +284,10 @@ class PipelineManager:
                     raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
                 return callback_kwargs
 
+            shape = (width, height, init_image is not None)
+            if self._compiled and shape not in self._compiled_shapes and load_progress is not None:
+                load_progress(0.0, f"compiling the transformer for {width}x{height}: the first image at a new size "
+                                   "takes longer")
             # 5. Denoise. no_grad, not inference_mode: quanto qint4 fails under inference_mode.
             try:
                 with torch.no_grad():
@@ -299,6 +305,8 @@ class PipelineManager:
                     ) from None
                 raise
             seconds = time.perf_counter() - t0
+            if self._compiled:
+                self._compiled_shapes.add(shape)
             # 6. Record what made it.
             meta = GenerationMetadata(
                 prompt=settings.prompt,
@@ -318,6 +326,7 @@ class PipelineManager:
                 depth_inverted=depth.inverted if depth else None,
                 depth_range=depth.range if depth else None,
                 placement=self._choice.placement if self._choice else None,
+                compiled=self._compiled,
                 device=str(self._device),
                 seconds=round(seconds, 3),
                 notes=(self.source.label,) if self.source.kind == "tiny" else (),

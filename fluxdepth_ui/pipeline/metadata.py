@@ -32,6 +32,7 @@ class GenerationMetadata:
     depth_inverted: bool | None = None
     depth_range: dict | None = None
     placement: str | None = None
+    compiled: bool = False  # torch.compile'd transformer: same seed, pixels differ slightly from an eager run
     device: str | None = None
     seconds: float | None = None
     app_version: str = __version__

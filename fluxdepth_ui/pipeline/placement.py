@@ -60,7 +60,7 @@ def choose_placement(requested: str, device: torch.device, component_bytes: dict
     if device.type == "cpu":
         return PlacementChoice("cpu", "no GPU found: running on the CPU (many minutes per image with the real model)")
     if requested == "sequential_offload" and quantized:
-        return PlacementChoice("model_offload", "sequential offload does not work with quanto weights: using "
+        return PlacementChoice("model_offload", "sequential offload does not work with quantized weights: using "
                                                 "model offload")
     if requested != "auto":
         return PlacementChoice(requested, "chosen by the user")
