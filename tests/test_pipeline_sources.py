@@ -173,7 +173,7 @@ def test_placement_policy():
     assert choose_placement("auto", cuda, q4, 1.0, 16 * GIB, True).placement == "gpu"
     assert choose_placement("auto", cuda, q4, 1.0, 10 * GIB, True).placement == "model_offload"
     forced = choose_placement("sequential_offload", cuda, q4, 1.0, 80 * GIB, True)
-    assert forced.placement == "model_offload" and "quanto" in forced.reason
+    assert forced.placement == "model_offload" and "quantized" in forced.reason
     assert choose_placement("gpu", cuda, sizes, 1.0, 8 * GIB, False).placement == "gpu"
     assert choose_placement("auto", torch.device("cpu"), sizes, 1.0, None, False).placement == "cpu"
 

@@ -55,3 +55,14 @@ def test_compile_wraps_the_repeated_blocks_and_keeps_code_beside_the_cache(tmp_p
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     compile_transformer(build_tiny_components(0)["transformer"], str(tmp_path))
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_fp8_without_torchao_says_how_to_get_it(monkeypatch):
+    import importlib.util
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
+    with pytest.raises(PipelineError, match=r"needs torchao: pip install torchao"):
+        check_fp8(CUDA)

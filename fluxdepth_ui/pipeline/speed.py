@@ -11,6 +11,7 @@ fresh GPU process, so it would recompile every time), and with sequential offloa
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -81,10 +82,8 @@ def check_fp8(device: torch.device) -> None:
     if on_zerogpu():
         raise PipelineError("the fp8 tier is only fast compiled, and torch.compile is off on ZeroGPU: choose bf16 or "
                             "qint8")
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        raise PipelineError("the fp8 tier needs torchao: pip install torchao (or choose qint8)") from None
+    if importlib.util.find_spec("torchao") is None:
+        raise PipelineError("the fp8 tier needs torchao: pip install torchao (or choose qint8)")
 
 
 def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,

@@ -291,4 +291,4 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
                              on_frame=on_frame, on_step=on_step, cancel=cancel)
     video = write_video(report.outputs, os.path.join(out_dir, "sequence.mp4"), fps)
     control_video = write_video(report.controls, os.path.join(out_dir, "sequence_control.mp4"), fps)
-    return report, video, control_video, seed
+    return report, video, control_video, stats.seed
