@@ -104,3 +104,18 @@ def test_triton_kernels_give_quantos_bits(tmp_path):
     proc = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("weights,cls", [("qint8", DenseInt8Linear), ("qint4", DenseInt4Linear)])
+def test_dense_linears_trace_whole_under_torch_compile(weights, cls):
+    """The dequant ops are registered custom ops with shape functions: torch.compile(fullgraph=True), as the compiled
+    tiers use on the GPU, traces through them without a graph break and computes the same thing."""
+    torch.manual_seed(2)
+    lin = torch.nn.Sequential(torch.nn.Linear(256, 64)).to(torch.bfloat16)
+    quantize_module(lin, weights)
+    dense = cls.from_quanto(lin[0])
+    x = torch.randn(8, 256, dtype=torch.bfloat16)
+    torch._dynamo.reset()
+    compiled = torch.compile(dense, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), dense(x))
