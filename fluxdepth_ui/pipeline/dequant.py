@@ -17,7 +17,6 @@ gives the same bits as the GPU: that is how the kernels are tested on a CPU-only
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -55,10 +54,6 @@ def triton_available() -> bool:
     return _triton_kernels() is not None
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def dequant_int8_triton(qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     kernels = _triton_kernels()
     out = torch.empty(qweight.shape, dtype=torch.bfloat16, device=qweight.device)
@@ -81,12 +76,9 @@ def dequant_int4_triton(packed: torch.Tensor, scale: torch.Tensor, shift: torch.
 
 
 def _use_triton(dtype: torch.dtype, *tensors: torch.Tensor) -> bool:
-    if dtype != torch.bfloat16 or any(t.dtype != torch.bfloat16 for t in tensors[1:]):
-        return False
-    if not all(t.is_contiguous() for t in tensors):
-        return False
-    on_gpu = tensors[0].is_cuda or _interpreting()
-    return on_gpu and triton_available()
+    """The kernels take contiguous bf16 tensors on a CUDA GPU; anything else goes through the reference."""
+    return (tensors[0].is_cuda and dtype == torch.bfloat16 and all(t.dtype == torch.bfloat16 for t in tensors[1:])
+            and all(t.is_contiguous() for t in tensors) and triton_available())
 
 
 # --- the custom ops ------------------------------------------------------------------------------------------------
@@ -94,7 +86,7 @@ def _use_triton(dtype: torch.dtype, *tensors: torch.Tensor) -> bool:
 
 @torch.library.custom_op("fluxdepth::dequant_int8", mutates_args=())
 def dequant_int8(qweight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if qweight.is_cuda and _use_triton(dtype, qweight, scale):
+    if _use_triton(dtype, qweight, scale):
         return dequant_int8_triton(qweight, scale)
     return dequant_int8_reference(qweight, scale, dtype)
 
@@ -108,7 +100,7 @@ def _(qweight, scale, dtype):
 def dequant_int4(packed: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     half_group = packed.shape[1] // max(scale.shape[1], 1)
     power_of_two = half_group > 0 and half_group & (half_group - 1) == 0  # Triton tiles are powers of two
-    if packed.is_cuda and power_of_two and _use_triton(dtype, packed, scale, shift):
+    if power_of_two and _use_triton(dtype, packed, scale, shift):
         return dequant_int4_triton(packed, scale, shift)
     return dequant_int4_reference(packed, scale, shift, dtype)
 

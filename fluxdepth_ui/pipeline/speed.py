@@ -102,12 +102,10 @@ def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
     def wanted(module: torch.nn.Module, name: str) -> bool:
         return isinstance(module, torch.nn.Linear) and name not in exclude
 
-    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
-    for index, block in enumerate(blocks):
-        block.to(device)
-        prefix = ("transformer_blocks" if index < len(transformer.transformer_blocks) else "single_transformer_blocks")
-        number = index if index < len(transformer.transformer_blocks) else index - len(transformer.transformer_blocks)
-        quantize_(block, config, filter_fn=lambda m, n, p=f"{prefix}.{number}.": wanted(m, p + n))
+    for blocks in ("transformer_blocks", "single_transformer_blocks"):
+        for number, block in enumerate(getattr(transformer, blocks)):
+            block.to(device)
+            quantize_(block, config, filter_fn=lambda m, n, p=f"{blocks}.{number}.": wanted(m, p + n))
     transformer.to(device)
     quantize_(transformer, config, filter_fn=lambda m, n: wanted(m, n) and "transformer_blocks" not in n)
     return transformer

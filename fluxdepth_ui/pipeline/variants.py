@@ -153,43 +153,28 @@ class QuantizedCache:
         except (OSError, ValueError):
             found = None
         if found != expected:
-            log.warning("quantized cache %s is stale (fingerprint differs): rebuilding it", folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
+            return _reject(folder, "is stale (fingerprint differs)")
         from .dense import apply_dense_layout
 
         try:
-            state = _read_tensors(os.path.join(folder, "weights.safetensors"), device)
             with open(os.path.join(folder, "layout.json")) as fh:
                 layout = json.load(fh)
+            module = build_empty()
+            apply_dense_layout(module, layout["modules"], getattr(torch, layout["dtype"]))
+            state = _read_tensors(os.path.join(folder, "weights.safetensors"), device)
             with open(os.path.join(folder, "aliases.json")) as fh:
                 for alias, kept in json.load(fh).items():
                     state[alias] = state[kept]
-            module = build_empty()
-            apply_dense_layout(module, layout["modules"], getattr(torch, layout["dtype"]))
         except (OSError, ValueError, KeyError, AttributeError) as exc:
-            log.warning("quantized cache %s is unreadable (%s): rebuilding it", folder, exc)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        expected_keys = set(module.state_dict())
-        if expected_keys != set(state):
-            gap = sorted(expected_keys ^ set(state))
-            log.warning("quantized cache %s does not match the model (%d tensors differ, e.g. %s): rebuilding it",
-                        folder, len(gap), gap[0])
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
+            return _reject(folder, f"is unreadable ({exc})")
         try:
+            # strict: a tensor missing from the file would stay uninitialised memory; refuse that too.
             module.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:  # a shape or dtype that does not fit
-            log.warning("quantized cache %s does not fit the model (%s): rebuilding it", folder,
-                        str(exc).splitlines()[0])
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
+        except RuntimeError as exc:
+            return _reject(folder, f"does not fit the model ({' '.join(str(exc).split())[:300]})")
         left_empty = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
         if left_empty:  # a non-persistent buffer the state dict cannot carry: the module would not run
-            log.warning("quantized cache %s cannot restore %s: rebuilding it", folder, left_empty[0])
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
+            return _reject(folder, f"cannot restore {left_empty[0]}")
         module.eval()
         return module
 
@@ -240,6 +225,12 @@ def _module_dtype(module: torch.nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+def _reject(folder: str, why: str) -> None:
+    log.warning("quantized cache %s %s: rebuilding it", folder, why)
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def _read_tensors(path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
