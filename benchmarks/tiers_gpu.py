@@ -22,6 +22,7 @@ The JSON is rewritten after every tier, so a cut-off run keeps what it measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -110,20 +111,22 @@ def run_tier(tier: str, small: dict, ref: torch.Tensor, args) -> dict:
         return row
 
     compile_ = extra in ("compile", "full") or name == "fp8"
-    if extra == "full":  # whole-model compile instead of the manager's regional one, for comparison
-        import functools
-
-        from fluxdepth_ui.pipeline import manager as manager_module
-        from fluxdepth_ui.pipeline import speed
-
-        manager_module.compile_transformer = functools.partial(speed.compile_transformer, regional=False)
     graphs_before = _unique_graphs()
     components = prepared_components(name, small)
     manager = PipelineManager(ModelSource("random-weights/flux1-depth-dev-shaped"), variant=name, placement="gpu",
                               cache_root=args.cache_root, compile=compile_,
                               loader=lambda v, p: LoadedModel(components, "random"))
     t = time.perf_counter()
-    manager.load()
+    if extra == "full":  # whole-model compile instead of the manager's regional one, for this tier only
+        from unittest import mock
+
+        from fluxdepth_ui.pipeline import manager as manager_module
+
+        whole = functools.partial(manager_module.compile_transformer, regional=False)
+        with mock.patch.object(manager_module, "compile_transformer", whole):
+            manager.load()
+    else:
+        manager.load()
     sync()
     row["load_s"] = round(time.perf_counter() - t, 2)
     row["compiled"] = manager.status()["compiled"]
