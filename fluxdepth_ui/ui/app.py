@@ -10,6 +10,7 @@ import gradio as gr
 from gradio import FileData
 
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthInputError
+from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipeline.variants import VARIANTS
 from ..presets import PresetError, list_presets, save_preset
 from . import handlers as h
@@ -18,7 +19,7 @@ from .examples import EXAMPLES, FOLDER as EXAMPLE_FOLDER, example_paths
 log = logging.getLogger(__name__)
 
 DEPTH_FILE_TYPES = [".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm"]
-# Measured on an NVIDIA H200 with random full-size weights, 1024x1024, 28 steps (docs/benchmarks.md).
+# Each label carries the tier's measured memory and speed (docs/benchmarks.md).
 VARIANT_HINTS = {name: variant.label for name, variant in VARIANTS.items()}
 CSS = """
 .fd-warning {background: #fff3cd; color: #664d03; padding: 6px 10px; border-radius: 6px;}
@@ -44,10 +45,17 @@ def _gpu(fn, steps_index: int):
         return fn
 
     def duration(*args, **kwargs):
-        steps = int(args[steps_index]) if len(args) > steps_index else 28
+        steps = int(args[steps_index]) if len(args) > steps_index else DEFAULT_STEPS
         return int(20 + 1.0 * steps)
 
     return spaces.GPU(duration=duration)(fn)
+
+
+def _steps_and_guidance() -> tuple[gr.Slider, gr.Slider]:
+    """The same two sliders, with the model's defaults, on the single-image and the sequence tabs."""
+    with gr.Row():
+        return (gr.Slider(1, 60, value=DEFAULT_STEPS, step=1, label="Steps"),
+                gr.Slider(0, 30, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance"))
 
 
 def build_app(studio: h.Studio) -> gr.Blocks:
@@ -113,9 +121,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                                             placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
                         variant = gr.Radio([(hint, v) for v, hint in VARIANT_HINTS.items()],
                                            value=manager.variant, label="Precision (switching reloads the model)")
-                        with gr.Row():
-                            steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
-                            guidance = gr.Slider(0, 30, value=10, step=0.5, label="Guidance")
+                        steps, guidance = _steps_and_guidance()
                         with gr.Row():
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                             randomize = gr.Checkbox(True, label="Random seed")
@@ -154,9 +160,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                                                   columns=3, height=200, allow_preview=True, elem_id="seq-previews")
                     with gr.Column(scale=1):
                         seq_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="seq-prompt")
-                        with gr.Row():
-                            seq_steps = gr.Slider(1, 60, value=28, step=1, label="Steps")
-                            seq_guidance = gr.Slider(0, 30, value=10, step=0.5, label="Guidance")
+                        seq_steps, seq_guidance = _steps_and_guidance()
                         with gr.Row():
                             seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0, minimum=0)
                             seq_random = gr.Checkbox(True, label="Random seed")
@@ -261,8 +265,8 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             d, g = preset.depth, preset.generation
             clip = d.get("clip", DEFAULT_CLIP)
             return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
-                    d.get("long_side", 1024), g.get("variant", manager.variant), g.get("steps", 28),
-                    g.get("guidance", 10.0), f"**{preset.name}**: {preset.description}")
+                    d.get("long_side", 1024), g.get("variant", manager.variant), g.get("steps", DEFAULT_STEPS),
+                    g.get("guidance", DEFAULT_GUIDANCE), f"**{preset.name}**: {preset.description}")
 
         preset_apply.click(apply_preset, [preset_menu],
                            [mode, invert, clip_low, clip_high, near, far, long_side, variant, steps, guidance,
@@ -352,7 +356,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             png = h.write_control_png(studio, request.session_hash if request else None, result)
             return FileData(path=png), result.stats.to_dict()
 
-        def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = 28, guidance: float = 10.0,
+        def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
                          variant: str = "", channel: str = "auto", mode: str = "auto", invert: str = "auto",
                          clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
                          long_side: int = 1024, init_image: FileData | None = None, strength: float = 0.6,
