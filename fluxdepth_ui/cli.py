@@ -7,11 +7,40 @@ import json
 import os
 import sys
 
-from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthInputError, DepthSettings, NormalizeSettings
+from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthSettings, NormalizeSettings
+from .errors import FluxDepthError, display_name
 
 
-class UsageError(Exception):
-    pass
+class UsageError(FluxDepthError):
+    """A command line that cannot work: the message names the option and the fix."""
+
+
+def check_output_file(path: str, option: str, suffixes: tuple[str, ...], create: bool = False) -> str:
+    """Refuse a bad output path before any work is done (not after a whole generation)."""
+    name = display_name(path)
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise UsageError(f"{option} {name} is a folder; give a file name such as {option} shot.png")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in suffixes:
+        raise UsageError(f"{option} {name}: the file name must end in {' or '.join(suffixes)}")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise UsageError(f"{option} {name} is not a regular file (a device or a pipe); give a normal file name")
+    return check_output_folder(os.path.dirname(os.path.abspath(path)), option, create)
+
+
+def check_output_folder(folder: str, option: str, create: bool = False) -> str:
+    if create:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"{option} {display_name(folder)} exists and is not a folder; pick another path")
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{option}: cannot create the folder {display_name(folder)} ({exc.strerror})") from None
+    if not os.path.isdir(folder):
+        raise UsageError(f"output folder of {option} does not exist; create it or pick another path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"output folder of {option} is not writable; pick another path")
+    return folder
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +88,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     from .depth import prepare_depth, write_preview_png
     from .depth.preview import stats_json
 
+    check_output_file(args.out, "--out", (".png",))
     result = prepare_depth(args.depth, depth_settings_from_args(args), log_histogram=False)
     write_preview_png(result.control, args.out)
     payload = json.loads(stats_json(result.stats))
@@ -95,18 +125,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 def load_init_image(path: str | None):
     if not path:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from .depth.readers import read_rgb_image
 
-    from .pipeline import PipelineError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise PipelineError(f"init image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise PipelineError(f"cannot read init image {path} ({exc}); use a PNG, JPEG or TIFF") from None
+    return read_rgb_image(path)
 
 
 def _step_printer():
@@ -140,9 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                   strength=args.strength)
     settings.validate()
     source = parse_model_source(args.model, args.revision, args.lora, args.lora_scale)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise UsageError(f"output folder {out_dir} does not exist; create it or pick another path")
+    check_output_file(args.out, "--out", (".png",))
     init = load_init_image(args.init_image)
     depth = prepare_depth(args.depth, depth_settings_from_args(args))
     manager = _manager(args, source)
@@ -181,7 +200,9 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     frames = find_frames(args.depth)
     check_frames(frames)  # the whole sequence: gaps and mixed sizes are reported before anything renders
     selected = check_frames(frames, wanted)
-    os.makedirs(args.out, exist_ok=True)
+    if args.video:
+        check_output_file(args.video, "--video", (".mp4", ".mov", ".mkv", ".gif"), create=True)
+    check_output_folder(os.path.abspath(args.out), "--out", create=True)
     stats_path = args.stats or os.path.join(args.out, "sequence_stats.json")
     stats = load_stats(stats_path) if os.path.exists(stats_path) else None
     if stats is not None and not args.stats and not stats_match(stats, settings, args.depth):
@@ -238,19 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions whose message is meant for the user (exit 2, one line)."""
-    from .pipeline.errors import PipelineError
-
-    return (DepthInputError, UsageError, PipelineError)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         return args.func(args)
-    except user_errors() as exc:
+    except FluxDepthError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .depth import DEFAULT_CLIP, DepthInputError, NormalizeSettings
+from .atomic import write_text
+from .errors import FluxDepthError
 
 DEPTH_KEYS = ("mode", "invert", "clip", "near", "far", "long_side")
 GENERATION_KEYS = ("variant", "steps", "guidance")
+MAX_NAME = 80
 
 
-class PresetError(ValueError):
+class PresetError(FluxDepthError, ValueError):
     """A preset file that cannot be used; the message says which file and why."""
 
 
@@ -53,7 +56,7 @@ def load_preset(path: str | Path, builtin: bool = False) -> Preset:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise PresetError(f"preset {path.name} cannot be read ({exc}); fix or delete the file") from None
+        raise PresetError(f"preset {path.name} cannot be read ({type(exc).__name__}); fix or delete the file") from None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not data["name"].strip():
         raise PresetError(f"preset {path.name} needs a \"name\"")
     depth = data.get("depth", {}) or {}
@@ -91,12 +94,18 @@ def slugify(name: str) -> str:
 
 def save_preset(name: str, depth: dict, generation: dict, description: str = "", folder: Path | None = None) -> Path:
     """Write a user preset. An existing file of the same name is kept: the new one gets a numbered name."""
-    if not name or not name.strip():
+    if not isinstance(name, str) or not name.strip():
         raise PresetError("give the preset a name")
+    if len(name.strip()) > MAX_NAME:
+        raise PresetError(f"a preset name is at most {MAX_NAME} characters; shorten it")
     folder = Path(folder) if folder else user_dir()
     if folder.resolve() == builtin_dir().resolve():
         raise PresetError("user presets are not written into the install; set FLUXDEPTH_PRESETS to another folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PresetError(f"cannot create the presets folder ({exc.strerror}); set FLUXDEPTH_PRESETS to a "
+                          "writable folder") from None
     preset = Preset(name.strip(), description, {k: depth[k] for k in DEPTH_KEYS if k in depth},
                     {k: generation[k] for k in GENERATION_KEYS if k in generation})
     base = slugify(name)
@@ -105,6 +114,10 @@ def save_preset(name: str, depth: dict, generation: dict, description: str = "",
     while path.exists():
         path = folder / f"{base}-{n}.json"
         n += 1
-    path.write_text(json.dumps(preset.to_json(), indent=2) + "\n")
+    try:
+        write_text(str(path), json.dumps(preset.to_json(), indent=2) + "\n")
+    except OSError as exc:
+        raise PresetError(f"cannot save the preset ({exc.strerror}); set FLUXDEPTH_PRESETS to a writable "
+                          "folder") from None
     load_preset(path)  # what we wrote must load back
     return path

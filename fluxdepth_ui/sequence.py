@@ -16,8 +16,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
+from . import limits
+from .atomic import write_text
 from .depth import DepthInputError, DepthRange, DepthSettings, NormalizeSettings, compute_sequence_range, load_depth
-from .depth.readers import probe_size
+from .depth.readers import check_regular_file, probe_size
+from .errors import display_name
 
 STATS_FORMAT = 1
 DEPTH_SUFFIXES = (".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm")
@@ -95,7 +98,11 @@ def find_frames(pattern: str) -> list[Frame]:
                 frames.append(Frame(int(m.group(1)), path))
     frames.sort(key=lambda f: f.number)
     if not frames:
-        raise DepthInputError(f"no depth frames match {pattern}")
+        raise DepthInputError(f"no depth frames match {display_name(pattern)}")
+    most = limits.current().frames
+    if len(frames) > most:
+        raise DepthInputError(f"{len(frames)} frames is above the limit of {most} frames a sequence; render it in "
+                              "parts")
     return frames
 
 
@@ -151,7 +158,7 @@ def compute_stats(frames: list[Frame], settings: DepthSettings, pattern: str, se
         range=rng, channel=settings.channel,
         settings={"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far},
         frames=(frames[0].number, frames[-1].number), count=len(frames),
-        resolution=probe_size(frames[0].path), pattern=pattern, seed=seed,
+        resolution=probe_size(frames[0].path), pattern=pattern_key(pattern), seed=seed,
     )
 
 
@@ -168,32 +175,41 @@ def settle_seed(stats: SequenceStats, requested: int | None = None) -> SequenceS
 
 
 def save_stats(stats: SequenceStats, path: str) -> None:
-    with open(path, "w") as fh:
-        json.dump(stats.to_dict(), fh, indent=2)
+    write_text(path, json.dumps(stats.to_dict(), indent=2))
 
 
 def load_stats(path: str) -> SequenceStats:
+    name = display_name(path)
+    check_regular_file(path)
     try:
         with open(path) as fh:
             data = json.load(fh)
-    except FileNotFoundError:
-        raise DepthInputError(f"stats file not found: {path}") from None
     except (OSError, ValueError) as exc:
-        raise DepthInputError(f"stats file {path} cannot be read ({exc}); compute it again") from None
-    if data.get("format") != STATS_FORMAT or "range" not in data:
-        raise DepthInputError(f"{path} is not a FluxDepth sequence stats file")
-    return SequenceStats(
-        range=DepthRange.from_dict(data["range"]), channel=data.get("channel"), settings=data.get("settings", {}),
-        frames=tuple(data.get("frames", (0, 0))), count=int(data.get("count", 0)),
-        resolution=tuple(data.get("resolution", (0, 0))), pattern=data.get("pattern", ""), seed=data.get("seed"),
-    )
+        raise DepthInputError(f"stats file {name} cannot be read ({type(exc).__name__}); compute it again") from None
+    if not isinstance(data, dict) or data.get("format") != STATS_FORMAT or not isinstance(data.get("range"), dict):
+        raise DepthInputError(f"{name} is not a FluxDepth sequence stats file; compute it with fluxdepth sequence")
+    try:
+        return SequenceStats(
+            range=DepthRange.from_dict(data["range"]), channel=data.get("channel"),
+            settings=dict(data.get("settings") or {}), frames=tuple(data.get("frames", (0, 0))),
+            count=int(data.get("count", 0)), resolution=tuple(data.get("resolution", (0, 0))),
+            pattern=str(data.get("pattern", "")), seed=data.get("seed"),
+        )
+    except (TypeError, ValueError, KeyError):
+        raise DepthInputError(f"{name} is a damaged sequence stats file; compute it again") from None
+
+
+def pattern_key(pattern: str) -> str:
+    """How a stats file names its frames: the pattern's file name only, never a folder of the machine that made it
+    (stats files travel to farms and visitors)."""
+    return display_name(pattern, limit=200)
 
 
 def stats_match(stats: SequenceStats, settings: DepthSettings, pattern: str) -> bool:
     """True when `stats` was computed for this pattern with these normalization settings (resume-safe)."""
     n = settings.normalize
     wanted = {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far}
-    return stats.pattern == pattern and stats.channel == settings.channel and stats.settings == wanted
+    return stats.pattern == pattern_key(pattern) and stats.channel == settings.channel and stats.settings == wanted
 
 
 def settings_with_stats(settings: DepthSettings, stats: SequenceStats) -> DepthSettings:
@@ -255,7 +271,7 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
     for i, frame in enumerate(frames):
         png, sidecar, control_png = output_paths(out_dir, frame)
         key = frame_key(frame, gen_dict, depth, manager.source.key, manager.variant)
-        if os.path.exists(png) and os.path.exists(control_png) and _sidecar_key(sidecar) == key:
+        if frame_is_done(png, sidecar, control_png, key):
             report.skipped.append(frame.number)
             report.outputs.append(png)
             report.controls.append(control_png)
@@ -266,13 +282,10 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
             raise GenerationCancelled(f"cancelled before frame {frame.number}")
         preview = prepare_depth(frame.path, depth)
         result = manager.generate(preview.control, generation, depth=preview.stats, on_step=on_step, cancel=cancel)
-        save_result(result.image, result.metadata, png)
-        with open(sidecar) as fh:
-            meta = json.load(fh)
-        meta.update(sequence_key=key, frame=frame.number, depth_path=os.path.abspath(frame.path))
-        with open(sidecar, "w") as fh:
-            json.dump(meta, fh, indent=2)
+        # Control map first, sidecar last: a sidecar with the key means both images are whole.
         write_preview_png(preview.control, control_png)
+        save_result(result.image, result.metadata, png,
+                    extra={"sequence_key": key, "frame": frame.number, "depth_path": display_name(frame.path)})
         report.rendered.append(frame.number)
         report.outputs.append(png)
         report.controls.append(control_png)
@@ -285,9 +298,27 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
 def _sidecar_key(path: str) -> str | None:
     try:
         with open(path) as fh:
-            return json.load(fh).get("sequence_key")
+            data = json.load(fh)
     except (OSError, ValueError):
         return None
+    return data.get("sequence_key") if isinstance(data, dict) else None
+
+
+def _decodes(path: str) -> bool:
+    """The whole PNG decodes (a truncated file fails here, not in the video writer)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoder failure means: render this frame again
+        return False
+
+
+def frame_is_done(png: str, sidecar: str, control_png: str, key: str) -> bool:
+    """A frame counts as finished only when its sidecar carries this key and both of its images decode."""
+    return _sidecar_key(sidecar) == key and _decodes(png) and _decodes(control_png)
 
 
 # --- video -------------------------------------------------------------------------------------------------------

@@ -10,8 +10,7 @@ from PIL import Image
 from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import read_metadata
-from fluxdepth_ui.ui.app import allowed_paths
-from fluxdepth_ui.ui.launch import build_parser, create, parse_auth
+from fluxdepth_ui.ui.launch import build_parser, create, launch_options, parse_auth
 
 
 def launch(tmp_path, *extra, **launch_kw):
@@ -19,7 +18,7 @@ def launch(tmp_path, *extra, **launch_kw):
     studio, demo = create(args)
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                allowed_paths=allowed_paths(studio), **launch_kw)
+                **{**launch_options(studio), **launch_kw})
     return studio, demo
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR
-from fluxdepth_ui.ui.app import allowed_paths
-from fluxdepth_ui.ui.launch import build_parser, create
+from fluxdepth_ui.ui.launch import build_parser, create, launch_options
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -25,7 +24,7 @@ def app_url(tmp_path_factory):
     studio, demo = create(args)
     demo.queue(default_concurrency_limit=1)
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                allowed_paths=allowed_paths(studio))
+                **launch_options(studio))
     yield demo.local_url
     demo.close()
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import display_name
 from .errors import DepthInputError
 from .readers import Channel, Raster
 
@@ -79,7 +80,7 @@ def load_depth(path: str, channel: str | None = None) -> DepthMap:
 
 
 def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
-    name = os.path.basename(raster.path)
+    name = display_name(raster.path)
     notes = list(raster.notes)
     if channel:
         chosen = _named_channel(raster, channel)
@@ -133,7 +134,7 @@ def _named_channel(raster: Raster, wanted: str) -> Channel:
         if chan.name.lower() == wanted.lower():
             return chan
     raise DepthInputError(
-        f"{os.path.basename(raster.path)} has no channel {wanted!r}; its channels are: {', '.join(raster.names())}"
+        f"{display_name(raster.path)} has no channel {wanted!r}; its channels are: {', '.join(raster.names())}"
     )
 
 
@@ -164,7 +165,7 @@ def _auto_channel(raster: Raster) -> tuple[Channel, str]:
     grey = _grey_rgb(raster)
     if grey is not None:
         return grey, "image"
-    base = os.path.basename(raster.path)
+    base = display_name(raster.path)
     if {"R", "G", "B"} <= set(names):
         if raster.format == "exr":
             raise DepthInputError(

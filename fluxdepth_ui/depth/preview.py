@@ -13,6 +13,8 @@ import numpy as np
 
 from .channels import DepthMap, load_depth
 from .control import DEFAULT_LONG_SIDE, ControlImage, make_control_image
+from ..atomic import atomic_path
+from ..errors import display_name
 from .errors import DepthInputError
 from .normalize import ControlMap, DepthRange, NormalizeSettings, normalize
 
@@ -191,8 +193,10 @@ def write_preview_png(control: ControlImage, path: str, compress_level: int = 6)
 
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise DepthInputError(f"output folder {directory} does not exist; create it or pick another path")
-    Image.fromarray(control.to_uint16()).save(path, compress_level=compress_level)
+        raise DepthInputError(f"the output folder of {display_name(path)} does not exist; create it or pick "
+                              "another path")
+    with atomic_path(path) as tmp:
+        Image.fromarray(control.to_uint16()).save(tmp, format="PNG", compress_level=compress_level)
 
 
 def stats_json(stats: DepthStats) -> str:

@@ -8,14 +8,16 @@ channel and interpreting it is `channels.py`'s job.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import limits
+from ..errors import display_name
 from .errors import DepthInputError
 
-MAX_PIXELS = 64_000_000
 MIN_SIDE = 64
 MAX_ASPECT = 8.0
 
@@ -72,26 +74,45 @@ class Raster:
         return tuple(c.name for c in self.channels)
 
 
+def check_regular_file(path: str, what: str = "file") -> None:
+    """Only regular files are read: a FIFO, a device or /dev/stdin would block a worker forever (docs/sharing.md)."""
+    name = display_name(path)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DepthInputError(f"{what} not found: {name}") from None
+    except OSError as exc:
+        raise DepthInputError(f"cannot read {name} ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise DepthInputError(f"{name} is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DepthInputError(f"{name} is not a regular file (a pipe or a device); save the depth pass to a file")
+
+
 def sniff_format(path: str) -> str:
+    check_regular_file(path)
+    name = display_name(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
-    except FileNotFoundError:
-        raise DepthInputError(f"depth file not found: {path}") from None
-    except IsADirectoryError:
-        raise DepthInputError(f"{path} is a folder, not a depth file") from None
     except OSError as exc:
-        raise DepthInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise DepthInputError(f"cannot read {name} ({exc.strerror or type(exc).__name__})") from None
     if not head:
-        raise DepthInputError(f"{os.path.basename(path)} is empty (0 bytes); export the depth pass again")
+        raise DepthInputError(f"{name} is empty (0 bytes); export the depth pass again")
+    fmt = sniff_bytes(head)
+    if fmt is None:
+        raise DepthInputError(f"{name} is not a depth format FluxDepth can read; export {SUPPORTED}")
+    return fmt
+
+
+def sniff_bytes(head: bytes) -> str | None:
+    """The format of a file from its first 16 bytes, or None."""
     for magic, fmt in _MAGIC:
         if head.startswith(magic):
             if fmt == "pfm" and head[2:3] not in (b"\n", b"\r", b" ", b"\t"):
                 continue
             return fmt
-    raise DepthInputError(
-        f"{os.path.basename(path)} is not a depth format FluxDepth can read; export {SUPPORTED}"
-    )
+    return None
 
 
 def read_raster(path: str) -> Raster:
@@ -116,11 +137,11 @@ def read_raster(path: str) -> Raster:
     except DepthInputError:
         raise
     except MemoryError:
-        raise DepthInputError(f"{os.path.basename(path)} is too large to load in memory") from None
+        raise DepthInputError(f"{display_name(path)} is too large to load in memory") from None
     except Exception as exc:  # every decoder has its own exception zoo; the user needs one clear line
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DepthInputError(
-            f"{os.path.basename(path)} looks like {fmt.upper()} but could not be decoded ({msg}); "
+            f"{display_name(path)} looks like {fmt.upper()} but could not be decoded ({msg}); "
             "the file is corrupt or truncated, export it again"
         ) from None
     if notes:
@@ -131,7 +152,7 @@ def read_raster(path: str) -> Raster:
 def probe_size(path: str) -> tuple[int, int]:
     """(width, height) from the file's header only, without decoding pixels."""
     fmt = sniff_format(path)
-    name = os.path.basename(path)
+    name = display_name(path)
     try:
         if fmt == "exr":
             import OpenEXR
@@ -157,14 +178,18 @@ def probe_size(path: str) -> tuple[int, int]:
     except DepthInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user problem
-        raise DepthInputError(f"{name}: cannot read its header ({exc}); the file is corrupt or truncated") from None
+        raise DepthInputError(f"{name}: cannot read its header; the file is corrupt or truncated") from None
 
 
 def check_shape(width: int, height: int, name: str) -> None:
-    if width * height > MAX_PIXELS:
+    """Called with the sizes a header declares, before any pixel is decoded."""
+    bound = limits.current()
+    if width <= 0 or height <= 0:
+        raise DepthInputError(f"{name} declares a size of {width}x{height}; the file is corrupt, export it again")
+    if width * height > bound.max_pixels:
         raise DepthInputError(
             f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above the "
-            f"{MAX_PIXELS // 1_000_000} megapixel limit; render the depth pass at a lower resolution"
+            f"{bound.megapixels} megapixel limit; render the depth pass at a lower resolution"
         )
     if min(width, height) < MIN_SIDE:
         raise DepthInputError(
@@ -188,7 +213,7 @@ def _exr_sample_type(arr: np.ndarray) -> str:
 def _read_exr(path: str, fmt: str) -> Raster:
     import OpenEXR
 
-    name = os.path.basename(path)
+    name = display_name(path)
     # Header first: refuse a huge frame before decoding any pixels.
     head = OpenEXR.File(path, header_only=True)
     if not head.parts:
@@ -196,6 +221,7 @@ def _read_exr(path: str, fmt: str) -> Raster:
     (x0, y0), (x1, y1) = (np.asarray(v) for v in head.parts[0].header["displayWindow"])
     width, height = int(x1 - x0 + 1), int(y1 - y0 + 1)
     check_shape(width, height, name)
+    check_exr_parts(head.parts, name)
 
     channels: list[Channel] = []
     notes: list[str] = []
@@ -230,6 +256,27 @@ def _read_exr(path: str, fmt: str) -> Raster:
     return Raster(path, fmt, width, height, tuple(channels), views, metadata, tuple(notes))
 
 
+def _window_size(window) -> tuple[int, int]:
+    (x0, y0), (x1, y1) = (np.asarray(v) for v in window)
+    return int(x1 - x0 + 1), int(y1 - y0 + 1)
+
+
+def check_exr_parts(parts, name: str) -> None:
+    """What the decoder will allocate is set by the data windows, not the display window: bound every part's
+    window and all channels of all parts together, from the headers alone."""
+    total = 0
+    for part in parts:
+        w, h = _window_size(part.header["dataWindow"])
+        check_shape(w, h, f"{name} (data window of part {part.part_index})")
+        total += w * h * 4 * max(1, len(part.header.get("channels", ())))  # decoded as up to 4 bytes a sample
+    bound = limits.current()
+    if total > bound.max_decoded_bytes:
+        raise DepthInputError(
+            f"{name} would decode to {total / 2**20:.0f} MB over all its parts and channels, above the "
+            f"{bound.decoded_mb} MB limit; export only the depth AOV, or fewer channels"
+        )
+
+
 def _flatten_deep(samples: np.ndarray, front_most: bool) -> np.ndarray:
     """Per-pixel sample arrays -> one value: the smallest depth for depth channels, the first sample otherwise."""
     flat = samples.ravel()
@@ -249,11 +296,11 @@ def _flatten_deep(samples: np.ndarray, front_most: bool) -> np.ndarray:
 def _read_pillow(path: str, fmt: str) -> Raster:
     from PIL import Image
 
-    name = os.path.basename(path)
+    name = display_name(path)
     notes: list[str] = []
     with warnings.catch_warnings():
+        # check_shape (a lower limit, with a clearer message) runs before any pixel is decoded.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        Image.MAX_IMAGE_PIXELS = None  # our own limit (check_shape) applies, with a clearer message
         with Image.open(path) as img:
             check_shape(img.width, img.height, name)
             img.load()
@@ -321,13 +368,17 @@ def _band_channels(arr: np.ndarray, mode: str | None = None) -> tuple[Channel, .
 def _read_tiff(path: str, fmt: str) -> Raster:
     import tifffile
 
-    name = os.path.basename(path)
+    name = display_name(path)
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         if "Y" not in axes or "X" not in axes:
             raise DepthInputError(f"{name}: TIFF layout {axes} has no image plane; export a single depth image")
         check_shape(shape[axes.index("X")], shape[axes.index("Y")], name)
+        decoded = int(np.prod(shape, dtype=np.int64)) * series.dtype.itemsize
+        if decoded > limits.current().max_decoded_bytes:
+            raise DepthInputError(f"{name} would decode to {decoded / 2**20:.0f} MB (a stack of images), above the "
+                                  f"{limits.current().decoded_mb} MB limit; save a single depth image")
         arr = series.asarray()
     # Keep the first image of any stack; move samples last.
     for ax in list(axes):
@@ -344,7 +395,7 @@ def _read_tiff(path: str, fmt: str) -> Raster:
 
 
 def _read_pfm(path: str, fmt: str) -> Raster:
-    name = os.path.basename(path)
+    name = display_name(path)
     with open(path, "rb") as fh:
         tokens: list[bytes] = []
         while len(tokens) < 4:
@@ -365,7 +416,7 @@ def _read_pfm(path: str, fmt: str) -> Raster:
 
 
 def _read_npy(path: str, fmt: str) -> Raster:
-    name = os.path.basename(path)
+    name = display_name(path)
     arr = np.load(path, mmap_mode="r", allow_pickle=False)
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4)):
         raise DepthInputError(f"{name}: array of shape {arr.shape} is not an image; save an (H, W) depth array")
@@ -374,3 +425,25 @@ def _read_npy(path: str, fmt: str) -> Raster:
     check_shape(arr.shape[1], arr.shape[0], name)
     arr = np.array(arr, dtype=np.float32 if arr.dtype.kind == "f" else arr.dtype)
     return Raster(path, fmt, arr.shape[1], arr.shape[0], _band_channels(arr))
+
+
+# --- colour images (init images) -----------------------------------------------------------------------------------
+
+
+def read_rgb_image(path: str, what: str = "init image"):
+    """A PNG, JPEG or TIFF as a Pillow RGB image, after the same file and size checks as a depth file."""
+    from PIL import Image
+
+    name = display_name(path)
+    check_regular_file(path, what)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_shape(img.width, img.height, f"{what} {name}")
+                img.load()
+                return img.convert("RGB")
+    except DepthInputError:
+        raise
+    except Exception:  # noqa: BLE001 - Pillow's many decoder errors are one problem for the artist
+        raise DepthInputError(f"{what} {name} cannot be read as an image; use a PNG, JPEG or TIFF") from None

@@ -1,7 +1,9 @@
 """User-facing pipeline errors: one line saying what went wrong and what to do."""
 
+from ..errors import FluxDepthError
 
-class PipelineError(RuntimeError):
+
+class PipelineError(FluxDepthError, RuntimeError):
     """Base for every error the pipeline manager reports to the user."""
 
 

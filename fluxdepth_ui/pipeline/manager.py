@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import limits
 from ..depth import ControlImage, DepthStats
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
 from .metadata import GenerationMetadata
@@ -33,7 +34,7 @@ from .placement import (
 )
 from .sources import LoadedModel, ModelSource, load_model
 from .speed import check_fp8, compile_transformer, decide_compile, fp8_quantize_transformer
-from .variants import TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
+from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,32 @@ class GenerationSettings:
     def validate(self) -> None:
         if not isinstance(self.prompt, str):
             raise PipelineError("prompt must be text")
-        if self.seed is not None and not (0 <= int(self.seed) <= MAX_SEED):
-            raise PipelineError(f"seed {self.seed} is out of range; use 0..{MAX_SEED}")
-        if not (1 <= int(self.steps) <= 100):
-            raise PipelineError(f"steps {self.steps} is out of range; use 1..100 (28 is the model's default)")
-        if not (0.0 <= float(self.guidance) <= 100.0):
-            raise PipelineError(f"guidance {self.guidance} is out of range; use 0..100 (10 suits FLUX.1-Depth-dev)")
-        if not (0.0 < float(self.strength) <= 1.0):
-            raise PipelineError(f"strength {self.strength} is out of range; use a value in (0, 1]")
-        if not (1 <= int(self.max_sequence_length) <= 512):
-            raise PipelineError("max_sequence_length must be 1..512")
+        most = limits.current().prompt_chars
+        if len(self.prompt) > most:
+            raise PipelineError(f"the prompt is {len(self.prompt)} characters, above the limit of {most}; shorten "
+                                "it (the text encoder reads at most 512 tokens)")
+        _check_number("seed", self.seed, 0, MAX_SEED, whole=True, optional=True)
+        _check_number("steps", self.steps, 1, 100, whole=True, hint="28 is the model's default")
+        _check_number("guidance", self.guidance, 0.0, 100.0, hint="10 suits FLUX.1-Depth-dev")
+        _check_number("strength", self.strength, 0.0, 1.0, low_open=True)
+        _check_number("max_sequence_length", self.max_sequence_length, 1, 512, whole=True)
+
+
+def _check_number(name: str, value, low, high, *, whole: bool = False, optional: bool = False,
+                  low_open: bool = False, hint: str = "") -> None:
+    """One message for every way a number can be wrong: not a number, NaN, fractional, out of range."""
+    if value is None and optional:
+        return
+    span = f"a value in ({low}, {high}]" if low_open else f"{low}..{high}"
+    fix = f"use {span}" + (f" ({hint})" if hint else "")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"{name} must be a number, not {str(value)[:20]!r}; {fix}") from None
+    if isinstance(value, bool) or number != number or (whole and number != int(number)):
+        raise PipelineError(f"{name} must be a {'whole ' if whole else ''}number; {fix}")
+    if number < low or number > high or (low_open and number == low):
+        raise PipelineError(f"{name} {value} is out of range; {fix}")
 
 
 @dataclass(frozen=True)
@@ -148,7 +165,7 @@ class PipelineManager:
         Returns True when something changed.
         """
         if variant is not None:
-            get_variant(variant)
+            self.check_variant(variant)  # before the loaded model is dropped: a refusal leaves it in place
         if placement is not None and placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         with self._lock:
@@ -159,6 +176,22 @@ class PipelineManager:
             self.unload()
             self.source, self.variant, self.placement, self.compile = new
             return True
+
+    def check_variant(self, variant: str) -> None:
+        """Raise a one-line PipelineError when `variant` is unknown or this machine cannot run it."""
+        if get_variant(variant).fp8:
+            check_fp8(pick_device(self._device_request))
+
+    def runnable_variants(self) -> list[str]:
+        """The tiers this machine can run, in the order of VARIANTS."""
+        runnable = []
+        for name in VARIANTS:
+            try:
+                self.check_variant(name)
+            except PipelineError:
+                continue
+            runnable.append(name)
+        return runnable
 
     def unload(self) -> None:
         with self._lock:
@@ -176,8 +209,20 @@ class PipelineManager:
 
     def load(self, progress: LoadProgress | None = None) -> None:
         with self._lock:
-            if self._pipe is None:
+            if self._pipe is not None:
+                return
+            oom = False
+            try:
                 self._load(progress or (lambda f, m: None))
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                oom = True
+            if oom:  # outside the except block, so the partly loaded modules can be freed
+                self.unload()
+                raise OutOfMemoryError(
+                    f"out of memory while loading {self.source.label} ({self.variant}): close other GPU programs, "
+                    "or choose qint8 or qint4, or placement model_offload")
 
     def _load(self, progress: LoadProgress) -> None:
         from diffusers import FluxControlPipeline
@@ -253,7 +298,7 @@ class PipelineManager:
                 raise GenerationCancelled("cancelled before it started")
             # 2. Load lazily.
             if self._pipe is None:
-                self._load(load_progress or (lambda f, m: None))
+                self.load(load_progress)
             t0 = time.perf_counter()
             # 3. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
             seed = draw_seed() if settings.seed is None else int(settings.seed)
@@ -289,21 +334,25 @@ class PipelineManager:
                 load_progress(0.0, f"compiling the transformer for {width}x{height}: the first image at a new size "
                                    "takes longer")
             # 5. Denoise. no_grad, not inference_mode: quanto qint4 fails under inference_mode.
+            failure = None
             try:
                 with torch.no_grad():
                     image = pipe(**kwargs, callback_on_step_end=step_end).images[0]
-            except GenerationCancelled:
-                self._after_failure(pipe)
-                raise
+            except GenerationCancelled as exc:
+                failure = GenerationCancelled(str(exc))
             except Exception as exc:
-                if _is_oom(exc):
-                    self._after_failure(pipe)
-                    raise OutOfMemoryError(
-                        f"out of GPU memory at {width}x{height} with {self.variant} "
-                        f"({self._choice.placement if self._choice else self.placement}): try qint8 or qint4, "
-                        "placement model_offload, or a smaller long side"
-                    ) from None
-                raise
+                if not _is_oom(exc):
+                    raise
+                failure = OutOfMemoryError(
+                    f"out of GPU memory at {width}x{height} with {self.variant} "
+                    f"({self._choice.placement if self._choice else self.placement}): try qint8 or qint4, "
+                    "placement model_offload, or a smaller long side")
+            if failure is not None:
+                # Outside the except block: the caught error (and its traceback, which holds the failed step's
+                # tensors) is gone, so the memory can really be freed before anyone sees the message.
+                kwargs = None
+                self._after_failure(pipe)
+                raise failure
             seconds = time.perf_counter() - t0
             if self._compiled:
                 self._compiled_shapes.add(shape)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from PIL import Image, PngImagePlugin
 
 from .. import __version__
+from ..atomic import atomic_path, write_text
 
 PNG_KEY = "fluxdepth"
 
@@ -69,14 +70,17 @@ def png_info(meta: GenerationMetadata) -> PngImagePlugin.PngInfo:
     return info
 
 
-def save_result(image: Image.Image, meta: GenerationMetadata, path: str) -> tuple[str, str]:
-    """Write the lossless PNG with metadata inside, and PATH.json beside it. Returns both paths."""
+def save_result(image: Image.Image, meta: GenerationMetadata, path: str, extra: dict | None = None) -> tuple[str, str]:
+    """Write the lossless PNG with metadata inside, then PATH.json beside it (with `extra` keys), each atomically.
+
+    The sidecar is written last: a sidecar on disk means its PNG is whole (sequence resume relies on it).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    image.save(path, format="PNG", pnginfo=png_info(meta))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG", pnginfo=png_info(meta))
     sidecar = os.path.splitext(path)[0] + ".json"
-    with open(sidecar, "w") as fh:
-        json.dump(meta.to_dict(), fh, indent=2)
+    write_text(sidecar, json.dumps({**meta.to_dict(), **(extra or {})}, indent=2))
     return path, sidecar
 
 

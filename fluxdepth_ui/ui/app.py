@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 import gradio as gr
 from gradio import FileData
 
-from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthInputError
+from .. import limits
+from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
+from ..errors import FluxDepthError
 from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipeline.variants import VARIANTS
-from ..presets import PresetError, list_presets, save_preset
+from ..presets import list_presets, save_preset
 from . import handlers as h
 from .examples import EXAMPLES, FOLDER as EXAMPLE_FOLDER, example_paths
+from .sharing import DAY, UploadGate, user_facing
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +31,23 @@ CSS = """
 """
 
 
-def _user_error(exc: Exception) -> gr.Error:
-    return gr.Error(str(exc), print_exception=False)
+# Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
+# GPU work) and take one of these slots instead (docs/sharing.md).
+PREVIEW_SLOTS = 4
+PREVIEW_WAIT_S = 30.0
 
 
-def _errors():
-    from ..pipeline import PipelineError
-
-    return (DepthInputError, PipelineError, PresetError)
+def _seed_value(seed, randomize: bool = False) -> int | None:
+    """The UI's and the API's seed: None (draw one) for random or negative; a clear error for non-numbers."""
+    if randomize or seed is None or seed == "":
+        return None
+    try:
+        value = float(seed)
+    except (TypeError, ValueError):
+        raise FluxDepthError(f"seed must be a whole number, not {str(seed)[:20]!r}") from None
+    if value != value or value != int(value):
+        raise FluxDepthError("seed must be a whole number (or -1 for a random one)")
+    return None if value < 0 else int(value)
 
 
 def _gpu(fn, steps_index: int):
@@ -45,7 +58,10 @@ def _gpu(fn, steps_index: int):
         return fn
 
     def duration(*args, **kwargs):
-        steps = int(args[steps_index]) if len(args) > steps_index else DEFAULT_STEPS
+        try:
+            steps = min(100, int(float(args[steps_index])))
+        except (IndexError, TypeError, ValueError):
+            steps = DEFAULT_STEPS
         return int(20 + 1.0 * steps)
 
     return spaces.GPU(duration=duration)(fn)
@@ -70,7 +86,13 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 
     generate_on_gpu = _gpu(generate_on_gpu, steps_index=4)
 
-    with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False) as demo:
+    policy = studio.policy
+    # gradio's own cache (uploads, served results) ages out with the session folders.
+    delete_cache = (3600, int(policy.keep_days * DAY)) if policy.keep_days else None
+    preview_slots = threading.BoundedSemaphore(PREVIEW_SLOTS)
+
+    with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False, delete_cache=delete_cache) as demo:
+        gate = UploadGate(demo, example_paths())
         history = gr.State([])
         gr.Markdown(f"## FluxDepth Studio\nModel: `{model_label}` · the model loads on the first Generate.")
         if tiny:
@@ -81,8 +103,10 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         with gr.Row():
             preset_menu = gr.Dropdown([p.name for p in presets], value=None, label="Preset", scale=3)
             preset_apply = gr.Button("Apply preset", scale=1)
-            preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior", scale=3)
-            preset_save = gr.Button("Save preset", scale=1)
+            # On a shared server visitors do not write into the host's preset folder.
+            preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior", scale=3,
+                                     visible=policy.save_presets)
+            preset_save = gr.Button("Save preset", scale=1, visible=policy.save_presets)
         preset_status = gr.Markdown()
 
         with gr.Tabs():
@@ -117,10 +141,11 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                                                   elem_id="control-hist")
 
                     with gr.Column(scale=1):
-                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt",
+                        prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.current().prompt_chars,
                                             placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
-                        variant = gr.Radio([(hint, v) for v, hint in VARIANT_HINTS.items()],
-                                           value=manager.variant, label="Precision (switching reloads the model)")
+                        variant = gr.Radio([(VARIANT_HINTS[v], v) for v in policy.tiers], value=manager.variant,
+                                           label="Precision (switching reloads the model for everyone)",
+                                           interactive=len(policy.tiers) > 1)
                         steps, guidance = _steps_and_guidance()
                         with gr.Row():
                             seed = gr.Number(0, label="Seed", precision=0, minimum=0)
@@ -177,16 +202,38 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 
         depth_inputs = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side]
 
+        def serve(path: str) -> str:
+            """Results are handed out as copies in gradio's cache: the outputs folder itself is never served."""
+            from gradio.processing_utils import save_file_to_cache
+
+            return save_file_to_cache(path, demo.GRADIO_CACHE)
+
+        def preview_slot():
+            if not preview_slots.acquire(timeout=PREVIEW_WAIT_S):
+                raise FluxDepthError("the server is busy with other previews; try again in a moment")
+            return preview_slots
+
         # --- preview ---------------------------------------------------------------------------------------------
         def ui_preview(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, log_v, request: gr.Request):
+            """Outside gradio's queue an error cannot be a toast; it shows in the stats panel instead, where the
+            artist looks, and the controls stay free."""
+            try:
+                return user_facing(preview_panel)(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side,
+                                                  log_v, request.session_hash)
+            except gr.Error as exc:
+                return None, None, None, f"⚠ **{exc.message}**", gr.update()
+
+        def preview_panel(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, log_v, session):
             if not path:
                 return None, None, None, "", gr.update(choices=[h.AUTO_CHANNEL], value=h.AUTO_CHANNEL)
+            settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
+            source = gate.resolve(path)
+            slot = preview_slot()
             try:
-                settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
-                result = h.run_preview(studio, path, settings, bool(log_v))
-            except _errors() as exc:
-                raise _user_error(exc) from None
-            png = h.write_control_png(studio, request.session_hash, result)
+                result = h.run_preview(studio, source, settings, bool(log_v))
+                png = h.write_control_png(studio, session, result)
+            finally:
+                slot.release()
             raw_df, control_df = h.histogram_frames(result)
             choices = h.channel_choices(result)
             value = channel_v if channel_v in choices else h.AUTO_CHANNEL
@@ -195,41 +242,40 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 
         preview_outputs = [preview_img, raw_plot, control_plot, stats, channel]
         preview_kw = dict(fn=ui_preview, inputs=[*depth_inputs, log_hist], outputs=preview_outputs,
-                          trigger_mode="always_last", show_progress="minimal", api_visibility="private",
-                          concurrency_limit=4, concurrency_id="preview")
+                          trigger_mode="always_last", show_progress="minimal", api_visibility="private", queue=False)
         depth_file.change(**preview_kw)
         for control in [channel, mode, invert, clip_low, clip_high, near, far, long_side, log_hist]:
             control.input(**preview_kw)
 
+        @user_facing
         def ui_estimate(photo_v, request: gr.Request):
-            try:
-                return h.estimate_photo_depth(studio, request.session_hash, photo_v), "off"
-            except _errors() as exc:
-                raise _user_error(exc) from None
+            return h.estimate_photo_depth(studio, request.session_hash, photo_v), "off"
 
-        estimate_btn.click(ui_estimate, [photo], [depth_file, invert], api_visibility="private")
+        estimate_btn.click(ui_estimate, [photo], [depth_file, invert], api_visibility="private",
+                           concurrency_limit=1, concurrency_id="gpu")
 
         # --- generate --------------------------------------------------------------------------------------------
+        @user_facing
         def ui_generate(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, prompt_v, variant_v, steps_v,
-                     guidance_v, seed_v, random_v, init_v, strength_v, history_v, request: gr.Request,
-                     progress=gr.Progress()):
+                        guidance_v, seed_v, random_v, init_v, strength_v, history_v, request: gr.Request,
+                        progress=gr.Progress()):
             ui = dict(depth_file=path, channel=channel_v, mode=mode_v, invert=invert_v, clip_low=lo, clip_high=hi,
                       near=near_v, far=far_v, long_side=side, prompt=prompt_v, variant=variant_v, steps=steps_v,
                       guidance=guidance_v, strength=strength_v, init_image=init_v)
-            try:
-                settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
-                outcome = generate_on_gpu(
-                    h.require_file(path), settings, prompt_v, variant_v, steps_v, guidance_v,
-                    None if random_v else seed_v, init_v, os.path.basename(init_v) if init_v else None, strength_v,
-                    request.session_hash,
-                    lambda step, total: progress((step, total), desc="denoising"),
-                    lambda fraction, message: progress(fraction, desc=message),
-                )
-            except _errors() as exc:
-                raise _user_error(exc) from None
+            settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
+            source = gate.resolve(path)
+            init_path = gate.resolve(init_v, "init image") if init_v else None
+            outcome = generate_on_gpu(
+                source, settings, prompt_v, variant_v, steps_v, guidance_v, _seed_value(seed_v, bool(random_v)),
+                init_path, os.path.basename(init_path) if init_path else None, strength_v,
+                request.session_hash,
+                lambda step, total: progress((step, total), desc="denoising"),
+                lambda fraction, message: progress(fraction, desc=message),
+            )
             ui["seed"] = outcome.metadata["seed"]
-            history_v = [*history_v, h.history_entry(outcome, ui)]
-            return (outcome.png, (outcome.control_png, outcome.png), [outcome.png, outcome.sidecar],
+            png, control = serve(outcome.png), serve(outcome.control_png)
+            history_v = [*history_v, {**h.history_entry(outcome, ui), "png": png}]
+            return (png, (control, png), [png, serve(outcome.sidecar)],
                     [(e["png"], e["caption"]) for e in history_v], history_v, outcome.message,
                     outcome.metadata["seed"])
 
@@ -258,31 +304,34 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         gallery.select(restore, [history], restore_targets, api_visibility="private")
 
         # --- presets ---------------------------------------------------------------------------------------------
+        @user_facing
         def apply_preset(name):
             preset = next((p for p in list_presets() if p.name == name), None)
             if preset is None:
-                raise gr.Error("choose a preset first", print_exception=False)
+                raise FluxDepthError("choose a preset first")
             d, g = preset.depth, preset.generation
             clip = d.get("clip", DEFAULT_CLIP)
+            tier = g.get("variant", manager.variant)
             return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
-                    d.get("long_side", 1024), g.get("variant", manager.variant), g.get("steps", DEFAULT_STEPS),
-                    g.get("guidance", DEFAULT_GUIDANCE), f"**{preset.name}**: {preset.description}")
+                    d.get("long_side", 1024), tier if tier in policy.tiers else manager.variant,
+                    g.get("steps", DEFAULT_STEPS), g.get("guidance", DEFAULT_GUIDANCE),
+                    f"**{preset.name}**: {preset.description}")
 
         preset_apply.click(apply_preset, [preset_menu],
                            [mode, invert, clip_low, clip_high, near, far, long_side, variant, steps, guidance,
                             preset_status], api_visibility="private").then(**preview_kw)
 
+        @user_facing
         def store_preset(name, mode_v, invert_v, lo, hi, near_v, far_v, side, variant_v, steps_v, guidance_v):
-            try:
-                path = save_preset(
-                    name, {"mode": mode_v, "invert": invert_v, "clip": [float(lo), float(hi)],
-                           "near": near_v or None, "far": far_v or None, "long_side": int(side)},
-                    {"variant": variant_v, "steps": int(steps_v), "guidance": float(guidance_v)},
-                )
-            except PresetError as exc:
-                raise _user_error(exc) from None
+            if not policy.save_presets:
+                raise FluxDepthError("saving presets is off on this shared server")
+            settings = h.depth_settings(None, mode_v, invert_v, lo, hi, near_v, far_v, side)
+            n = settings.normalize
+            save_preset(name, {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near,
+                               "far": n.far, "long_side": settings.long_side},
+                        {"variant": variant_v, "steps": int(steps_v), "guidance": float(guidance_v)})
             names = [p.name for p in list_presets()]
-            return gr.update(choices=names, value=name.strip()), f"Saved to `{path}`"
+            return gr.update(choices=names, value=name.strip()), f"Saved preset **{name.strip()}**"
 
         preset_save.click(store_preset, [preset_name, mode, invert, clip_low, clip_high, near, far, long_side,
                                          variant, steps, guidance], [preset_menu, preset_status],
@@ -292,14 +341,13 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         def seq_settings(mode_v, invert_v, side):
             return h.depth_settings(None, mode_v, invert_v, DEFAULT_CLIP[0], DEFAULT_CLIP[1], None, None, side)
 
+        @user_facing
         def ui_seq_prepare(files, mode_v, invert_v, side, request: gr.Request):
             if not files:
                 return None, [], ""
-            try:
-                setup = h.gather_sequence(studio, request.session_hash, files, seq_settings(mode_v, invert_v, side),
-                                          None)
-            except _errors() as exc:
-                raise _user_error(exc) from None
+            uploads = [gate.resolve(f, "frame") for f in files]
+            setup = h.gather_sequence(studio, request.session_hash, uploads, seq_settings(mode_v, invert_v, side),
+                                      None)
             labels = ["first", "middle", "last"]
             return setup, [(p, labels[i]) for i, p in enumerate(setup.previews)], setup.summary
 
@@ -307,30 +355,25 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             trigger(ui_seq_prepare, [seq_files, seq_mode, seq_invert, seq_long],
                     [seq_setup, seq_previews, seq_summary], api_visibility="private", trigger_mode="always_last")
 
+        @user_facing
         def ui_seq_render(setup, mode_v, invert_v, side, prompt_v, variant_v, steps_v, guidance_v, fps_v, seed_v,
                           random_v, request: gr.Request, progress=gr.Progress()):
-            if setup is None:
-                raise gr.Error("add the sequence's frames first", print_exception=False)
-            seed_fixed = None if random_v or seed_v is None else int(seed_v)
-            setup = h.SequenceSetup(setup.folder, setup.frames,
-                                    type(setup.stats)(**{**setup.stats.__dict__, "seed": seed_fixed}),
-                                    setup.previews, setup.summary)
-            try:
-                report, video, control_video, seed_v = h.run_sequence(
-                    studio, request.session_hash, setup, seq_settings(mode_v, invert_v, side), prompt_v, variant_v,
-                    steps_v, guidance_v, float(fps_v or 24),
-                    on_frame=lambda i, n, frame, status: progress((i, n), desc=f"frame {frame.number} {status}"),
-                )
-            except _errors() as exc:
-                raise _user_error(exc) from None
-            stats_file = os.path.join(setup.folder, "render", "sequence_stats.json")
-            from ..sequence import save_stats
+            from dataclasses import replace
 
-            save_stats(type(setup.stats)(**{**setup.stats.__dict__, "seed": seed_v}), stats_file)
+            if setup is None:
+                raise FluxDepthError("add the sequence's frames first")
+            setup = h.SequenceSetup(setup.folder, setup.frames,
+                                    replace(setup.stats, seed=_seed_value(seed_v, bool(random_v))),
+                                    setup.previews, setup.summary)
+            report, video, control_video, seed_v, stats_file = h.run_sequence(
+                studio, request.session_hash, setup, seq_settings(mode_v, invert_v, side), prompt_v, variant_v,
+                steps_v, guidance_v, float(fps_v or 24),
+                on_frame=lambda i, n, frame, status: progress((i, n), desc=f"frame {frame.number} {status}"),
+            )
             message = (f"Done: {len(report.rendered)} frames rendered, {len(report.skipped)} unchanged and kept · seed "
                        f"**{seed_v}** · {report.seconds:.1f} s")
-            return ([(p, f"frame {os.path.basename(p).split('.')[1]}") for p in report.outputs], video,
-                    [video, control_video, stats_file], message, seed_v)
+            return ([(serve(p), f"frame {os.path.basename(p).split('.')[1]}") for p in report.outputs], serve(video),
+                    [serve(video), serve(control_video), serve(stats_file)], message, seed_v)
 
         seq_render.click(ui_seq_render,
                          [seq_setup, seq_mode, seq_invert, seq_long, seq_prompt, variant, seq_steps, seq_guidance,
@@ -340,6 +383,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         seq_cancel.click(ui_cancel, None, seq_status, queue=False, api_visibility="private")
 
         # --- API -------------------------------------------------------------------------------------------------
+        @user_facing
         def api_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
                         clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
                         long_side: int = 1024, request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
@@ -348,42 +392,52 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             Returns the control map as a 16-bit greyscale PNG (near = white, background 0) and its stats (channel,
             mode, inverted, width, height, valid_fraction, range, warnings, ...). near/far of 0 mean unset.
             """
+            settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
+            source = gate.resolve(depth, record_only=True)
+            slot = preview_slot()
             try:
-                settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
-                result = h.run_preview(studio, h.require_file(depth), settings)
-            except _errors() as exc:
-                raise _user_error(exc) from None
-            png = h.write_control_png(studio, request.session_hash if request else None, result)
-            return FileData(path=png), result.stats.to_dict()
+                result = h.run_preview(studio, source, settings)
+                png = h.write_control_png(studio, request.session_hash if request else None, result)
+            finally:
+                slot.release()
+            return FileData(path=serve(png)), result.stats.to_dict()
 
-        def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
-                         variant: str = "", channel: str = "auto", mode: str = "auto", invert: str = "auto",
-                         clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
-                         long_side: int = 1024, init_image: FileData | None = None, strength: float = 0.6,
+        @user_facing
+        def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS,
+                         guidance: float = DEFAULT_GUIDANCE, variant: str = "", channel: str = "auto",
+                         mode: str = "auto", invert: str = "auto", clip_low: float = 0.5, clip_high: float = 99.5,
+                         near: float = 0.0, far: float = 0.0, long_side: int = 1024,
+                         init_image: FileData | None = None, strength: float = 0.6,
                          request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
             """Generate an image from a depth file and a prompt.
 
             seed -1 draws one (it is reported); variant "" keeps the loaded tier (bf16, qint8, qint4 or fp8).
             Returns the PNG (settings in its text chunks) and the metadata record.
             """
-            init_path = h.require_file(init_image) if init_image else None
-            try:
-                settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
-                outcome = generate_on_gpu(
-                    h.require_file(depth), settings, prompt, variant or manager.variant, steps, guidance,
-                    None if seed is None or int(seed) < 0 else int(seed), init_path,
-                    os.path.basename(init_path) if init_path else None, strength,
-                    request.session_hash if request else None, None, None,
-                )
-            except _errors() as exc:
-                raise _user_error(exc) from None
-            return FileData(path=outcome.png), outcome.metadata
+            settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
+            source = gate.resolve(depth, record_only=True)
+            init_path = gate.resolve(init_image, "init image", record_only=True) if init_image else None
+            if not isinstance(prompt, str):
+                raise FluxDepthError("prompt must be text")
+            if variant and not isinstance(variant, str):
+                raise FluxDepthError("variant must be one of " + ", ".join(policy.tiers))
+            outcome = generate_on_gpu(
+                source, settings, prompt, variant or manager.variant, steps, guidance, _seed_value(seed), init_path,
+                os.path.basename(init_path) if init_path else None, strength,
+                request.session_hash if request else None, None, None,
+            )
+            return FileData(path=serve(outcome.png)), outcome.metadata
 
-        gr.api(api_preview, api_name="preview", concurrency_limit=4, concurrency_id="preview")
+        gr.api(api_preview, api_name="preview", queue=False)
         gr.api(api_generate, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+
+        def end_session(request: gr.Request):
+            studio.end_session(request.session_hash)
+
+        demo.unload(end_session)
     return demo
 
 
 def allowed_paths(studio: h.Studio) -> list[str]:
-    """Only the outputs folder and the bundled examples are served (plus gradio's own upload cache)."""
-    return [str(studio.outputs.resolve()), str(EXAMPLE_FOLDER)]
+    """Only the bundled examples are served from disk; results are served as copies in gradio's cache."""
+    return [str(EXAMPLE_FOLDER)]

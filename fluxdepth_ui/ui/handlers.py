@@ -6,10 +6,11 @@ the `/preview` and `/generate` API endpoints and the tests share one code path w
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .. import limits
+from ..archive import safe_member_name
+from ..depth.readers import check_regular_file
+from ..errors import FluxDepthError
+from .sharing import HostPolicy, Workspace
 
 from ..depth import (
     DEFAULT_CLIP,
@@ -36,27 +43,41 @@ AUTO_CHANNEL = "auto"
 
 @dataclass
 class Studio:
-    """App-wide services: the one pipeline manager, the photo-depth estimator, where results go."""
+    """App-wide services: the one pipeline manager, the photo-depth estimator, where results go, what visitors may
+    do (docs/sharing.md)."""
 
     manager: object  # PipelineManager (imported lazily: the page must be served before torch is loaded)
     outputs: Path
     estimator: object | None = None  # DepthEstimator, built on first use when None
+    policy: HostPolicy = field(default_factory=HostPolicy)
+    workspace: Workspace = field(default_factory=Workspace)
     cancels: dict = field(default_factory=dict)
     _depth_cache: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def session_dir(self, session: str | None) -> Path:
+        """The session's results folder, made when the first result is written (not on every page load)."""
         safe = re.sub(r"[^A-Za-z0-9_-]", "", session or "") or "local"
         path = self.outputs / safe[:32]
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise FluxDepthError(f"the results folder cannot be written ({exc.strerror}); tell the host") from None
         return path
 
     def cancel_event(self, session: str | None) -> threading.Event:
         with self._lock:
             return self.cancels.setdefault(session or "local", threading.Event())
 
+    def end_session(self, session: str | None) -> None:
+        """The browser tab closed: its scratch files go, its results stay (retention removes them later)."""
+        self.workspace.end(session)
+        with self._lock:
+            self.cancels.pop(session or "local", None)
+
     def load_depth(self, path: str, channel: str | None) -> DepthMap:
         """Reading the file is the slow part of a preview: keep the last few maps for slider changes."""
+        check_regular_file(path)
         stat = os.stat(path)
         key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, channel)
         with self._lock:
@@ -71,39 +92,65 @@ class Studio:
         return depth
 
 
+def check_outputs_writable(outputs: Path) -> Path:
+    """At start: the results folder exists (or is made) and takes a file, else one line and no server."""
+    outputs = Path(outputs).expanduser().resolve()
+    try:
+        outputs.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=outputs, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise FluxDepthError(f"the outputs folder {outputs} is not writable ({exc.strerror}); pick another with "
+                             "--outputs") from None
+    return outputs
+
+
+def check_free_space(studio: Studio) -> None:
+    free = shutil.disk_usage(studio.outputs).free
+    if free < studio.policy.min_free_mb * 1024 * 1024:
+        raise FluxDepthError(f"the server's disk is almost full ({free / 2**20:.0f} MB free); nothing was generated, "
+                             "tell the host")
+
+
 def depth_settings(channel: str | None = None, mode: str = "auto", invert: str = "auto",
                    clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float | None = None,
                    far: float | None = None, long_side: int = 1024) -> DepthSettings:
-    def opt(value):
-        return None if value in (None, "", 0, 0.0) else float(value)
+    from ..depth import DepthInputError
 
+    def number(name, value, optional=False):
+        if optional and value in (None, "", 0, 0.0):
+            return None
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise DepthInputError(f"{name} must be a number, not {str(value)[:20]!r}") from None
+        if out != out or out in (float("inf"), float("-inf")):
+            raise DepthInputError(f"{name} must be a finite number")
+        return out
+
+    side = number("long_side", long_side)
+    if side != int(side) or not (256 <= side <= 2048):
+        raise DepthInputError(f"long_side {long_side} is out of range; use a whole number 256..2048")
+    for name, value in (("channel", channel), ("mode", mode), ("invert", invert)):
+        if value is not None and (not isinstance(value, str) or len(value) > 200):
+            raise DepthInputError(f"{name} must be a short text")
     return DepthSettings(
         channel=None if channel in (None, "", AUTO_CHANNEL) else channel,
         normalize=NormalizeSettings(mode=mode or "auto", invert=invert or "auto",
-                                    clip=(float(clip_low), float(clip_high)), near=opt(near), far=opt(far)),
-        long_side=int(long_side),
+                                    clip=(number("clip_low", clip_low), number("clip_high", clip_high)),
+                                    near=number("near", near, True), far=number("far", far, True)),
+        long_side=int(side),
     )
 
 
-def require_file(path) -> str:
-    from ..depth import DepthInputError
-
-    if isinstance(path, dict):  # gradio FileData from the API
-        path = path.get("path")
-    if not path:
-        raise DepthInputError("no depth file yet: drop an EXR, PNG, TIFF, PFM, NPY or JPEG depth map")
-    return str(path)
-
-
 def run_preview(studio: Studio, path: str, settings: DepthSettings, log_histogram: bool = False) -> DepthPreview:
-    depth = studio.load_depth(require_file(path), settings.channel)
+    depth = studio.load_depth(path, settings.channel)
     return prepare_loaded(depth, settings, log_histogram)
 
 
 def write_control_png(studio: Studio, session: str | None, result: DepthPreview, keep: int = 4) -> str:
-    """16-bit PNG of the control map in the session's folder; older previews are pruned."""
-    folder = studio.session_dir(session) / "previews"
-    folder.mkdir(exist_ok=True)
+    """16-bit PNG of the control map in the session's scratch folder; older previews are pruned."""
+    folder = studio.workspace.folder(session, "previews")
     path = folder / f"control-{time.time_ns()}.png"
     write_preview_png(result.control, str(path), compress_level=1)  # a throwaway preview: speed over size
     for old in sorted(folder.glob("control-*.png"))[:-keep]:
@@ -159,7 +206,7 @@ def estimate_photo_depth(studio: Studio, session: str | None, photo) -> str:
     values = depth.values
     span = float(values.max() - values.min()) or 1.0
     # Min-max to [0, 1] (Depth Anything's convention, near = white); NPY keeps the float precision.
-    path = studio.session_dir(session) / f"photo-depth-{time.time_ns()}.npy"
+    path = studio.workspace.folder(session, "photos") / f"photo-depth-{time.time_ns()}.npy"
     np.save(path, ((values - values.min()) / span).astype(np.float32))
     return str(path)
 
@@ -180,30 +227,47 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
                  variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
                  init_image_name: str | None = None, strength: float = 0.6, on_step=None,
                  load_progress=None) -> GenerationOutcome:
-    from PIL import Image
-
+    from ..depth.readers import read_rgb_image
     from ..pipeline import GenerationSettings, save_result
 
     manager = studio.manager
-    gen = GenerationSettings(prompt=prompt or "", seed=None if seed is None else int(seed), steps=int(steps),
-                             guidance=float(guidance), strength=float(strength))
+    gen = GenerationSettings(prompt=prompt or "", seed=None if seed is None else seed, steps=steps,
+                             guidance=guidance, strength=strength)
     gen.validate()
+    variant = variant or manager.variant
+    studio.policy.check_tier(variant)
     preview = run_preview(studio, path, settings)
-    manager.configure(variant=variant)
+    if isinstance(init_image, str):
+        init_image = read_rgb_image(init_image)
+    check_free_space(studio)
+    switched = manager.variant != variant
+    manager.configure(variant=variant)  # serialized: generations share one GPU slot
     cancel = studio.cancel_event(session)
     cancel.clear()
-    if isinstance(init_image, str):
-        init_image = Image.open(init_image).convert("RGB")
     result = manager.generate(preview.control, gen, init_image=init_image, init_image_name=init_image_name,
                               depth=preview.stats, on_step=on_step, cancel=cancel, load_progress=load_progress)
-    folder = studio.session_dir(session)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{result.metadata.seed}"
-    png, sidecar = save_result(result.image, result.metadata, str(folder / f"{stem}.png"))
-    control_png = str(folder / f"{stem}-control.png")
-    Image.fromarray(preview.control.to_uint8()).convert("RGB").save(control_png)
     meta = result.metadata.to_dict()
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{result.metadata.seed}"
+    saved = True
+    try:
+        folder = studio.session_dir(session)
+        png, sidecar = save_result(result.image, result.metadata, str(folder / f"{stem}.png"))
+        control_png = str(folder / f"{stem}-control.png")
+        write_preview_png(preview.control, control_png)
+    except (OSError, FluxDepthError):
+        # The image exists only in memory now: keep it in the session's scratch folder for download.
+        saved = False
+        log.exception("could not write a result to %s", studio.outputs)
+        folder = studio.workspace.folder(session, "unsaved")
+        png, sidecar = save_result(result.image, result.metadata, str(folder / f"{stem}.png"))
+        control_png = str(folder / f"{stem}-control.png")
+        write_preview_png(preview.control, control_png)
     message = (f"seed **{meta['seed']}** · {meta['width']}×{meta['height']} · {meta['steps']} steps · "
                f"guidance {meta['guidance']:g} · {meta['variant']} · {meta['seconds']:.1f} s")
+    if switched:
+        message += f"\n\nThe model was switched to **{variant}** (for every visitor of this server)."
+    if not saved:
+        message += "\n\n⚠ The results folder could not be written: **download this image now**, it is not kept."
     if meta["notes"]:
         message += "\n\n⚠ " + " · ".join(meta["notes"])
     return GenerationOutcome(png, sidecar, control_png, meta, message)
@@ -213,11 +277,6 @@ def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:
     return {"png": outcome.png, "sidecar": outcome.sidecar, "control": outcome.control_png,
             "caption": f"seed {outcome.metadata['seed']} · {outcome.metadata['prompt'][:40]}",
             "settings": ui_settings}
-
-
-def read_sidecar(path: str) -> dict:
-    with open(path) as fh:
-        return json.load(fh)
 
 
 # --- sequences ---------------------------------------------------------------------------------------------------
@@ -232,63 +291,88 @@ class SequenceSetup:
     summary: str
 
 
-def gather_sequence(studio: Studio, session: str | None, files: list, settings: DepthSettings,
-                    seed: int | None) -> SequenceSetup:
-    """Uploaded frames (several files, or one zip) -> one folder, checked, with the shared range computed."""
-    import shutil
-    import zipfile
+def stage_sequence(studio: Studio, session: str | None, files: list) -> tuple[str, tuple[str, ...]]:
+    """Uploaded frames (several files, or one zip) -> one scratch folder, made once per upload.
 
-    from ..depth import DepthInputError, prepare_depth
-    from ..sequence import check_frames, compute_stats, find_frames
+    Returns the folder and the names of files that were left out because they are not depth files.
+    """
+    from ..archive import extract_depth_members, is_zip
+    from ..depth import DepthInputError
+    from ..depth.readers import sniff_format
+    from ..errors import display_name
 
     paths = [str(f["path"] if isinstance(f, dict) else f) for f in (files or [])]
     if not paths:
         raise DepthInputError("add the frames of the sequence (several depth files, or one zip)")
-    folder = studio.session_dir(session) / f"sequence-{time.time_ns()}"
-    folder.mkdir()
-    for path in paths:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                for member in zf.infolist():
-                    name = os.path.basename(member.filename)  # never a path from inside the zip
-                    if member.is_dir() or not name or name.startswith("."):
-                        continue
-                    with zf.open(member) as src, open(folder / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-        else:
-            shutil.copy(path, folder / os.path.basename(path))
-    frames = check_frames(find_frames(str(folder)))
-    stats = compute_stats(frames, settings, str(folder), seed=seed)
+    most = limits.current().frames
+    if len(paths) > most:
+        raise DepthInputError(f"{len(paths)} files is above the limit of {most} frames a sequence; send fewer")
+
+    def unpack(folder: Path):
+        skipped: list[str] = []
+        for path in paths:
+            check_regular_file(path)
+            if is_zip(path):
+                skipped += extract_depth_members(path, str(folder)).skipped
+                continue
+            try:
+                sniff_format(path)
+            except DepthInputError:
+                skipped.append(display_name(path))
+                continue
+            shutil.copy(path, folder / safe_member_name(os.path.basename(path)))
+        return str(folder), tuple(skipped)
+
+    key = tuple((p, os.stat(p).st_size) for p in paths)
+    return studio.workspace.staged(session, key, unpack)
+
+
+def gather_sequence(studio: Studio, session: str | None, files: list, settings: DepthSettings,
+                    seed: int | None) -> SequenceSetup:
+    """Stage the upload (once), check the frames and compute the shared range and the three previews."""
+    from ..depth import prepare_depth
+    from ..sequence import check_frames, compute_stats, find_frames
+
+    folder, skipped = stage_sequence(studio, session, files)
+    frames = check_frames(find_frames(folder))
+    stats = compute_stats(frames, settings, folder, seed=seed)
     shared = DepthSettings(channel=settings.channel, normalize=settings.normalize, long_side=settings.long_side,
                            fixed_range=stats.range)
     previews = []
+    preview_dir = studio.workspace.folder(session, "sequence-previews")
     for frame in (frames[0], frames[len(frames) // 2], frames[-1]):
         result = prepare_depth(frame.path, shared)
-        out = folder / f"preview-{frame.number:04d}.png"
+        out = preview_dir / f"preview-{time.time_ns()}-{frame.number:04d}.png"
         write_preview_png(result.control, str(out), compress_level=1)
         previews.append(str(out))
     r = stats.range
     summary = (f"**{len(frames)} frames** ({frames[0].number}–{frames[-1].number}), "
                f"{stats.resolution[0]}×{stats.resolution[1]} · one range for all: mode {r.mode}, "
                f"{r.low:.4g} … {r.high:.4g}{', inverted' if r.inverted else ''}")
-    return SequenceSetup(str(folder), frames, stats, previews, summary)
+    if skipped:
+        shown = ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
+        summary += f"\n\n⚠ left out {len(skipped)} file(s) that are not depth maps: {shown}"
+    return SequenceSetup(folder, frames, stats, previews, summary)
 
 
 def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None):
     """Render every frame with the shared range and seed, then the result and control-map videos."""
     from ..pipeline import GenerationSettings
-    from ..sequence import render_sequence, settle_seed, write_video
+    from ..sequence import render_sequence, save_stats, settle_seed, write_video
 
     stats = settle_seed(setup.stats)
     generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=int(steps), guidance=float(guidance))
     generation.validate()
+    studio.policy.check_tier(variant)
     studio.manager.configure(variant=variant)
+    check_free_space(studio)
     cancel = studio.cancel_event(session)
     cancel.clear()
-    out_dir = os.path.join(setup.folder, "render")
+    out_dir = str(studio.session_dir(session) / f"sequence-{time.strftime('%Y%m%d-%H%M%S')}")
     report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
                              on_frame=on_frame, on_step=on_step, cancel=cancel)
     video = write_video(report.outputs, os.path.join(out_dir, "sequence.mp4"), fps)
     control_video = write_video(report.controls, os.path.join(out_dir, "sequence_control.mp4"), fps)
-    return report, video, control_video, stats.seed
+    save_stats(stats, os.path.join(out_dir, "sequence_stats.json"))
+    return report, video, control_video, stats.seed, os.path.join(out_dir, "sequence_stats.json")

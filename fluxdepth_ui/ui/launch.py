@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import limits
+
 # Before gradio or huggingface_hub are imported: no analytics, no version check, no hub telemetry.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -43,8 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require this login (env FLUXDEPTH_AUTH); strongly advised with --share")
     p.add_argument("--outputs", default=_env("OUTPUTS", "outputs"), help="results folder (env FLUXDEPTH_OUTPUTS)")
     p.add_argument("--queue-size", type=int, default=int(_env("QUEUE_SIZE", "20")),
-                   help="waiting jobs before new ones are refused (env FLUXDEPTH_QUEUE_SIZE)")
-    p.add_argument("--max-upload", default=_env("MAX_UPLOAD", "300mb"), help="upload size cap (default 300mb)")
+                   help="waiting generations before new ones are refused; previews never wait in it "
+                        "(env FLUXDEPTH_QUEUE_SIZE)")
+    p.add_argument("--allow-tiers", default=_env("ALLOW_TIERS"), metavar="all|T1,T2",
+                   help="tiers visitors may switch to (env FLUXDEPTH_ALLOW_TIERS; default: every tier this machine "
+                        "runs when local, only the launch tier with --share or on a Space)")
+    p.add_argument("--keep-days", type=float, default=_env("KEEP_DAYS"), metavar="N",
+                   help="remove session folders and uploads older than N days, at start and hourly (env "
+                        "FLUXDEPTH_KEEP_DAYS; default 7 with --share or on a Space, keep forever locally; 0 = keep)")
+    limits.add_arguments(p)
     return p
 
 
@@ -57,46 +66,74 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def is_shared(args: argparse.Namespace) -> bool:
+    return bool(args.share or os.environ.get("SPACE_ID"))
+
+
 def create(args: argparse.Namespace):
     """Build (studio, demo) without serving; tests use this too."""
     from ..pipeline import PipelineManager, parse_model_source
     from .app import build_app
-    from .handlers import Studio
+    from .handlers import Studio, check_outputs_writable
+    from .sharing import make_policy
 
+    limits.configure(limits.from_arguments(args))
+    outputs = check_outputs_writable(Path(args.outputs))
     source = parse_model_source(args.model)
     manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
                               token=os.environ.get("HF_TOKEN"), compile=args.compile)
-    outputs = Path(args.outputs).expanduser().resolve()
-    outputs.mkdir(parents=True, exist_ok=True)
-    studio = Studio(manager=manager, outputs=outputs)
+    manager.check_variant(args.variant)
+    keep = None if args.keep_days in (None, "") else float(args.keep_days)
+    policy = make_policy(is_shared(args), args.variant, manager.runnable_variants(), args.allow_tiers, keep)
+    studio = Studio(manager=manager, outputs=outputs, policy=policy)
     return studio, build_app(studio)
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    from ..pipeline import PipelineError
+def guard_middleware(bound: limits.Limits):
+    """Starlette middleware entry for gradio's app: request body bound and login slow-down (docs/sharing.md)."""
+    from starlette.middleware import Middleware
 
+    from .sharing import GuardMiddleware
+
+    return Middleware(GuardMiddleware, body_limit=bound.body_kb * 1024)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from ..errors import FluxDepthError
+
+    args = build_parser().parse_args(argv)
     try:
         auth = parse_auth(args.auth)
         studio, demo = create(args)
-    except (ValueError, PipelineError) as exc:
+    except (ValueError, FluxDepthError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from .app import allowed_paths
+    from .sharing import start_retention, sweep_outputs
 
     if args.share and not auth:
         print("warning: --share without --auth: anyone with the link can use this GPU; add --auth USER:PASS",
               file=sys.stderr)
+    policy = studio.policy
+    print(f"tiers offered to visitors: {', '.join(policy.tiers)}; results kept "
+          f"{'forever' if policy.keep_days is None else f'{policy.keep_days:g} days'}", file=sys.stderr)
+    sweep_outputs(studio.outputs, policy.keep_days)
+    start_retention(studio.outputs, policy.keep_days)
     if os.environ.get("SPACES_ZERO_GPU"):
         studio.manager.load()  # ZeroGPU: weights go to "cuda" at start-up, outside the GPU-timed call
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(
-        server_name=args.host,
-        server_port=args.port,
-        share=args.share,
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
+                **launch_options(studio, auth))
+
+
+def launch_options(studio, auth=None) -> dict:
+    """The security-relevant launch arguments, one place for the app and its tests."""
+    from .app import allowed_paths
+
+    bound = limits.current()
+    return dict(
         auth=auth,
-        max_file_size=args.max_upload,
+        max_file_size=f"{bound.upload_mb}mb",
         allowed_paths=allowed_paths(studio),
-        show_error=True,
-        footer_links=["api", "settings"],
+        show_error=False,  # errors reach visitors only as our own one-line messages (sharing.user_facing)
+        app_kwargs={"middleware": [guard_middleware(bound)]},
     )

@@ -1,0 +1,350 @@
+"""What a shared studio (a `--share` link, a Space) must not trust: docs/sharing.md explains each piece.
+
+- `HostPolicy`: what visitors may change (tiers), how long their files are kept, preset saving.
+- `UploadGate`: the only way from a request value to a file path: files this server received through gradio's
+  upload route (or a bundled example), regular files only. A plain string path is never opened.
+- `Workspace`: one private temp folder per browser session (previews, unpacked zips), removed when it ends.
+- `GuardMiddleware`: a bound on API request bodies and a slow-down after failed logins, per client.
+- `sweep_outputs`: retention of old session folders.
+- `user_facing`: every error a visitor sees is one line without a server path; anything unexpected is logged
+  with a short id and shown as "internal error (id ...)".
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import math
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..depth import DepthInputError
+from ..errors import FluxDepthError, one_line
+
+log = logging.getLogger(__name__)
+
+DAY = 86400.0
+
+
+# --- policy ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostPolicy:
+    shared: bool = False  # served to strangers: a --share link or a Space
+    tiers: tuple[str, ...] = ()  # tiers a visitor may switch to (the launch tier is always among them)
+    keep_days: float | None = None  # session folders and uploads older than this are removed; None keeps them
+    save_presets: bool = True  # visitors may write presets into the host's preset folder
+    min_free_mb: int = 200  # refuse a generation before it starts when the outputs disk is this full
+
+    def check_tier(self, variant: str) -> None:
+        if variant not in self.tiers:
+            offered = ", ".join(self.tiers)
+            raise FluxDepthError(f"this server offers only {offered}; the host can allow more tiers with "
+                                 "--allow-tiers")
+
+
+def make_policy(shared: bool, launch_tier: str, runnable: list[str], allow_tiers: str | None,
+                keep_days: float | None) -> HostPolicy:
+    """Local: every tier this machine runs, files kept. Shared: the launch tier only, files kept 7 days."""
+    if allow_tiers in (None, ""):
+        tiers = list(runnable) if not shared else [launch_tier]
+    elif allow_tiers == "all":
+        tiers = list(runnable)
+    else:
+        tiers = [t.strip() for t in allow_tiers.split(",") if t.strip()]
+        unknown = [t for t in tiers if t not in runnable]
+        if unknown:
+            raise FluxDepthError(f"--allow-tiers names {', '.join(unknown)}, which this machine cannot run; "
+                                 f"choose from {', '.join(runnable)}")
+    if launch_tier not in tiers:
+        tiers.insert(0, launch_tier)
+    if keep_days is None and shared:
+        keep_days = 7.0
+    if keep_days is not None and keep_days <= 0:
+        keep_days = None  # 0 = keep forever
+    return HostPolicy(shared=shared, tiers=tuple(t for t in runnable if t in tiers) or (launch_tier,),
+                      keep_days=keep_days, save_presets=not shared)
+
+
+# --- uploads -----------------------------------------------------------------------------------------------------
+
+
+class UploadGate:
+    """Turns a file value from a request into a path, or refuses it.
+
+    Accepted: a file record (gradio's FileData) whose file came in through this server's upload route, or a
+    cached copy of a bundled example. Refused: plain strings, paths anywhere else (other sessions' results, the
+    outputs folder, system files), anything that is not a regular file.
+    """
+
+    def __init__(self, demo, example_files: list[str]):
+        self._demo = demo
+        self._examples = {_sha256(p): os.path.basename(p) for p in example_files}
+
+    def resolve(self, value, what: str = "depth file", record_only: bool = False) -> str:
+        if isinstance(value, dict):
+            path = value.get("path")
+        elif hasattr(value, "path"):  # FileData
+            path = value.path
+        elif isinstance(value, str) and not record_only:
+            path = value  # from a gr.File component: gradio already kept it to its upload folder
+        elif isinstance(value, str):
+            raise DepthInputError(f"send the {what} as a file (gradio_client: handle_file(path)), not as a path "
+                                  "on the server")
+        else:
+            path = None
+        if not path:
+            raise DepthInputError(f"no {what} yet: upload one")
+        path = str(path)
+        real = os.path.realpath(path)
+        if not (real in self._uploaded() or self._is_example_copy(real)):
+            raise DepthInputError(f"that {what} was not uploaded to this server; upload the file itself")
+        if not os.path.isfile(real):
+            raise DepthInputError(f"the uploaded {what} is gone (removed after the retention period); upload it "
+                                  "again")
+        return real
+
+    def _uploaded(self) -> set[str]:
+        return {os.path.realpath(p) for p in getattr(self._demo, "upload_file_set", ())}
+
+    def _is_example_copy(self, real: str) -> bool:
+        name = os.path.basename(real)
+        if name not in self._examples.values() or not os.path.isfile(real):
+            return False
+        return self._examples.get(_sha256(real)) == name
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- per-session scratch space -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Workspace:
+    """Private temp folders per session (under the system temp dir, which gradio may serve from), removed at the
+    session's end. Zips unpack here once per upload."""
+
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fluxdepth-sessions-")))
+    _staged: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def folder(self, session: str | None, *parts: str) -> Path:
+        path = self.root.joinpath(_safe_session(session), *parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def staged(self, session: str | None, key: tuple, make) -> object:
+        """`make(folder)` once per (session, key): the same upload is never unpacked twice."""
+        with self._lock:
+            entry = self._staged.get((_safe_session(session), key))
+        if entry is not None:
+            return entry
+        folder = self.folder(session, f"upload-{time.time_ns()}")
+        try:
+            entry = make(folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        with self._lock:
+            self._staged[(_safe_session(session), key)] = entry
+        return entry
+
+    def end(self, session: str | None) -> None:
+        safe = _safe_session(session)
+        with self._lock:
+            for k in [k for k in self._staged if k[0] == safe]:
+                del self._staged[k]
+        shutil.rmtree(self.root / safe, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _safe_session(session: str | None) -> str:
+    return "".join(c for c in (session or "") if c.isalnum() or c in "_-")[:32] or "local"
+
+
+# --- retention ---------------------------------------------------------------------------------------------------
+
+
+def sweep_outputs(outputs: Path, keep_days: float | None, now: float | None = None) -> list[str]:
+    """Remove session folders under `outputs` whose newest file is older than `keep_days`. Returns their names."""
+    if keep_days is None or not outputs.is_dir():
+        return []
+    cutoff = (now or time.time()) - keep_days * DAY
+    removed = []
+    for folder in outputs.iterdir():
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        newest = max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
+
+
+def start_retention(outputs: Path, keep_days: float | None, every_s: float = 3600.0) -> threading.Event | None:
+    """Sweep now and then every hour in a daemon thread; set the returned event to stop it."""
+    if keep_days is None:
+        return None
+    stop = threading.Event()
+
+    def loop():
+        while True:
+            try:
+                removed = sweep_outputs(outputs, keep_days)
+                if removed:
+                    log.info("retention: removed %d session folders older than %g days", len(removed), keep_days)
+            except OSError:
+                log.exception("retention sweep failed")
+            if stop.wait(every_s):
+                return
+
+    threading.Thread(target=loop, name="fluxdepth-retention", daemon=True).start()
+    return stop
+
+
+# --- errors a visitor sees ---------------------------------------------------------------------------------------
+
+
+def user_facing(fn):
+    """Wrap an event handler: FluxDepthError -> its one line; anything else -> logged, shown with an id only."""
+
+    import gradio as gr
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except FluxDepthError as exc:
+            raise gr.Error(one_line(str(exc)), print_exception=False) from None
+        except Exception:  # noqa: BLE001 - the one place unexpected errors are turned into a safe message
+            ident = secrets.token_hex(4)
+            log.exception("internal error %s in %s", ident, getattr(fn, "__name__", "handler"))
+            raise gr.Error(f"internal error (id {ident}); the host's log has the details", print_exception=False) \
+                from None
+
+    return wrapper
+
+
+# --- request guard -----------------------------------------------------------------------------------------------
+
+
+class LoginThrottle:
+    """After `free` failed logins from one client, each further attempt waits: 1 s, 2 s, 4 s, ... up to `most` s."""
+
+    def __init__(self, free: int = 5, most: float = 300.0, clock=time.monotonic):
+        self.free, self.most, self.clock = free, most, clock
+        self._fails: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, client: str) -> float:
+        with self._lock:
+            fails, until = self._fails.get(client, (0, 0.0))
+        return max(0.0, until - self.clock())
+
+    def record(self, client: str, ok: bool) -> None:
+        with self._lock:
+            if ok:
+                self._fails.pop(client, None)
+                return
+            fails = self._fails.get(client, (0, 0.0))[0] + 1
+            delay = 0.0 if fails <= self.free else min(self.most, 2.0 ** (fails - self.free - 1))
+            self._fails[client] = (fails, self.clock() + delay)
+            if len(self._fails) > 10_000:  # bounded memory under a spray of addresses
+                self._fails.pop(next(iter(self._fails)))
+
+
+class GuardMiddleware:
+    """ASGI: refuse request bodies above `body_limit` bytes (uploads excepted, gradio bounds those) and slow down
+    repeated failed logins per client."""
+
+    def __init__(self, app, body_limit: int, throttle: LoginThrottle | None = None):
+        self.app, self.body_limit, self.throttle = app, body_limit, throttle or LoginThrottle()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if scope.get("method") == "POST" and path.rstrip("/").endswith("/login"):
+            return await self._login(scope, receive, send)
+        if path.rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, send)
+        length = _header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.body_limit:
+            return await _plain(send, 413, "request body too large for this server")
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.body_limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            return await self.app(scope, counted_receive, send)
+        except _BodyTooLarge:
+            return await _plain(send, 413, "request body too large for this server")
+
+    async def _login(self, scope, receive, send):
+        client = _client_key(scope)
+        wait = self.throttle.wait_s(client)
+        if wait > 0:
+            return await _plain(send, 429, f"too many failed logins; wait {math.ceil(wait)} s",
+                                [(b"retry-after", str(math.ceil(wait)).encode())])
+        status = {}
+
+        async def watched_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, watched_send)
+        self.throttle.record(client, status.get("code") == 200)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _client_key(scope) -> str:
+    """The client's address; behind a proxy on this machine (gradio's share tunnel, a Space) the forwarded one."""
+    host = (scope.get("client") or ("unknown", 0))[0]
+    forwarded = _header(scope, b"x-forwarded-for")
+    if forwarded and host in ("127.0.0.1", "::1", "localhost"):
+        return forwarded.split(",")[0].strip()[:64]
+    return host
+
+
+async def _plain(send, status: int, text: str, headers: list | None = None):
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
