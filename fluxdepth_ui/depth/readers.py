@@ -7,6 +7,7 @@ channel and interpreting it is `channels.py`'s job.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import warnings
@@ -17,6 +18,8 @@ import numpy as np
 from .. import limits
 from ..errors import display_name
 from .errors import DepthInputError
+
+log = logging.getLogger(__name__)
 
 MIN_SIDE = 64
 MAX_ASPECT = 8.0
@@ -138,10 +141,10 @@ def read_raster(path: str) -> Raster:
         raise
     except MemoryError:
         raise DepthInputError(f"{display_name(path)} is too large to load in memory") from None
-    except Exception as exc:  # every decoder has its own exception zoo; the user needs one clear line
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception:  # every decoder has its own exception zoo (and its text may name server paths)
+        log.debug("decoding %s failed", path, exc_info=True)
         raise DepthInputError(
-            f"{display_name(path)} looks like {fmt.upper()} but could not be decoded ({msg}); "
+            f"{display_name(path)} looks like {fmt.upper()} but could not be decoded; "
             "the file is corrupt or truncated, export it again"
         ) from None
     if notes:
@@ -181,7 +184,7 @@ def probe_size(path: str) -> tuple[int, int]:
         raise DepthInputError(f"{name}: cannot read its header; the file is corrupt or truncated") from None
 
 
-def check_shape(width: int, height: int, name: str) -> None:
+def check_pixels(width: int, height: int, name: str) -> None:
     """Called with the sizes a header declares, before any pixel is decoded."""
     bound = limits.current()
     if width <= 0 or height <= 0:
@@ -191,6 +194,10 @@ def check_shape(width: int, height: int, name: str) -> None:
             f"{name} is {width}x{height} ({width * height / 1e6:.0f} megapixels), above the "
             f"{bound.megapixels} megapixel limit; render the depth pass at a lower resolution"
         )
+
+
+def check_shape(width: int, height: int, name: str) -> None:
+    check_pixels(width, height, name)
     if min(width, height) < MIN_SIDE:
         raise DepthInputError(
             f"{name} is {width}x{height}; depth maps need at least {MIN_SIDE} pixels on each side"
@@ -267,7 +274,7 @@ def check_exr_parts(parts, name: str) -> None:
     total = 0
     for part in parts:
         w, h = _window_size(part.header["dataWindow"])
-        check_shape(w, h, f"{name} (data window of part {part.part_index})")
+        check_pixels(w, h, f"{name} (data window of part {part.part_index})")
         total += w * h * 4 * max(1, len(part.header.get("channels", ())))  # decoded as up to 4 bytes a sample
     bound = limits.current()
     if total > bound.max_decoded_bytes:
@@ -301,7 +308,7 @@ def _read_pillow(path: str, fmt: str) -> Raster:
     with warnings.catch_warnings():
         # check_shape (a lower limit, with a clearer message) runs before any pixel is decoded.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
+        with _open_image(path, name) as img:
             check_shape(img.width, img.height, name)
             img.load()
             mode = img.mode
@@ -330,6 +337,17 @@ def _read_pillow(path: str, fmt: str) -> Raster:
         if swapped:
             notes.append("16-bit PGM was written little-endian (Netpbm says big-endian): bytes swapped back")
     return Raster(path, fmt, arr.shape[1], arr.shape[0], _band_channels(arr, mode), notes=tuple(notes))
+
+
+def _open_image(path: str, name: str):
+    """Pillow's open, whose own bomb guard (far above ours) is reported like ours."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError:
+        raise DepthInputError(f"{name} is larger than the {limits.current().megapixels} megapixel limit; render it "
+                              "at a lower resolution") from None
 
 
 def _png_bit_depth(path: str) -> int:
@@ -439,7 +457,7 @@ def read_rgb_image(path: str, what: str = "init image"):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with _open_image(path, f"{what} {name}") as img:
                 check_shape(img.width, img.height, f"{what} {name}")
                 img.load()
                 return img.convert("RGB")

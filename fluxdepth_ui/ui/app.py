@@ -249,7 +249,8 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 
         @user_facing
         def ui_estimate(photo_v, request: gr.Request):
-            return h.estimate_photo_depth(studio, request.session_hash, photo_v), "off"
+            depth = h.estimate_photo_depth(studio, request.session_hash, photo_v)
+            return gate.register(serve(depth)), "off"
 
         estimate_btn.click(ui_estimate, [photo], [depth_file, invert], api_visibility="private",
                            concurrency_limit=1, concurrency_id="gpu")

@@ -87,6 +87,7 @@ class UploadGate:
 
     def __init__(self, demo, example_files: list[str]):
         self._demo = demo
+        self._made: set[str] = set()
         self._examples = {_sha256(p): os.path.basename(p) for p in example_files}
 
     def resolve(self, value, what: str = "depth file", record_only: bool = False) -> str:
@@ -112,8 +113,13 @@ class UploadGate:
                                   "again")
         return real
 
+    def register(self, path: str) -> str:
+        """A file this server made and handed to a client as an input value (a photo's depth): it may come back."""
+        self._made.add(os.path.realpath(path))
+        return path
+
     def _uploaded(self) -> set[str]:
-        return {os.path.realpath(p) for p in getattr(self._demo, "upload_file_set", ())}
+        return {os.path.realpath(p) for p in getattr(self._demo, "upload_file_set", ())} | self._made
 
     def _is_example_copy(self, real: str) -> bool:
         name = os.path.basename(real)
