@@ -419,3 +419,18 @@ def test_previews_answer_while_the_generation_queue_is_full(tmp_path):
     finally:
         gate.set()
         demo.close()
+
+
+def test_a_depth_the_server_handed_out_may_come_back(shared, tmp_path):
+    """Depth from a photo is made by the server and put into the depth input: that file, and only it, opens."""
+    from fluxdepth_ui.depth import DepthInputError
+    from fluxdepth_ui.ui.sharing import UploadGate
+
+    _, demo = shared
+    gate = UploadGate(demo, [])
+    made = tmp_path / "photo-depth.npy"
+    np.save(made, np.ones((96, 128), np.float32))
+    with pytest.raises(DepthInputError, match="not uploaded to this server"):
+        gate.resolve(str(made))
+    gate.register(str(made))
+    assert gate.resolve(str(made)) == str(made.resolve())
