@@ -7,7 +7,7 @@ sequence would take for a finished frame.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 
 
@@ -17,8 +17,8 @@ def atomic_path(path: str):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     root, ext = os.path.splitext(os.path.basename(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{root[:40]}.", suffix=f".part{ext}", dir=folder)
-    os.close(fd)
+    # Not mkstemp: the writer creates the file, so it gets the usual permissions (umask), not 0600.
+    tmp = os.path.join(folder, f".{root[:40]}.{os.getpid()}-{secrets.token_hex(4)}.part{ext}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -98,7 +98,9 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    from .pipeline import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANTS
+    from .defaults import (
+        DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANT_NAMES as VARIANTS,
+    )
 
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", required=True, help="what the image shows")

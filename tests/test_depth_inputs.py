@@ -38,7 +38,7 @@ def test_depth_channel_names_found_and_exact_disparity(tmp, name):
     assert cmap.values[:, 0].min() == pytest.approx(1.0) and cmap.values[:, -1].max() == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("name", ["N.z", "P.z", "Normal.Z", "velocity.z"])
+@pytest.mark.parametrize("name", ["N.z", "Pw.z", "Normal.Z", "velocity.z"])
 def test_vector_components_are_not_taken_for_depth(tmp, name):
     z = ramp_depth()
     path = write_exr(tmp / "v.exr", {name: z, "R": z, "G": z * 0.5, "B": z * 0.1})
@@ -60,8 +60,9 @@ def test_multipart_depth_in_later_part(tmp):
     rgb = {c: np.full_like(z, 0.3 * i) for i, c in enumerate("RGB")}
     path = write_exr(tmp / "mp.exr", None, parts=[({"name": "beauty"}, rgb), ({"name": "depth"}, {"depth.Z": z})])
     depth = load_depth(str(path))
-    assert depth.channel == "depth.Z" and depth.kind == "metric"
+    assert depth.channel == "depth.depth.Z" and depth.kind == "metric"  # part.channel
     np.testing.assert_array_equal(depth.values, z)
+    assert load_depth(str(path), channel="depth.Z").channel == "depth.depth.Z"
 
 
 def test_view_prefixed_channel_loses_to_default_view(tmp):

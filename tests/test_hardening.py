@@ -324,3 +324,14 @@ def test_preset_names_are_bounded(tmp_path):
     with pytest.raises(PresetError, match="at most 80"):
         save_preset("n" * 300, {}, {}, folder=tmp_path)
     assert save_preset("ok", {}, {}, folder=tmp_path).exists()
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path):
+    from fluxdepth_ui.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(str(tmp_path / "a.json"), "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

@@ -59,10 +59,13 @@ class DepthMap:
 
 
 def depth_name_tier(name: str) -> int | None:
-    """1 for plain depth names (`Pz`, `depth`, `Z`), 2 for qualified ones (`depth.Z`, `Depth.V`, `left.Z`), else None."""
+    """1 for plain depth names (`Pz`, `depth`, `Z`), 2 for qualified ones (`depth.Z`, `Depth.V`, `left.Z`), 3 for
+    camera-space `P.z`, else None (docs/depth.md, "Which channel")."""
     tokens = name.lower().split(".")
     if len(tokens) == 1:
         return 1 if tokens[0] in _DEPTH_TOKENS else None
+    if tokens[-2:] == ["p", "z"]:
+        return 3  # camera-space position (Karma, Mantra `P`): its z is depth, after any real depth AOV
     if tokens[-1] in ("pz", "depth"):
         return 2
     if tokens[-2] in _DEPTH_TOKENS and tokens[-1] in _COMPONENT_TOKENS:
@@ -86,16 +89,24 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
         chosen = _named_channel(raster, channel)
         kind = "metric" if _is_depth_like(chosen.name) else "image"
     else:
-        chosen, kind = _auto_channel(raster)
-    if kind == "metric" and _written_by_nuke(raster) and "depth" in chosen.name.lower():
+        chosen, kind, extra = _auto_channel(raster)
+        notes += extra
+    if kind == "metric" and _written_by_nuke(raster) and "depth" in chosen.label.lower():
         kind = "inverse"
-        notes.append(f"{chosen.name} was written by Nuke, which stores 1/Z: read as inverse depth")
+        notes.append(f"{chosen.label} was written by Nuke, which stores 1/Z: read as inverse depth")
 
     values = _place(chosen, raster.width, raster.height)
-    alpha = _alpha_for(raster, chosen)
+    coverage = _coverage_for(raster, chosen)
+    alpha = None if coverage is None else coverage > 0
     sample_type = chosen.sample_type
+    integer = chosen.data.dtype.kind in "ui"
 
-    if kind == "image" and chosen.data.dtype.kind in "ui" and chosen.data.dtype.itemsize >= 2:
+    if integer and chosen.data.dtype.itemsize >= 2 and _is_kinect_raw(values):
+        values = (1092.5 - values) / 351.3
+        values[~(values > 0)] = np.nan
+        kind = "inverse"
+        notes.append("Kinect v1 raw disparity (11-bit, 2047 = no data): converted to 1/metres")
+    elif kind == "image" and integer and chosen.data.dtype.itemsize >= 2:
         kind, extra = _classify_integer_grey(values)
         notes += extra
     elif kind == "image" and chosen.data.dtype.kind == "f" and chosen.name == "Y" and raster.format != "exr":
@@ -108,15 +119,15 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
         notes += extra
     if kind == "inverse" and values.size and np.nanmin(values) < 0:
         values = np.abs(values)
-    if kind == "metric" and chosen.data.dtype.kind in "ui" and _is_kinect_raw(values):
-        values = (1092.5 - values) / 351.3
-        values[~(values > 0)] = np.nan
-        kind = "inverse"
-        notes.append("Kinect v1 raw disparity (11-bit, 2047 = no data): converted to 1/metres")
+    if kind in ("metric", "inverse") and coverage is not None:
+        values, extra = _settle_partial_coverage(values, coverage)
+        notes += extra
+    if kind == "metric" and not integer:
+        notes += _metric_polarity_warning(values, chosen.label)
     return DepthMap(
         values=values.astype(np.float32, copy=False),
         kind=kind,
-        channel=chosen.name,
+        channel=chosen.label,
         channels=raster.names(),
         source_format=raster.format,
         sample_type=sample_type,
@@ -127,12 +138,15 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
 
 
 def _named_channel(raster: Raster, wanted: str) -> Channel:
-    for chan in raster.channels:
-        if chan.name == wanted:
-            return chan
-    for chan in raster.channels:
-        if chan.name.lower() == wanted.lower():
-            return chan
+    """`wanted` may be a channel (`Z`), a part's channel (`depth_right.Z`) or a view's channel (`right.Z`)."""
+    def matches(chan: Channel, fold) -> bool:
+        view_name = f"{chan.view}.{chan.name}" if chan.view else None
+        return any(fold(n) == fold(wanted) for n in (chan.label, chan.name, view_name) if n)
+
+    for fold in (str, str.lower):
+        hits = [c for c in raster.channels if matches(c, fold)]
+        if hits:
+            return sorted(hits, key=lambda c: (c.label != wanted, c.part))[0]
     raise DepthInputError(
         f"{display_name(raster.path)} has no channel {wanted!r}; its channels are: {', '.join(raster.names())}"
     )
@@ -142,10 +156,14 @@ def _is_depth_like(name: str) -> bool:
     return depth_name_tier(name) is not None or name.lower().split(".")[-1] in ("z", "pz", "depth")
 
 
-def _auto_channel(raster: Raster) -> tuple[Channel, str]:
+def _auto_channel(raster: Raster) -> tuple[Channel, str, list[str]]:
+    """The depth channel by name (docs/depth.md, "Which channel"); grey colour only when the file has nothing else."""
+    hero = raster.views[0].lower() if raster.views else ""
     other_views = {v.lower() for v in raster.views[1:]}
 
     def view_penalty(chan: Channel) -> int:
+        if chan.view and hero:
+            return int(chan.view.lower() != hero)
         return int("." in chan.name and chan.name.split(".")[0].lower() in other_views)
 
     ranked = sorted(
@@ -157,15 +175,30 @@ def _auto_channel(raster: Raster) -> tuple[Channel, str]:
         key=lambda t: t[:4],
     )
     if ranked:
-        return ranked[0][4], "metric"
+        return ranked[0][4], "metric", []
 
+    base = display_name(raster.path)
     names = {c.name: c for c in raster.channels}
+    colour = {"R", "G", "B", "A", "Y", "RY", "BY"}
+    others = [c.label for c in raster.channels if c.name.rpartition(".")[2] not in colour]
+    if raster.format == "exr" and others:
+        raise DepthInputError(
+            f"{base} has no depth channel (Pz, depth, Z, P.z, ...); its channels are: {', '.join(raster.names())}; "
+            "choose the depth channel (--channel NAME, or the Channel menu in the app)"
+        )
     if "Y" in names:
-        return names["Y"], "image"
+        notes = []
+        if {"RY", "BY"} & set(names):
+            notes.append("read through Y (luminance) of a colour EXR: this looks like a colour image, not a depth "
+                         "map; choose the depth channel if the file has one")
+        return names["Y"], "image", notes
     grey = _grey_rgb(raster)
     if grey is not None:
-        return grey, "image"
-    base = display_name(raster.path)
+        notes = []
+        if raster.format == "exr":
+            notes.append(f"no depth channel: the grey colour channel {grey.label} is read as a made depth image "
+                         "(near = white); if it is a render (a clay pass), not depth, this map is wrong")
+        return grey, "image", notes
     if {"R", "G", "B"} <= set(names):
         if raster.format == "exr":
             raise DepthInputError(
@@ -221,16 +254,51 @@ def _place(chan: Channel, width: int, height: int) -> np.ndarray:
     return out
 
 
-def _alpha_for(raster: Raster, chan: Channel) -> np.ndarray | None:
+def _coverage_for(raster: Raster, chan: Channel) -> np.ndarray | None:
+    """The alpha (coverage, float) that goes with `chan`, or None when there is none or it covers every pixel."""
     prefix = chan.name.rpartition(".")[0]
     candidates = [f"{prefix}.A" if prefix else "A", "A"]
     for wanted in candidates:
         for other in raster.channels:
             if other.part == chan.part and other.name == wanted and other is not chan:
                 alpha = _place(other, raster.width, raster.height)
-                covered = alpha > 0
-                return None if covered.all() else covered
+                if other.data.dtype.kind in "ui":
+                    alpha = alpha / float(np.iinfo(other.data.dtype).max)
+                alpha = np.nan_to_num(alpha, nan=0.0)
+                return None if (alpha >= 1.0).all() else alpha
     return None
+
+
+def _settle_partial_coverage(values: np.ndarray, coverage: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Un-premultiply coverage-weighted depth at partly covered edge pixels (docs/depth.md, "Edges").
+
+    A renderer that averages Z with alpha (premultiplied AOVs) writes Z * a where an object covers part of a pixel
+    over empty sky: nearer than the object, a glowing rim. Such a file is recognised by its edge pixels holding about
+    a times the depth of their fully covered neighbour; then Z / a is the object's depth. A file that keeps full Z
+    at its edges (most renderers) is left as it is.
+    """
+    partial = (coverage > 0) & (coverage < 1) & np.isfinite(values) & (values != 0)
+    ys, xs = np.nonzero(partial)
+    if ys.size == 0:
+        return values, []
+    h, w = values.shape
+    full = (coverage >= 1) & np.isfinite(values) & (values != 0)
+    ratio, alpha = [], []
+    for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
+        yy, xx = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
+        ok = full[yy, xx]
+        ratio.append(values[ys[ok], xs[ok]] / values[yy[ok], xx[ok]])
+        alpha.append(coverage[ys[ok], xs[ok]])
+    ratio, alpha = np.concatenate(ratio), np.concatenate(alpha)
+    if ratio.size < 8:
+        return values, []
+    # Z * a (or a / Z for inverse depth) over the neighbour's value is about a; full Z (or 1/Z) gives about 1.
+    if not np.median(np.abs(ratio - alpha)) < np.median(np.abs(ratio - 1.0)):
+        return values, []
+    out = np.array(values, dtype=np.float32)
+    out[ys, xs] = values[ys, xs] / coverage[ys, xs]
+    return out, [f"depth is premultiplied by alpha (coverage-weighted): {ys.size} edge pixels un-premultiplied, so "
+                 "object rims keep their object's depth"]
 
 
 def _written_by_nuke(raster: Raster) -> bool:
@@ -240,24 +308,83 @@ def _written_by_nuke(raster: Raster) -> bool:
     return "nuke" in software.lower()
 
 
+def polarity_vote(values: np.ndarray, valid: np.ndarray) -> int:
+    """Image-space evidence of which way the numbers run: +1 = larger values are farther (distances), -1 = larger
+    values are nearer (a made image, 1/Z), 0 = no evidence (docs/depth.md, "Polarity checks").
+
+    Two votes, both from how shots are framed: the bottom rows of a shot standing on ground are nearer than the top
+    rows; and the valid pixels that touch the empty background at the frame border (sky) are the far ones.
+    """
+    h = values.shape[0]
+    band = max(1, h // 6)
+    votes = 0
+    top, bottom = values[:band][valid[:band]], values[-band:][valid[-band:]]
+    if top.size > band and bottom.size > band:
+        t, b = float(np.median(top)), float(np.median(bottom))
+        if abs(t - b) > 0.02 * max(abs(t), abs(b), 1e-30):
+            votes += 1 if t > b else -1
+    background = ~valid
+    border = np.zeros_like(valid)
+    border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
+    if background.mean() >= 0.03 and (background & border).sum() > 0.1 * border.sum():
+        edge = valid & (np.roll(background, 1, 0) | np.roll(background, -1, 0) | np.roll(background, 1, 1)
+                        | np.roll(background, -1, 1))
+        near_sky = values[edge]
+        if near_sky.size > 16:
+            everything = values[valid]
+            m_edge, m_all = float(np.median(near_sky)), float(np.median(everything))
+            if abs(m_edge - m_all) > 0.02 * max(abs(m_edge), abs(m_all), 1e-30):
+                votes += 1 if m_edge > m_all else -1
+    return int(np.sign(votes))
+
+
 def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
-    """A 16-bit grey raster is either a made depth image (reaches full scale) or raw units (mm, sensor counts)."""
+    """A 16-bit grey raster is a made depth image (near = white) or raw distances (mm, sensor counts, near = small).
+
+    Not from the maximum alone (a far wall at 32.7 m writes 32700): the polarity checks decide, and an undecided file
+    says so (docs/depth.md, "16-bit files").
+    """
     finite = values[np.isfinite(values)]
     nonzero = finite[finite > 0]
     if nonzero.size == 0:
         return "image", []
     top = float(nonzero.max())
-    if any(abs(top - code) <= code * 0.005 for code in _FULL_SCALE_CODES):
-        note = []
-        if top <= 32768:
-            note.append("15-bit source (max 32768, e.g. Photoshop): re-stretched to the full range")
-        return "image", note
+    sentinel = np.count_nonzero(nonzero == 65535)
+    below = nonzero[nonzero < 65535]
+    if top == 65535 and sentinel >= 0.005 * nonzero.size and below.size and below.max() < 0.97 * 65535:
+        return "metric", [f"{sentinel} pixels hold 65535 with a gap below it: read as raw distances with 65535 = no "
+                          "reading (background); choose mode passthrough if this is a made depth image"]
     if top <= 255:
         return "image", ["16-bit file holding only 8-bit values: expect banding"]
-    return "metric", [
-        f"16-bit values {int(nonzero.min())}..{int(top)} never reach full scale: read as raw distances "
-        "(0 = no data); choose mode passthrough if this is a made depth image"
-    ]
+    valid = np.isfinite(values) & (values > 0) & (values < 65535)
+    vote = polarity_vote(values, valid)
+    full_scale = any(abs(top - code) <= code * 0.005 for code in _FULL_SCALE_CODES)
+    as_distances = (f"16-bit values {int(nonzero.min())}..{int(top)} read as raw distances (near = small, 0 = no "
+                    "data)")
+    if vote > 0:
+        return "metric", [as_distances + "; the frame's layout agrees; choose mode passthrough if this is a made "
+                                         "depth image"]
+    if vote < 0 or full_scale:
+        notes = []
+        if full_scale and top <= 32768:
+            notes.append("15-bit source (max 32768, e.g. Photoshop): re-stretched to the full range")
+        if vote == 0:
+            notes.append("unsure whether this 16-bit file is a made depth image or raw distances: read as a made "
+                         "image (near = white) because it reaches full scale; the polarity checks found no ground "
+                         "or sky to decide. If near is dark in the preview, choose mode disparity (raw distances)")
+        return "image", notes
+    return "metric", [as_distances + "; unsure (it never reaches full scale, but the frame's layout gave no "
+                                     "evidence): if near is dark in the preview, choose mode passthrough"]
+
+
+def _metric_polarity_warning(values: np.ndarray, label: str) -> list[str]:
+    """Distances run near = small; a channel whose layout says the opposite is probably 1/Z without metadata."""
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(values) & (values > 0) & (values < 1e9)
+    if polarity_vote(values, valid) < 0:
+        return [f"{label} looks like inverse depth (1/Z): its larger values are the nearer ones (ground at the "
+                "bottom, sky at the edges); if near is dark in the preview, choose mode inverse (--mode inverse)"]
+    return []
 
 
 def _fix_sign(values: np.ndarray) -> tuple[np.ndarray, list[str]]:

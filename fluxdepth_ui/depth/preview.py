@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -90,9 +91,19 @@ class DepthPreview:
     depth: DepthMap
     control_map: ControlMap
     control: ControlImage
-    raw_histogram: Histogram
-    control_histogram: Histogram
     stats: DepthStats
+    log_histogram: bool = False
+
+    # Histograms are made when a panel shows them, not for the CLI or a sequence frame that never does.
+    @cached_property
+    def raw_histogram(self) -> Histogram:
+        raw = self.depth.values[self.control_map.valid]
+        return _raw_histogram(raw, self.stats.raw_clip, self.log_histogram)
+
+    @cached_property
+    def control_histogram(self) -> Histogram:
+        cmap = self.control_map
+        return Histogram(*_hist(cmap.values[cmap.valid], 64, (0.0, 1.0))[::-1])
 
 
 def prepare_depth(path: str, settings: DepthSettings = DepthSettings(), log_histogram: bool = False) -> DepthPreview:
@@ -105,8 +116,6 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
     control = make_control_image(cmap.values, settings.long_side)
     raw = depth.values[cmap.valid]
     raw_clip = _raw_clip(cmap.range, depth)
-    raw_hist = _raw_histogram(raw, raw_clip, log_histogram)
-    control_hist = Histogram(*_hist(cmap.values[cmap.valid], 64, (0.0, 1.0))[::-1])
     levels = unique_levels(depth, raw)
     warnings = list(cmap.warnings)
     if levels < BANDING_LEVELS:
@@ -133,7 +142,7 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
         range=cmap.range.to_dict(),
         warnings=tuple(warnings),
     )
-    return DepthPreview(depth, cmap, control, raw_hist, control_hist, stats)
+    return DepthPreview(depth, cmap, control, stats, log_histogram)
 
 
 def _hist(values: np.ndarray, bins: int, rng: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:

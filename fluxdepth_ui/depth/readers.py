@@ -60,6 +60,13 @@ class Channel:
     sample_type: str
     part: int = 0
     origin: tuple[int, int] = (0, 0)
+    part_name: str = ""  # multi-part EXR: the part's `name` attribute
+    view: str = ""  # stereo EXR: the part's `view` attribute
+
+    @property
+    def label(self) -> str:
+        """How menus, messages and --channel name it: `part.channel` in a multi-part file, else the name."""
+        return f"{self.part_name}.{self.name}" if self.part_name else self.name
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,7 @@ class Raster:
     notes: tuple[str, ...] = ()
 
     def names(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.channels)
+        return tuple(c.label for c in self.channels)
 
 
 def check_regular_file(path: str, what: str = "file") -> None:
@@ -237,8 +244,11 @@ def _read_exr(path: str, fmt: str) -> Raster:
     with OpenEXR.File(path, separate_channels=True) as exr:
         if not exr.parts:
             raise DepthInputError(f"{name} has no readable image parts; the EXR is corrupt or truncated")
+        multi = len(exr.parts) > 1
         for index, part in enumerate(exr.parts):
             header = part.header
+            part_name = _text(header.get("name", "")) if multi else ""
+            part_view = _text(header.get("view", ""))
             storage = str(header.get("type", "")).lower()
             (dx0, dy0), _ = (np.asarray(v) for v in header["dataWindow"])
             origin = (int(dx0 - x0), int(dy0 - y0))
@@ -255,7 +265,8 @@ def _read_exr(path: str, fmt: str) -> Raster:
                     continue
                 if deep:
                     pixels = _flatten_deep(pixels, front_most=cname.lower().split(".")[-1] in _DEPTH_LAST_TOKENS)
-                channels.append(Channel(cname, pixels, _exr_sample_type(pixels), index, origin))
+                channels.append(Channel(cname, pixels, _exr_sample_type(pixels), index, origin,
+                                        part_name or (f"part{index}" if multi else ""), part_view))
             if deep:
                 notes.append(f"deep EXR part {index}: flattened to the front-most sample per pixel")
     if not channels:
@@ -282,6 +293,10 @@ def check_exr_parts(parts, name: str) -> None:
             f"{name} would decode to {total / 2**20:.0f} MB over all its parts and channels, above the "
             f"{bound.decoded_mb} MB limit; export only the depth AOV, or fewer channels"
         )
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
 
 
 def _flatten_deep(samples: np.ndarray, front_most: bool) -> np.ndarray:

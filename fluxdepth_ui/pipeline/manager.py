@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from .. import limits
+from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
 from ..depth import ControlImage, DepthStats
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
 from .metadata import GenerationMetadata
@@ -39,9 +40,6 @@ from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, de
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**32 - 1
-DEFAULT_STEPS = 28  # the model's own practice: 28-30 steps (anchors.md)
-DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ default of 3.5 is for FLUX.1-dev
-DEFAULT_STRENGTH = 0.6
 
 StepCallback = Callable[[int, int], None]
 LoadProgress = Callable[[float, str], None]

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..defaults import PLACEMENTS  # noqa: F401 - re-exported
 from .errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
 GIB = 2**30
 # Working memory on top of the weights at 1024x1024 (activations, VAE decode), scaled with the pixel count.
 ACTIVATION_BYTES_PER_MEGAPIXEL = 3 * GIB

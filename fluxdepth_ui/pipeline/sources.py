@@ -17,12 +17,12 @@ from typing import Callable
 
 import torch
 
+from ..defaults import DEFAULT_MODEL  # noqa: F401 - re-exported
 from .errors import ModelSourceError
 from .variants import QuantizedCache, Variant, quantize_component
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "black-forest-labs/FLUX.1-Depth-dev"
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 DEPTH_LORA = "black-forest-labs/FLUX.1-Depth-dev-lora"
 TINY = "tiny-random"

@@ -52,6 +52,11 @@ VARIANTS: dict[str, Variant] = {
 TRANSFORMER_EXCLUDE = ("proj_out", "x_embedder", "context_embedder", "norm_out.linear")
 
 
+from ..defaults import VARIANT_NAMES  # noqa: E402
+
+assert tuple(VARIANTS) == VARIANT_NAMES, "defaults.VARIANT_NAMES lists the tiers of VARIANTS"
+
+
 def get_variant(name: str) -> Variant:
     try:
         return VARIANTS[name]

@@ -1,0 +1,9 @@
+"""Defaults every front end shows before anything heavy is imported (no torch here: `fluxdepth preview` and the
+argument parsers must start fast). The pipeline package takes its values from this module."""
+
+DEFAULT_MODEL = "black-forest-labs/FLUX.1-Depth-dev"
+DEFAULT_STEPS = 28  # the model's own practice: 28-30 steps
+DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ default of 3.5 is for FLUX.1-dev
+DEFAULT_STRENGTH = 0.6  # img2img
+PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
+VARIANT_NAMES = ("bf16", "qint8", "qint4", "fp8")  # the tiers, in the order the app lists them
