@@ -22,11 +22,11 @@ def test_preview_writes_16bit_png_and_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["channel"] == "Z" and info["mode"] == "disparity" and info["inverted"] is False
-    assert (info["width"], info["height"]) == (1024, 784)
+    assert (info["width"], info["height"]) == (1024, 768)
     assert 0.18 < info["valid_fraction"] < 0.19 and info["range"]["mode"] == "disparity"
     assert isinstance(info["warnings"], list)
     img = Image.open(out)
-    assert img.mode.startswith("I;16") and img.size == (1024, 784)
+    assert img.mode.startswith("I;16") and img.size == (1024, 768)
     px = np.array(img)
     assert px.max() == 65535 and px[0, 0] == 0  # near object white, empty corner black
     assert np.unique(px).size > 256  # not squeezed to 8 bits

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR, TUM
-from fluxdepth_ui.depth import DepthInputError, DepthSettings, load_depth, prepare_depth
+from fluxdepth_ui.depth import DepthInputError, DepthSettings, NormalizeSettings, load_depth, prepare_depth
+from scenes import spearman
 
 
 def assert_near_is_brighter(depth_values, control_values, valid):
@@ -48,7 +49,8 @@ def test_beachball_control_map_polarity_background_and_window():
 
 def test_beachball_control_size_multiple_of_16():
     result = prepare_depth(str(BEACHBALL))
-    assert (result.control.width, result.control.height) == (1024, 784)
+    assert (result.control.width, result.control.height) == (1024, 768)  # 1024x778, the centre 768 rows kept
+    assert result.control.crop == (0, 5, 0, 5) and result.stats.crop == (0, 5, 0, 5)
     small = prepare_depth(str(BEACHBALL), DepthSettings(long_side=512))
     assert (small.control.width, small.control.height) == (512, 384)
     assert small.control.pixels.dtype == np.float32
@@ -67,8 +69,24 @@ def test_noz_exr_lists_channels_and_never_uses_r():
     assert picked.channel == "R" and picked.kind == "image"
 
 
+NO_EDGES = DepthSettings(normalize=NormalizeSettings(edges="off"))
+
+
+def test_edge_treatment_moves_only_edge_pixels_of_real_files():
+    """With the default edge snapping, a few anti-aliased pixels leave the strict order; the map still follows
+    1/Z (Spearman) and every other pixel keeps its exact value."""
+    for path in (DEPTH_SYN, TUM):
+        snapped, plain = prepare_depth(str(path)), prepare_depth(str(path), NO_EDGES)
+        moved = snapped.control_map.values != plain.control_map.values
+        assert 0 < moved.sum() < 0.01 * moved.size
+        assert moved.sum() <= snapped.stats.edge_pixels <= 1.05 * moved.sum()  # a few clip to the same level
+        valid = snapped.control_map.valid
+        rho = spearman(snapped.control_map.values[valid], snapped.depth.values[valid])
+        assert rho < -0.99
+
+
 def test_depth_syn_png_16bit_metric_near_bright_background_black():
-    result = prepare_depth(str(DEPTH_SYN))
+    result = prepare_depth(str(DEPTH_SYN), NO_EDGES)
     depth, cmap = result.depth, result.control_map
     assert depth.sample_type == "uint16" and depth.kind == "metric"
     raw = depth.values
@@ -82,7 +100,7 @@ def test_depth_syn_png_16bit_metric_near_bright_background_black():
 
 
 def test_tum_sensor_depth_holes_are_background():
-    result = prepare_depth(str(TUM))
+    result = prepare_depth(str(TUM), NO_EDGES)
     raw, cmap = result.depth.values, result.control_map
     assert (cmap.values[raw == 0] == 0).all()
     assert cmap.valid.mean() == pytest.approx(0.808, abs=0.002)

@@ -72,4 +72,4 @@ def test_stats_fields_and_summary():
     for key in ("channel", "mode", "inverted", "width", "height", "valid_fraction", "range", "warnings"):
         assert key in d
     assert d["valid_fraction"] == pytest.approx(0.1879, abs=1e-3)
-    assert "Z (half)" in s.summary() and "1024×784" in s.summary()
+    assert "Z (half)" in s.summary() and "1024×768" in s.summary() and "cropped 0×10 px" in s.summary()

@@ -373,8 +373,8 @@ def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
                          "image (near = white) because it reaches full scale; the polarity checks found no ground "
                          "or sky to decide. If near is dark in the preview, choose mode disparity (raw distances)")
         return "image", notes
-    return "metric", [as_distances + "; unsure (it never reaches full scale, but the frame's layout gave no "
-                                     "evidence): if near is dark in the preview, choose mode passthrough"]
+    return "metric", [as_distances + " because they never reach full scale; choose mode passthrough if this is a "
+                                     "made depth image"]
 
 
 def _metric_polarity_warning(values: np.ndarray, label: str) -> list[str]:

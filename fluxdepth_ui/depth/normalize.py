@@ -17,11 +17,16 @@ from typing import Iterable
 
 import numpy as np
 
-from .channels import DepthMap
+from .channels import DepthMap, polarity_vote
 from .errors import DepthInputError
 
 MODES = ("auto", "disparity", "linear", "inverse", "passthrough")
 INVERT_CHOICES = ("auto", "on", "off")
+# What a made depth image's bright end means, for converting it back to distances with near/far.
+POLARITY_CHOICES = ("auto", "near-white", "near-black")
+# Anti-aliased pixels between two surfaces (docs/depth.md, "Edges"): snap to the surface they are closest to, take
+# the nearer or the farther one, or keep the in-between value.
+EDGE_CHOICES = ("snap", "near", "far", "off")
 DEFAULT_CLIP = (0.5, 99.5)
 GAP_MAX = 0.25
 # Below this share of invalid pixels there is no background worth a gap (a few NaN edge pixels are not sky).
@@ -40,8 +45,14 @@ class NormalizeSettings:
     near: float | None = None
     far: float | None = None
     gap_max: float = GAP_MAX
+    polarity: str = "auto"
+    edges: str = "snap"
 
     def __post_init__(self):
+        if self.polarity not in POLARITY_CHOICES:
+            raise DepthInputError(f"unknown polarity {self.polarity!r}; use one of: {', '.join(POLARITY_CHOICES)}")
+        if self.edges not in EDGE_CHOICES:
+            raise DepthInputError(f"unknown edge treatment {self.edges!r}; use one of: {', '.join(EDGE_CHOICES)}")
         if self.mode not in MODES:
             raise DepthInputError(f"unknown mode {self.mode!r}; use one of: {', '.join(MODES)}")
         if self.invert not in INVERT_CHOICES:
@@ -94,6 +105,7 @@ class ControlMap:
     valid: np.ndarray  # bool (H, W)
     range: DepthRange
     warnings: tuple[str, ...] = field(default=())
+    edge_pixels: int = 0  # anti-aliased in-between pixels moved onto a surface
 
     @property
     def mode(self) -> str:
@@ -130,14 +142,39 @@ def _working_values(depth: DepthMap, mode: str, valid: np.ndarray, settings: Nor
     """The variable the mode is linear in, float32, only meaningful on `valid`."""
     x = depth.values
     if mode == "disparity" and depth.kind == "image" and settings.near is not None and settings.far is not None:
-        # A made image that is a linear remap of Z ([near, far] -> [black, white]): rebuild Z, then 1/Z.
+        # A made image that is a linear remap of Z between near and far: rebuild Z (in the file's own polarity),
+        # then 1/Z.
         top = _code_max(depth)
         p = np.divide(x, top, dtype=np.float32)
+        if made_image_near_white(depth, settings, valid):
+            p = np.float32(1.0) - p
         z = settings.near + p * np.float32(settings.far - settings.near)
         return np.divide(1.0, z, out=np.zeros_like(z), where=valid)
     if mode == "disparity" and depth.kind == "metric":
         return np.divide(1.0, x, out=np.zeros_like(x), where=valid)
     return np.array(x, dtype=np.float32)  # a copy: normalize() works on it in place
+
+
+def made_image_near_white(depth: DepthMap, settings: NormalizeSettings, valid: np.ndarray) -> bool:
+    """Which end of a made depth image is near: as stated, as known (Depth Anything), or from the frame's layout."""
+    if settings.polarity != "auto":
+        return settings.polarity == "near-white"
+    if depth.near_is_bright:
+        return True
+    with np.errstate(invalid="ignore"):
+        vote = polarity_vote(depth.values, valid & (depth.values > 0))
+    return vote < 0  # larger values nearer: near = white; no evidence: a linear Z remap, near = black
+
+
+def made_image_polarity_note(depth: DepthMap, settings: NormalizeSettings, valid: np.ndarray) -> str | None:
+    if settings.polarity != "auto" or depth.near_is_bright:
+        return None
+    with np.errstate(invalid="ignore"):
+        vote = polarity_vote(depth.values, valid & (depth.values > 0))
+    if vote == 0:
+        return ("the file's polarity could not be read from the frame (no ground or sky): assumed near = black, a "
+                "linear remap of Z; if near is white in the file, set polarity near-white (--polarity near-white)")
+    return None
 
 
 def _code_max(depth: DepthMap) -> float:
@@ -241,7 +278,8 @@ def _range_from_samples(samples: list[_Samples], settings: NormalizeSettings) ->
         if settings.far is not None:
             high = settings.far
     gap = 0.0
-    if mode in ("disparity", "inverse") and background and high > 0:
+    # With a background, the far end stays above it: low/high is far/near in 1/Z and near/far in Z alike.
+    if mode in ("disparity", "inverse", "linear") and background and high > 0:
         gap = min(max(low, 0.0) / high, settings.gap_max)
     return DepthRange(mode, low, high, gap, _decide_invert(settings, False))
 
@@ -303,6 +341,13 @@ def normalize(
                     "polarity could not be checked (no flat background): near must be white in the preview"
                 )
 
+    if mode == "disparity" and depth.kind == "image":
+        note = made_image_polarity_note(depth, settings, valid)
+        if note:
+            warnings.append(note)
+    larger_is_nearer = {"linear": False, "passthrough": not rng.inverted}.get(mode, True)
+    edge_pixels = treat_edges(x, valid, larger_is_nearer, settings.edges)
+
     # Everything below works in place on x, our own copy: no full-frame temporaries beyond it.
     span = rng.high - rng.low
     constant = not span > 1e-6 * max(abs(rng.high), abs(rng.low), 1e-30)
@@ -322,4 +367,51 @@ def normalize(
             x *= np.float32(1.0 - rng.gap)
             x += np.float32(rng.gap)
     x[~valid] = 0.0
-    return ControlMap(x, valid, rng, tuple(warnings))
+    return ControlMap(x, valid, rng, tuple(warnings), edge_pixels)
+
+
+_EDGE_JUMP = 0.05  # a step of 5 % between the two sides of a pixel is a depth edge, not a slope
+_EDGE_FLAT = 0.25  # ... when each side is flat (its own step under a quarter of the jump)
+_EDGE_STRIPE = 1024  # rows per pass: bounds the temporaries on 8K frames
+
+
+def treat_edges(x: np.ndarray, valid: np.ndarray, larger_is_nearer: bool, how: str) -> int:
+    """Move anti-aliased in-between pixels at depth edges onto a surface, in place. Returns how many moved.
+
+    A pixel is such a "ghost" when, along a row or a column, its two neighbours differ by a jump, the surfaces on
+    both sides are flat next to it, and its value lies inside the jump. A smooth slope (a ground plane near the
+    horizon) has no flat sides and is never touched (docs/depth.md, "Edges").
+    """
+    if how == "off":
+        return 0
+    moved = np.zeros(x.shape, dtype=bool)
+    for xa, va, ma in ((x, valid, moved), (x.T, valid.T, moved.T)):  # rows, then columns (a transposed view writes through)
+        n = xa.shape[1]
+        if n < 5:
+            continue
+        for r0 in range(0, xa.shape[0], _EDGE_STRIPE):
+            xs, vs = xa[r0:r0 + _EDGE_STRIPE], va[r0:r0 + _EDGE_STRIPE]
+            with np.errstate(invalid="ignore"):
+                step = np.abs(xs[:, 2:] - xs[:, :-2])
+                cand = step > _EDGE_JUMP * np.maximum(np.abs(xs[:, 2:]), np.abs(xs[:, :-2]))
+            rows, cols = np.nonzero(cand)
+            cols += 1
+            keep = (cols >= 2) & (cols <= n - 3)
+            rows, cols = rows[keep], cols[keep]
+            if rows.size == 0:
+                continue
+            a, b, c, d, e = (xs[rows, cols + k] for k in (-2, -1, 0, 1, 2))
+            ok = vs[rows, cols - 2] & vs[rows, cols - 1] & vs[rows, cols] & vs[rows, cols + 1] & vs[rows, cols + 2]
+            jump = np.abs(d - b)
+            lo, hi = np.minimum(b, d), np.maximum(b, d)
+            ghost = (ok & (np.maximum(np.abs(b - a), np.abs(e - d)) < _EDGE_FLAT * jump)
+                     & (c > lo + 0.05 * jump) & (c < hi - 0.05 * jump))
+            if not ghost.any():
+                continue
+            near, far = (hi, lo) if larger_is_nearer else (lo, hi)
+            target = {"near": near, "far": far}.get(how)
+            if target is None:  # snap: the surface the pixel is closest to
+                target = np.where(np.abs(c - b) <= np.abs(c - d), b, d)
+            xs[rows[ghost], cols[ghost]] = target[ghost]
+            ma[r0 + rows[ghost], cols[ghost]] = True
+    return int(np.count_nonzero(moved))

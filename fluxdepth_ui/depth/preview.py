@@ -64,11 +64,15 @@ class DepthStats:
     inverted: bool
     range: dict
     warnings: tuple[str, ...]
+    crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # px cut at control size to keep the aspect (l, t, r, b)
+    edge_pixels: int = 0  # anti-aliased in-between pixels moved onto a surface
+    edges: str = "snap"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
         d["warnings"] = list(self.warnings)
+        d["crop"] = list(self.crop)
         d["raw_clip"] = [c if np.isfinite(c) else None for c in self.raw_clip] if self.raw_clip else None
         return d
 
@@ -83,6 +87,11 @@ class DepthStats:
             parts.append(f"raw {self.raw_min:.4g}…{self.raw_max:.4g}")
         parts.append(f"mode {self.mode}{' (inverted)' if self.inverted else ''}")
         parts.append(f"{self.unique_levels} levels")
+        if any(self.crop):
+            left, top, right, bottom = self.crop
+            parts.append(f"cropped {left + right}×{top + bottom} px to keep the aspect")
+        if self.edge_pixels:
+            parts.append(f"edges {self.edges}: {self.edge_pixels} px")
         return " · ".join(parts)
 
 
@@ -113,7 +122,7 @@ def prepare_depth(path: str, settings: DepthSettings = DepthSettings(), log_hist
 
 def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool = False) -> DepthPreview:
     cmap = normalize(depth, settings.normalize, settings.fixed_range)
-    control = make_control_image(cmap.values, settings.long_side)
+    control = make_control_image(cmap.values, settings.long_side, cmap.valid)
     raw = depth.values[cmap.valid]
     raw_clip = _raw_clip(cmap.range, depth)
     levels = unique_levels(depth, raw)
@@ -141,6 +150,9 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
         inverted=cmap.inverted,
         range=cmap.range.to_dict(),
         warnings=tuple(warnings),
+        crop=control.crop,
+        edge_pixels=cmap.edge_pixels,
+        edges=settings.normalize.edges,
     )
     return DepthPreview(depth, cmap, control, stats, log_histogram)
 
