@@ -8,6 +8,7 @@ import os
 import sys
 
 from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthSettings, NormalizeSettings
+from .depth.normalize import EDGE_CHOICES, POLARITY_CHOICES
 from .errors import FluxDepthError, display_name
 
 
@@ -61,6 +62,11 @@ def add_depth_arguments(p: argparse.ArgumentParser, metavar: str = "DEPTH",
                    help="percentile ends (default 0.5 99.5)")
     g.add_argument("--near", type=float, help="distance that maps to white (scene units)")
     g.add_argument("--far", type=float, help="distance that maps to the far end (scene units)")
+    g.add_argument("--polarity", choices=POLARITY_CHOICES, default="auto",
+                   help="which end of a made depth image is near, for --near/--far (default: read from the frame)")
+    g.add_argument("--edges", choices=EDGE_CHOICES, default="snap",
+                   help="anti-aliased pixels between two surfaces: snap to the closer surface (default), take the "
+                        "near or far one, or off")
     g.add_argument("--long-side", type=int, default=1024, help="control image long side in pixels (default 1024)")
     g.add_argument("--stats", metavar="STATS.json", help="use a sequence's normalization range (fluxdepth sequence)")
 
@@ -78,7 +84,8 @@ def _plain_depth_settings(args: argparse.Namespace) -> DepthSettings:
     return DepthSettings(
         channel=args.channel,
         normalize=NormalizeSettings(
-            mode=args.mode, invert=args.invert, clip=tuple(args.clip), near=args.near, far=args.far
+            mode=args.mode, invert=args.invert, clip=tuple(args.clip), near=args.near, far=args.far,
+            polarity=args.polarity, edges=args.edges,
         ),
         long_side=args.long_side,
     )
@@ -94,7 +101,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     payload = json.loads(stats_json(result.stats))
     payload["out"] = args.out
     print(json.dumps(payload))
+    warn(result.stats.warnings)
     return 0
+
+
+def warn(lines) -> None:
+    """Ambiguities go to stderr as well as into the JSON: a farm log shows them (docs/depth.md)."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,6 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "model": meta.model, "width": meta.width, "height": meta.height, "steps": meta.steps,
         "guidance": meta.guidance, "depth_warnings": list(depth.stats.warnings), "notes": list(meta.notes),
     }))
+    warn(depth.stats.warnings)
     return 0
 
 
@@ -231,7 +246,9 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         "out": args.out, "stats": stats_path, "seed": stats.seed, "frames": [f.number for f in selected],
         "rendered": report.rendered, "skipped": report.skipped, "seconds": round(report.seconds, 3),
         "range": stats.range.to_dict(), "videos": videos, "variant": args.variant, "model": source.key,
+        "depth_warnings": list(stats.warnings),
     }))
+    warn(stats.warnings)
     return 0
 
 

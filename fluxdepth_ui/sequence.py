@@ -44,10 +44,12 @@ class SequenceStats:
     resolution: tuple[int, int]
     pattern: str
     seed: int | None = None  # fixed for the whole sequence, so split runs match
+    warnings: tuple[str, ...] = ()  # what the frames' depth raised (a farm job shows no preview)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["range"] = self.range.to_dict()
+        d["warnings"] = list(self.warnings)
         d["format"] = STATS_FORMAT
         return d
 
@@ -145,21 +147,42 @@ def check_frames(frames: list[Frame], wanted: tuple[int, int] | None = None) -> 
 
 def compute_stats(frames: list[Frame], settings: DepthSettings, pattern: str, seed: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> SequenceStats:
+    warnings: dict[str, None] = {}
+
     def depths() -> Iterable:
         for i, frame in enumerate(frames):
             if progress:
                 progress(i + 1, len(frames))
-            yield load_depth(frame.path, settings.channel)
+            depth = load_depth(frame.path, settings.channel)
+            for note in depth.notes:
+                if len(warnings) < 20:
+                    warnings.setdefault(f"frame {frame.number}: {note}" if len(frames) > 1 else note)
+            yield depth
 
     per_frame = max(100_000, _POOLED_SAMPLES // max(1, len(frames)))
     rng = compute_sequence_range(depths(), settings.normalize, samples_per_frame=per_frame)
     n = settings.normalize
     return SequenceStats(
         range=rng, channel=settings.channel,
-        settings={"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far},
+        settings=normalize_dict(n),
         frames=(frames[0].number, frames[-1].number), count=len(frames),
         resolution=probe_size(frames[0].path), pattern=pattern_key(pattern), seed=seed,
+        warnings=_dedupe_frames(list(warnings)),
     )
+
+
+def normalize_dict(n: NormalizeSettings) -> dict:
+    """The normalization settings a stats file records (and a resume compares)."""
+    return {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far,
+            "polarity": n.polarity, "edges": n.edges}
+
+
+def _dedupe_frames(notes: list[str]) -> tuple[str, ...]:
+    """The same note on every frame is said once, with the frame it was first seen on."""
+    seen: dict[str, str] = {}
+    for note in notes:
+        seen.setdefault(note.split(": ", 1)[-1] if note.startswith("frame ") else note, note)
+    return tuple(seen.values())
 
 
 def settle_seed(stats: SequenceStats, requested: int | None = None) -> SequenceStats:
@@ -194,6 +217,7 @@ def load_stats(path: str) -> SequenceStats:
             settings=dict(data.get("settings") or {}), frames=tuple(data.get("frames", (0, 0))),
             count=int(data.get("count", 0)), resolution=tuple(data.get("resolution", (0, 0))),
             pattern=str(data.get("pattern", "")), seed=data.get("seed"),
+            warnings=tuple(str(w) for w in (data.get("warnings") or ())),
         )
     except (TypeError, ValueError, KeyError):
         raise DepthInputError(f"{name} is a damaged sequence stats file; compute it again") from None
@@ -208,7 +232,7 @@ def pattern_key(pattern: str) -> str:
 def stats_match(stats: SequenceStats, settings: DepthSettings, pattern: str) -> bool:
     """True when `stats` was computed for this pattern with these normalization settings (resume-safe)."""
     n = settings.normalize
-    wanted = {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far}
+    wanted = normalize_dict(n)
     return stats.pattern == pattern_key(pattern) and stats.channel == settings.channel and stats.settings == wanted
 
 
@@ -217,7 +241,8 @@ def settings_with_stats(settings: DepthSettings, stats: SequenceStats) -> DepthS
     s = stats.settings
     normalize = NormalizeSettings(mode=s.get("mode", "auto"), invert=settings.normalize.invert,
                                   clip=tuple(s.get("clip", settings.normalize.clip)), near=s.get("near"),
-                                  far=s.get("far"))
+                                  far=s.get("far"), polarity=s.get("polarity", "auto"),
+                                  edges=s.get("edges", settings.normalize.edges))
     return DepthSettings(channel=settings.channel or stats.channel, normalize=normalize,
                          long_side=settings.long_side, fixed_range=stats.range)
 

@@ -78,8 +78,13 @@ def render(scene: Scene = Scene()) -> Render:
                   alpha.astype(np.float32), zc.astype(np.float32))
 
 
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), as Spearman's rho needs on maps with flat walls."""
+    values, inverse, counts = np.unique(a, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - (counts - 1) / 2.0)[inverse]).astype(np.float64)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two 1-D arrays (ties broken by order; fine for these continuous maps)."""
-    ra = np.argsort(np.argsort(a)).astype(np.float64)
-    rb = np.argsort(np.argsort(b)).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
+    """Spearman rank correlation of two 1-D arrays."""
+    return float(np.corrcoef(_ranks(np.ravel(a)), _ranks(np.ravel(b)))[0, 1])

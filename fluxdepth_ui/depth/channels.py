@@ -351,13 +351,18 @@ def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
     top = float(nonzero.max())
     sentinel = np.count_nonzero(nonzero == 65535)
     below = nonzero[nonzero < 65535]
-    if top == 65535 and sentinel >= 0.005 * nonzero.size and below.size and below.max() < 0.97 * 65535:
+    # A sensor's "no reading" sits far above its readings (metres in mm stay well below 49 m); a Z remap whose empty
+    # sky is white reaches close to full scale with its farthest object.
+    if top == 65535 and sentinel >= 0.005 * nonzero.size and below.size and below.max() < 0.75 * 65535:
         return "metric", [f"{sentinel} pixels hold 65535 with a gap below it: read as raw distances with 65535 = no "
                           "reading (background); choose mode passthrough if this is a made depth image"]
     if top <= 255:
         return "image", ["16-bit file holding only 8-bit values: expect banding"]
-    valid = np.isfinite(values) & (values > 0) & (values < 65535)
-    vote = polarity_vote(values, valid)
+    finite = np.isfinite(values) & (values < 65535)
+    vote = polarity_vote(values, finite & (values > 0))  # read as distances: 0 is no data
+    if vote <= 0:
+        # Read as a made image, 0 is the far end, not a hole: a near-white export whose far wall is black.
+        vote = min(vote, polarity_vote(values, finite))
     full_scale = any(abs(top - code) <= code * 0.005 for code in _FULL_SCALE_CODES)
     as_distances = (f"16-bit values {int(nonzero.min())}..{int(top)} read as raw distances (near = small, 0 = no "
                     "data)")

@@ -161,17 +161,13 @@ def made_image_near_white(depth: DepthMap, settings: NormalizeSettings, valid: n
         return settings.polarity == "near-white"
     if depth.near_is_bright:
         return True
-    with np.errstate(invalid="ignore"):
-        vote = polarity_vote(depth.values, valid & (depth.values > 0))
-    return vote < 0  # larger values nearer: near = white; no evidence: a linear Z remap, near = black
+    return polarity_vote(depth.values, valid) < 0  # larger nearer: near = white; no evidence: a Z remap, near = black
 
 
 def made_image_polarity_note(depth: DepthMap, settings: NormalizeSettings, valid: np.ndarray) -> str | None:
     if settings.polarity != "auto" or depth.near_is_bright:
         return None
-    with np.errstate(invalid="ignore"):
-        vote = polarity_vote(depth.values, valid & (depth.values > 0))
-    if vote == 0:
+    if polarity_vote(depth.values, valid) == 0:
         return ("the file's polarity could not be read from the frame (no ground or sky): assumed near = black, a "
                 "linear remap of Z; if near is white in the file, set polarity near-white (--polarity near-white)")
     return None
@@ -345,8 +341,10 @@ def normalize(
         note = made_image_polarity_note(depth, settings, valid)
         if note:
             warnings.append(note)
-    larger_is_nearer = {"linear": False, "passthrough": not rng.inverted}.get(mode, True)
-    edge_pixels = treat_edges(x, valid, larger_is_nearer, settings.edges)
+    # Renders only: a made image (Depth Anything, a ComfyUI map) already has the soft edges the model was trained on.
+    edge_pixels = 0
+    if depth.kind in ("metric", "inverse"):
+        edge_pixels = treat_edges(x, valid, mode != "linear", settings.edges)
 
     # Everything below works in place on x, our own copy: no full-frame temporaries beyond it.
     span = rng.high - rng.low
