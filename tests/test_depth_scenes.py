@@ -68,7 +68,7 @@ def test_made_16bit_image_at_full_scale_is_still_an_image(tmp_path, sky):
 
 def test_undecidable_16bit_file_says_so(tmp_path):
     # A left-to-right ramp reaching 65535: no ground, no sky, nothing to read the polarity from.
-    ramp = np.tile(np.linspace(1000, 65535, 128), (96, 1)).astype(np.uint16)
+    ramp = np.tile(np.linspace(1000, 65535, 512), (96, 1)).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "ramp.png")
     depth = load_depth(str(tmp_path / "ramp.png"))
     assert depth.kind == "image" and any("unsure" in n and "mode disparity" in n for n in depth.notes)

@@ -364,6 +364,13 @@ def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
         # Read as a made image, 0 is the far end, not a hole: a near-white export whose far wall is black.
         vote = min(vote, polarity_vote(values, finite))
     full_scale = any(abs(top - code) <= code * 0.005 for code in _FULL_SCALE_CODES)
+    # A remap of Z (near = black) whose empty sky is white: a flat region at full scale and no 0 holes. Read as
+    # distances it would put the near end at infinite disparity; as a made image it is flipped by its white sky.
+    flat_top = np.count_nonzero(nonzero >= top) >= 0.005 * nonzero.size
+    if full_scale and flat_top and np.count_nonzero(values == 0) < 0.005 * values.size:
+        return "image", ["a flat region at full scale and no 0 pixels: read as a made depth image whose empty "
+                         "background is white (flipped so near is white); give near and far (mode disparity) to "
+                         "convert it to true inverse depth"]
     as_distances = (f"16-bit values {int(nonzero.min())}..{int(top)} read as raw distances (near = small, 0 = no "
                     "data)")
     if vote > 0:
