@@ -29,7 +29,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-PREVIEW_REST = ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 512]
+PREVIEW_REST = ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 512, "snap", "auto"]
 
 
 def make_depth(folder: Path) -> Path:
@@ -58,7 +58,8 @@ def preview(url: str, record: dict) -> float:
 
 def generate(url: str, record: dict, steps: int, seed: int) -> str:
     """'done', 'full' (refused: queue full) or 'error'."""
-    data = [record, "load test", seed, steps, 10.0, "", "auto", "auto", "auto", 0.5, 99.5, 0, 0, 256, None, 0.6]
+    data = [record, "load test", seed, steps, 10.0, "", "auto", "auto", "auto", 0.5, 99.5, 0, 0, 256, None, 0.6,
+            "snap", "auto"]
     r = httpx.post(url + "/gradio_api/call/generate", json={"data": data}, timeout=30)
     if r.status_code != 200:
         return "full" if "full" in r.text.lower() else "error"

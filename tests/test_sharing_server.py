@@ -22,7 +22,7 @@ from hostile import exr_with_data_window, frame_bytes, png16, png_claiming, zip_
 from fluxdepth_ui import limits
 from fluxdepth_ui.ui.launch import build_parser, create, launch_options, parse_auth
 
-PREVIEW_REST = ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 256]
+PREVIEW_REST = ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]
 SHARED_LIMITS = ["--max-prompt-chars", "500", "--max-zip-mb", "2", "--max-frames", "6", "--max-zip-members", "40",
                  "--max-decoded-mb", "64", "--max-body-kb", "256", "--max-megapixels", "16"]
 
@@ -68,7 +68,8 @@ def raw_generate(demo, data: list) -> str | None:
 
 def generate_args(depth, prompt="a hall", **kw) -> list:
     values = dict(seed=1, steps=1, guidance=10.0, variant="", channel="auto", mode="auto", invert="auto",
-                  clip_low=0.5, clip_high=99.5, near=0.0, far=0.0, long_side=256, init_image=None, strength=0.6)
+                  clip_low=0.5, clip_high=99.5, near=0.0, far=0.0, long_side=256, init_image=None, strength=0.6,
+                  edges="snap", polarity="auto")
     values.update(kw)
     return [depth, prompt, *values.values()]
 
@@ -117,16 +118,16 @@ def _refusals(tmp):
          "seed must be a whole number"),
         ("seed too large", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), seed=2**40)), "seed"),
         ("long side as text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                       ["auto", "auto", "auto", 0.5, 99.5, 0, 0, "big"]),
+                                                       ["auto", "auto", "auto", 0.5, 99.5, 0, 0, "big", "snap", "auto"]),
          "long_side must be a number"),
         ("long side huge", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                    ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 100000]), "long_side"),
+                                                    ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 100000, "snap", "auto"]), "long_side"),
         ("clip as text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                  ["auto", "auto", "auto", "low", 99.5, 0, 0, 256]), "clip_low"),
+                                                  ["auto", "auto", "auto", "low", 99.5, 0, 0, 256, "snap", "auto"]), "clip_low"),
         ("unknown mode", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                  ["auto", "<script>", "auto", 0.5, 99.5, 0, 0, 256]), "unknown mode"),
+                                                  ["auto", "<script>", "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]), "unknown mode"),
         ("mode 1 MB of text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                       ["auto", "m" * 200_000, "auto", 0.5, 99.5, 0, 0, 256]),
+                                                       ["auto", "m" * 200_000, "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]),
          "short text"),
         ("text file as depth", lambda d, s: raw_preview(d, upload(d, _text(tmp))), "not a depth format"),
         ("text file as init image", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN),

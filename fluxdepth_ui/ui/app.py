@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -12,6 +13,7 @@ from gradio import FileData
 
 from .. import limits
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
+from ..depth.normalize import EDGE_CHOICES
 from ..errors import FluxDepthError
 from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipeline.variants import VARIANTS
@@ -31,6 +33,8 @@ CSS = """
 """
 
 
+# What `auto` does for each kind of file, shown in the depth panel (docs/depth.md).
+DEPTH_DOC = Path(__file__).resolve().parents[2] / "docs" / "depth.md"
 # Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
 # GPU work) and take one of these slots instead (docs/sharing.md).
 PREVIEW_SLOTS = 4
@@ -129,10 +133,17 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                             clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
                             near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
                             far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
-                        long_side = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)", elem_id="long-side")
+                        with gr.Row():
+                            long_side = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)",
+                                                  elem_id="long-side", scale=3)
+                            edges = gr.Dropdown(list(EDGE_CHOICES), value="snap", label="Edges", elem_id="edges",
+                                                info="anti-aliased pixels between surfaces", scale=1)
                         preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
                                                format="png", interactive=False, height=360, elem_id="preview")
                         stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
+                        if DEPTH_DOC.is_file():
+                            with gr.Accordion("How auto reads your file", open=False, elem_id="depth-doc"):
+                                gr.Markdown(DEPTH_DOC.read_text(encoding="utf-8"))
                         log_hist = gr.Checkbox(False, label="Log scale for raw values")
                         raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
                                               color_map={"used": "#4c78a8", "clipped": "#e45756"},
@@ -200,7 +211,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                                                 interactive=False)
                 seq_setup = gr.State(None)
 
-        depth_inputs = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side]
+        depth_inputs = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side, edges]
 
         def serve(path: str) -> str:
             """Results are handed out as copies in gradio's cache: the outputs folder itself is never served."""
@@ -214,19 +225,20 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             return preview_slots
 
         # --- preview ---------------------------------------------------------------------------------------------
-        def ui_preview(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, log_v, request: gr.Request):
+        def ui_preview(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, edges_v, log_v,
+                       request: gr.Request):
             """Outside gradio's queue an error cannot be a toast; it shows in the stats panel instead, where the
             artist looks, and the controls stay free."""
             try:
                 return user_facing(preview_panel)(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side,
-                                                  log_v, request.session_hash)
+                                                  edges_v, log_v, request.session_hash)
             except gr.Error as exc:
                 return None, None, None, f"⚠ **{exc.message}**", gr.update()
 
-        def preview_panel(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, log_v, session):
+        def preview_panel(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, edges_v, log_v, session):
             if not path:
                 return None, None, None, "", gr.update(choices=[h.AUTO_CHANNEL], value=h.AUTO_CHANNEL)
-            settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
+            settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, edges=edges_v)
             source = gate.resolve(path)
             slot = preview_slot()
             try:
@@ -244,7 +256,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         preview_kw = dict(fn=ui_preview, inputs=[*depth_inputs, log_hist], outputs=preview_outputs,
                           trigger_mode="always_last", show_progress="minimal", api_visibility="private", queue=False)
         depth_file.change(**preview_kw)
-        for control in [channel, mode, invert, clip_low, clip_high, near, far, long_side, log_hist]:
+        for control in [channel, mode, invert, clip_low, clip_high, near, far, long_side, edges, log_hist]:
             control.input(**preview_kw)
 
         @user_facing
@@ -257,13 +269,13 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 
         # --- generate --------------------------------------------------------------------------------------------
         @user_facing
-        def ui_generate(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, prompt_v, variant_v, steps_v,
-                        guidance_v, seed_v, random_v, init_v, strength_v, history_v, request: gr.Request,
+        def ui_generate(path, channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, edges_v, prompt_v, variant_v,
+                        steps_v, guidance_v, seed_v, random_v, init_v, strength_v, history_v, request: gr.Request,
                         progress=gr.Progress()):
             ui = dict(depth_file=path, channel=channel_v, mode=mode_v, invert=invert_v, clip_low=lo, clip_high=hi,
-                      near=near_v, far=far_v, long_side=side, prompt=prompt_v, variant=variant_v, steps=steps_v,
-                      guidance=guidance_v, strength=strength_v, init_image=init_v)
-            settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side)
+                      near=near_v, far=far_v, long_side=side, edges=edges_v, prompt=prompt_v, variant=variant_v,
+                      steps=steps_v, guidance=guidance_v, strength=strength_v, init_image=init_v)
+            settings = h.depth_settings(channel_v, mode_v, invert_v, lo, hi, near_v, far_v, side, edges=edges_v)
             source = gate.resolve(path)
             init_path = gate.resolve(init_v, "init image") if init_v else None
             outcome = generate_on_gpu(
@@ -293,14 +305,14 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 
         cancel_btn.click(ui_cancel, None, status, queue=False, api_visibility="private")
 
-        restore_targets = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side, prompt,
-                           variant, steps, guidance, seed, randomize, strength]
+        restore_targets = [depth_file, channel, mode, invert, clip_low, clip_high, near, far, long_side, edges,
+                           prompt, variant, steps, guidance, seed, randomize, strength]
 
         def restore(history_v, evt: gr.SelectData):
             s = history_v[evt.index]["settings"]
             return (s["depth_file"], s["channel"], s["mode"], s["invert"], s["clip_low"], s["clip_high"], s["near"],
-                    s["far"], s["long_side"], s["prompt"], s["variant"], s["steps"], s["guidance"], s["seed"], False,
-                    s["strength"])
+                    s["far"], s["long_side"], s["edges"], s["prompt"], s["variant"], s["steps"], s["guidance"],
+                    s["seed"], False, s["strength"])
 
         gallery.select(restore, [history], restore_targets, api_visibility="private")
 
@@ -387,13 +399,17 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         @user_facing
         def api_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
                         clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
-                        long_side: int = 1024, request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
+                        long_side: int = 1024, edges: str = "snap", polarity: str = "auto",
+                        request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
             """Normalize a depth file the way the model needs it.
 
             Returns the control map as a 16-bit greyscale PNG (near = white, background 0) and its stats (channel,
-            mode, inverted, width, height, valid_fraction, range, warnings, ...). near/far of 0 mean unset.
+            mode, inverted, width, height, valid_fraction, range, crop, edge_pixels, warnings, ...). near/far of 0
+            mean unset; edges: snap, near, far or off; polarity (made images with near/far): auto, near-white or
+            near-black.
             """
-            settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
+            settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side, edges=edges,
+                                        polarity=polarity)
             source = gate.resolve(depth, record_only=True)
             slot = preview_slot()
             try:
@@ -408,14 +424,15 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                          guidance: float = DEFAULT_GUIDANCE, variant: str = "", channel: str = "auto",
                          mode: str = "auto", invert: str = "auto", clip_low: float = 0.5, clip_high: float = 99.5,
                          near: float = 0.0, far: float = 0.0, long_side: int = 1024,
-                         init_image: FileData | None = None, strength: float = 0.6,
-                         request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
+                         init_image: FileData | None = None, strength: float = 0.6, edges: str = "snap",
+                         polarity: str = "auto", request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
             """Generate an image from a depth file and a prompt.
 
             seed -1 draws one (it is reported); variant "" keeps the loaded tier (bf16, qint8, qint4 or fp8).
             Returns the PNG (settings in its text chunks) and the metadata record.
             """
-            settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side)
+            settings = h.depth_settings(channel, mode, invert, clip_low, clip_high, near, far, long_side, edges=edges,
+                                        polarity=polarity)
             source = gate.resolve(depth, record_only=True)
             init_path = gate.resolve(init_image, "init image", record_only=True) if init_image else None
             if not isinstance(prompt, str):

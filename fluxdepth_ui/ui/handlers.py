@@ -114,7 +114,8 @@ def check_free_space(studio: Studio) -> None:
 
 def depth_settings(channel: str | None = None, mode: str = "auto", invert: str = "auto",
                    clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float | None = None,
-                   far: float | None = None, long_side: int = 1024) -> DepthSettings:
+                   far: float | None = None, long_side: int = 1024, edges: str = "snap",
+                   polarity: str = "auto") -> DepthSettings:
     from ..depth import DepthInputError
 
     def number(name, value, optional=False):
@@ -131,14 +132,16 @@ def depth_settings(channel: str | None = None, mode: str = "auto", invert: str =
     side = number("long_side", long_side)
     if side != int(side) or not (256 <= side <= 2048):
         raise DepthInputError(f"long_side {long_side} is out of range; use a whole number 256..2048")
-    for name, value in (("channel", channel), ("mode", mode), ("invert", invert)):
+    for name, value in (("channel", channel), ("mode", mode), ("invert", invert), ("edges", edges),
+                        ("polarity", polarity)):
         if value is not None and (not isinstance(value, str) or len(value) > 200):
             raise DepthInputError(f"{name} must be a short text")
     return DepthSettings(
         channel=None if channel in (None, "", AUTO_CHANNEL) else channel,
         normalize=NormalizeSettings(mode=mode or "auto", invert=invert or "auto",
                                     clip=(number("clip_low", clip_low), number("clip_high", clip_high)),
-                                    near=number("near", near, True), far=number("far", far, True)),
+                                    near=number("near", near, True), far=number("far", far, True),
+                                    edges=edges or "snap", polarity=polarity or "auto"),
         long_side=int(side),
     )
 
