@@ -308,6 +308,12 @@ def _written_by_nuke(raster: Raster) -> bool:
     return "nuke" in software.lower()
 
 
+def coarse(a: np.ndarray, pixels: int = 250_000) -> np.ndarray:
+    """A strided view of about `pixels` pixels: enough to see a frame's layout or its sign, cheap on 8K frames."""
+    stride = max(1, int(np.sqrt(a.size / pixels)))
+    return a[::stride, ::stride] if stride > 1 else a
+
+
 def polarity_vote(values: np.ndarray, valid: np.ndarray) -> int:
     """Image-space evidence of which way the numbers run: +1 = larger values are farther (distances), -1 = larger
     values are nearer (a made image, 1/Z), 0 = no evidence (docs/depth.md, "Polarity checks").
@@ -315,6 +321,7 @@ def polarity_vote(values: np.ndarray, valid: np.ndarray) -> int:
     Two votes, both from how shots are framed: the bottom rows of a shot standing on ground are nearer than the top
     rows; and the valid pixels that touch the empty background at the frame border (sky) are the far ones.
     """
+    values, valid = coarse(values), coarse(valid)
     h = values.shape[0]
     band = max(1, h // 6)
     votes = 0
@@ -391,6 +398,7 @@ def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
 
 def _metric_polarity_warning(values: np.ndarray, label: str) -> list[str]:
     """Distances run near = small; a channel whose layout says the opposite is probably 1/Z without metadata."""
+    values = coarse(values)
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(values) & (values > 0) & (values < 1e9)
     if polarity_vote(values, valid) < 0:
@@ -401,8 +409,9 @@ def _metric_polarity_warning(values: np.ndarray, label: str) -> list[str]:
 
 def _fix_sign(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Camera-space z (Karma P.z, Maya) is negative in front of the camera: use -z when most values are negative."""
+    sample = coarse(values)
     with np.errstate(invalid="ignore"):
-        negative, positive = np.count_nonzero(values < 0), np.count_nonzero(values > 0)
+        negative, positive = np.count_nonzero(sample < 0), np.count_nonzero(sample > 0)
     if negative > positive:
         return np.negative(values), ["values are mostly negative (camera-space z): using -z"]
     return values, []

@@ -81,7 +81,10 @@ def make_control_image(values: np.ndarray, long_side: int = DEFAULT_LONG_SIDE,
         resample = Image.Resampling.BOX if rw * rh < w * h else Image.Resampling.BILINEAR
         out = _resize(values, rw, rh, resample)
         if valid is not None and not valid.all():
-            weight = _resize(valid.astype(np.float32), rw, rh, resample)
+            # The share of valid source pixels under each target pixel, resampled like the values (8-bit is
+            # plenty for a weight and much cheaper than float on 8K frames).
+            mask = Image.fromarray(valid.view(np.uint8) * np.uint8(255))
+            weight = np.asarray(mask.resize((rw, rh), resample=resample), dtype=np.float32) / np.float32(255.0)
             mostly_valid = weight >= 0.5
             np.divide(out, weight, out=out, where=mostly_valid)
             out[~mostly_valid] = 0.0

@@ -105,7 +105,6 @@ class ControlMap:
     valid: np.ndarray  # bool (H, W)
     range: DepthRange
     warnings: tuple[str, ...] = field(default=())
-    edge_pixels: int = 0  # anti-aliased in-between pixels moved onto a surface
 
     @property
     def mode(self) -> str:
@@ -341,11 +340,6 @@ def normalize(
         note = made_image_polarity_note(depth, settings, valid)
         if note:
             warnings.append(note)
-    # Renders only: a made image (Depth Anything, a ComfyUI map) already has the soft edges the model was trained on.
-    edge_pixels = 0
-    if depth.kind in ("metric", "inverse"):
-        edge_pixels = treat_edges(x, valid, mode != "linear", settings.edges)
-
     # Everything below works in place on x, our own copy: no full-frame temporaries beyond it.
     span = rng.high - rng.low
     constant = not span > 1e-6 * max(abs(rng.high), abs(rng.low), 1e-30)
@@ -365,7 +359,7 @@ def normalize(
             x *= np.float32(1.0 - rng.gap)
             x += np.float32(rng.gap)
     x[~valid] = 0.0
-    return ControlMap(x, valid, rng, tuple(warnings), edge_pixels)
+    return ControlMap(x, valid, rng, tuple(warnings))
 
 
 _EDGE_JUMP = 0.05  # a step of 5 % between the two sides of a pixel is a depth edge, not a slope
@@ -376,40 +370,65 @@ _EDGE_STRIPE = 1024  # rows per pass: bounds the temporaries on 8K frames
 def treat_edges(x: np.ndarray, valid: np.ndarray, larger_is_nearer: bool, how: str) -> int:
     """Move anti-aliased in-between pixels at depth edges onto a surface, in place. Returns how many moved.
 
-    A pixel is such a "ghost" when, along a row or a column, its two neighbours differ by a jump, the surfaces on
-    both sides are flat next to it, and its value lies inside the jump. A smooth slope (a ground plane near the
-    horizon) has no flat sides and is never touched (docs/depth.md, "Edges").
+    Run on the control image (values >= 0, near = larger unless inverted), after resizing: it also settles the
+    in-between pixels that area resampling makes at every edge. A pixel is such a "ghost" when, along a row or a
+    column, its two neighbours differ by a jump, the surfaces on both sides are flat next to it, and its value lies
+    inside the jump. A smooth slope (a ground plane near the horizon) has no flat sides and is never touched
+    (docs/depth.md, "Edges"). Works on stripes of rows, so the temporaries stay small and every access is along
+    memory.
     """
     if how == "off":
         return 0
+    height, width = x.shape
     moved = np.zeros(x.shape, dtype=bool)
-    for xa, va, ma in ((x, valid, moved), (x.T, valid.T, moved.T)):  # rows, then columns (a transposed view writes through)
-        n = xa.shape[1]
-        if n < 5:
-            continue
-        for r0 in range(0, xa.shape[0], _EDGE_STRIPE):
-            xs, vs = xa[r0:r0 + _EDGE_STRIPE], va[r0:r0 + _EDGE_STRIPE]
-            with np.errstate(invalid="ignore"):
-                step = np.abs(xs[:, 2:] - xs[:, :-2])
-                cand = step > _EDGE_JUMP * np.maximum(np.abs(xs[:, 2:]), np.abs(xs[:, :-2]))
-            rows, cols = np.nonzero(cand)
-            cols += 1
-            keep = (cols >= 2) & (cols <= n - 3)
+    for r0 in range(0, height, _EDGE_STRIPE):
+        r1 = min(height, r0 + _EDGE_STRIPE)
+        lo, hi = max(0, r0 - 2), min(height, r1 + 2)
+        block, vblock, mblock = x[lo:hi], valid[lo:hi], moved[lo:hi]
+        for axis in (1, 0):
+            rows, cols = _edge_candidates(block, axis)
+            centre = rows if axis == 0 else cols
+            size = hi - lo if axis == 0 else width
+            keep = (centre >= 2) & (centre <= size - 3) & (rows + lo >= r0) & (rows + lo < r1)
+            if axis == 0:
+                keep &= (rows + lo >= 2) & (rows + lo <= height - 3)
             rows, cols = rows[keep], cols[keep]
-            if rows.size == 0:
-                continue
-            a, b, c, d, e = (xs[rows, cols + k] for k in (-2, -1, 0, 1, 2))
-            ok = vs[rows, cols - 2] & vs[rows, cols - 1] & vs[rows, cols] & vs[rows, cols + 1] & vs[rows, cols + 2]
-            jump = np.abs(d - b)
-            lo, hi = np.minimum(b, d), np.maximum(b, d)
-            ghost = (ok & (np.maximum(np.abs(b - a), np.abs(e - d)) < _EDGE_FLAT * jump)
-                     & (c > lo + 0.05 * jump) & (c < hi - 0.05 * jump))
-            if not ghost.any():
-                continue
-            near, far = (hi, lo) if larger_is_nearer else (lo, hi)
-            target = {"near": near, "far": far}.get(how)
-            if target is None:  # snap: the surface the pixel is closest to
-                target = np.where(np.abs(c - b) <= np.abs(c - d), b, d)
-            xs[rows[ghost], cols[ghost]] = target[ghost]
-            ma[r0 + rows[ghost], cols[ghost]] = True
+            if rows.size:
+                _snap_ghosts(block, vblock, mblock, rows, cols, axis, larger_is_nearer, how)
     return int(np.count_nonzero(moved))
+
+
+def _edge_candidates(block: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of pixels whose two neighbours along `axis` differ by more than the edge jump."""
+    if axis == 1:
+        before, after = block[:, :-2], block[:, 2:]
+    else:
+        before, after = block[:-2], block[2:]
+    # Values are >= 0: the neighbours differ by more than the jump exactly when the smaller is under (1 - jump)
+    # times the larger.
+    with np.errstate(invalid="ignore"):
+        larger = np.maximum(after, before)
+        larger *= np.float32(1.0 - _EDGE_JUMP)
+        rows, cols = np.nonzero(np.minimum(after, before) < larger)
+    if axis == 1:
+        return rows, cols + 1
+    return rows + 1, cols
+
+
+def _snap_ghosts(block, vblock, mblock, rows, cols, axis, larger_is_nearer, how) -> None:
+    dr, dc = (1, 0) if axis == 0 else (0, 1)
+    taps = [(rows + k * dr, cols + k * dc) for k in (-2, -1, 0, 1, 2)]
+    a, b, c, d, e = (block[r, q] for r, q in taps)
+    ok = np.logical_and.reduce([vblock[r, q] for r, q in taps])
+    jump = np.abs(d - b)
+    lo, hi = np.minimum(b, d), np.maximum(b, d)
+    ghost = (ok & (np.maximum(np.abs(b - a), np.abs(e - d)) < _EDGE_FLAT * jump)
+             & (c > lo + 0.05 * jump) & (c < hi - 0.05 * jump))
+    if not ghost.any():
+        return
+    near, far = (hi, lo) if larger_is_nearer else (lo, hi)
+    target = {"near": near, "far": far}.get(how)
+    if target is None:  # snap: the surface the pixel is closest to
+        target = np.where(np.abs(c - b) <= np.abs(c - d), b, d)
+    block[rows[ghost], cols[ghost]] = target[ghost]
+    mblock[rows[ghost], cols[ghost]] = True

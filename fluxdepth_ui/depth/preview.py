@@ -17,7 +17,7 @@ from .control import DEFAULT_LONG_SIDE, ControlImage, make_control_image
 from ..atomic import atomic_path
 from ..errors import display_name
 from .errors import DepthInputError
-from .normalize import ControlMap, DepthRange, NormalizeSettings, normalize
+from .normalize import ControlMap, DepthRange, NormalizeSettings, normalize, treat_edges
 
 HISTOGRAM_BINS = 128
 BANDING_LEVELS = 512
@@ -123,6 +123,12 @@ def prepare_depth(path: str, settings: DepthSettings = DepthSettings(), log_hist
 def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool = False) -> DepthPreview:
     cmap = normalize(depth, settings.normalize, settings.fixed_range)
     control = make_control_image(cmap.values, settings.long_side, cmap.valid)
+    # Renders only: a made image (Depth Anything, a ComfyUI map) already has the soft edges the model was trained on.
+    edge_pixels = 0
+    if depth.kind in ("metric", "inverse"):
+        # With a background, valid pixels sit above it (the gap); without one, 0 is the far end and valid too.
+        valid = control.pixels > 0 if not cmap.valid.all() else np.ones(control.pixels.shape, dtype=bool)
+        edge_pixels = treat_edges(control.pixels, valid, not cmap.inverted, settings.normalize.edges)
     raw = depth.values[cmap.valid]
     raw_clip = _raw_clip(cmap.range, depth)
     levels = unique_levels(depth, raw)
@@ -141,7 +147,7 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
         source_height=depth.height,
         width=control.width,
         height=control.height,
-        valid_fraction=float(cmap.valid.mean()),
+        valid_fraction=raw.size / cmap.valid.size,
         raw_min=float(raw.min()) if raw.size else None,
         raw_max=float(raw.max()) if raw.size else None,
         raw_clip=raw_clip,
@@ -151,7 +157,7 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
         range=cmap.range.to_dict(),
         warnings=tuple(warnings),
         crop=control.crop,
-        edge_pixels=cmap.edge_pixels,
+        edge_pixels=edge_pixels,
         edges=settings.normalize.edges,
     )
     return DepthPreview(depth, cmap, control, stats, log_histogram)
