@@ -156,42 +156,45 @@ def _step_printer():
     return show
 
 
-def _manager(args, source):
+def pipeline_spec(args: argparse.Namespace):
+    from .settings import PipelineSpec
+
+    return PipelineSpec(model=args.model, variant=args.variant, placement=args.placement, compile=args.compile,
+                        device=args.device, revision=args.revision, lora=args.lora, lora_scale=args.lora_scale)
+
+
+def _manager(spec):
     from .pipeline import PipelineManager
 
-    return PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
-                           token=os.environ.get("HF_TOKEN"), compile=args.compile)
+    return PipelineManager.from_spec(spec, token=os.environ.get("HF_TOKEN"))
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-
-    from .depth import prepare_depth
-    from .pipeline import GenerationSettings, parse_model_source, save_result
+    from .settings import GenerationSettings, ShotSettings
+    from .shot import render_shot
 
     seed = args.seed
     if seed is None and args.stats:
         from .sequence import load_stats
 
         seed = load_stats(args.stats).seed  # a frame re-rendered under its sequence gets the sequence's seed
-    settings = GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps, guidance=args.guidance,
-                                  strength=args.strength)
-    settings.validate()
-    source = parse_model_source(args.model, args.revision, args.lora, args.lora_scale)
+    settings = ShotSettings(depth_settings_from_args(args),
+                            GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps,
+                                               guidance=args.guidance, strength=args.strength))
+    spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
     init = load_init_image(args.init_image)
-    depth = prepare_depth(args.depth, depth_settings_from_args(args))
-    manager = _manager(args, source)
-    result = manager.generate(depth.control, settings, init_image=init,
-                              init_image_name=os.path.basename(args.init_image) if args.init_image else None,
-                              depth=depth.stats, on_step=_step_printer())
-    png, sidecar = save_result(result.image, result.metadata, args.out)
-    meta = result.metadata
+    shot = render_shot(_manager(spec), args.depth, settings, args.out, init_image=init,
+                       init_image_name=os.path.basename(args.init_image) if args.init_image else None,
+                       on_step=_step_printer())
+    meta, stats = shot.metadata, shot.preview.stats
     print(json.dumps({
-        "out": png, "json": sidecar, "seed": meta.seed, "seconds": meta.seconds, "variant": meta.variant,
-        "model": meta.model, "width": meta.width, "height": meta.height, "steps": meta.steps,
-        "guidance": meta.guidance, "depth_warnings": list(depth.stats.warnings), "notes": list(meta.notes),
+        "out": shot.png, "json": shot.sidecar, "control": shot.control_png, "seed": meta.seed,
+        "seconds": meta.seconds, "variant": meta.variant, "model": meta.model, "width": meta.width,
+        "height": meta.height, "steps": meta.steps, "guidance": meta.guidance,
+        "depth_warnings": list(stats.warnings), "notes": list(meta.notes),
     }))
-    warn(depth.stats.warnings)
+    warn(stats.warnings)
     return 0
 
 
@@ -202,16 +205,17 @@ def _progress_bar(total: int, desc: str):
 
 
 def cmd_sequence(args: argparse.Namespace) -> int:
-    from .pipeline import GenerationSettings, parse_model_source
     from .sequence import (
         check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
         settle_seed, stats_match, write_video,
     )
+    from .settings import GenerationSettings
 
-    GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance).validate()
+    generation = GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                    strength=args.strength)
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
-    source = parse_model_source(args.model, args.revision, args.lora, args.lora_scale)
+    spec = pipeline_spec(args)
     settings = _plain_depth_settings(args)
     wanted = parse_frame_range(args.frames)
     frames = find_frames(args.depth)
@@ -230,8 +234,8 @@ def cmd_sequence(args: argparse.Namespace) -> int:
                                   progress=lambda i, n: bar.update(1))
     stats = settle_seed(stats, args.seed)
     save_stats(stats, stats_path)
-    generation = GenerationSettings(prompt=args.prompt, seed=stats.seed, steps=args.steps, guidance=args.guidance)
-    manager = _manager(args, source)
+    generation = generation.with_seed(stats.seed)
+    manager = _manager(spec)
     with _progress_bar(len(selected), "frames (pass 2)") as bar:
         report = render_sequence(manager, selected, stats, settings, generation, args.out,
                                  on_frame=lambda i, n, frame, status: (bar.set_postfix_str(f"{frame.number} "
@@ -245,7 +249,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     print(json.dumps({
         "out": args.out, "stats": stats_path, "seed": stats.seed, "frames": [f.number for f in selected],
         "rendered": report.rendered, "skipped": report.skipped, "seconds": round(report.seconds, 3),
-        "range": stats.range.to_dict(), "videos": videos, "variant": args.variant, "model": source.key,
+        "range": stats.range.to_dict(), "videos": videos, "variant": args.variant, "model": manager.source.key,
         "depth_warnings": list(stats.warnings),
     }))
     warn(stats.warnings)

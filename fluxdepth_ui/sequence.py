@@ -8,7 +8,6 @@ frame range rendered on any machine with the same stats file matches what one ma
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from .atomic import write_text
 from .depth import DepthInputError, DepthRange, DepthSettings, NormalizeSettings, compute_sequence_range, load_depth
 from .depth.readers import check_regular_file, probe_size
 from .errors import display_name
+from .settings import ShotSettings
 
 STATS_FORMAT = 1
 DEPTH_SUFFIXES = (".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm")
@@ -189,11 +189,10 @@ def settle_seed(stats: SequenceStats, requested: int | None = None) -> SequenceS
     """The seed the whole shot renders with: the one asked for, else the stats file's, else a fresh draw."""
     from dataclasses import replace
 
-    seed = requested if requested is not None else stats.seed
-    if seed is None:
-        from .pipeline.manager import draw_seed
+    from .settings import draw_seed
 
-        seed = draw_seed()
+    seed = requested if requested is not None else stats.seed
+    seed = draw_seed() if seed is None else seed
     return stats if seed == stats.seed else replace(stats, seed=seed)
 
 
@@ -259,18 +258,6 @@ class SequenceReport:
     seconds: float = 0.0
 
 
-def frame_key(frame: Frame, generation: dict, depth: DepthSettings, model: str, variant: str) -> str:
-    """What a finished frame depends on: if it matches the sidecar, the frame is not rendered again."""
-    st = os.stat(frame.path)
-    payload = {
-        "file": os.path.basename(frame.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-        "generation": generation, "model": model, "variant": variant, "long_side": depth.long_side,
-        "range": depth.fixed_range.to_dict() if depth.fixed_range else None, "channel": depth.channel,
-        "invert": depth.normalize.invert,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
-
-
 def output_paths(out_dir: str, frame: Frame, stem: str = "frame") -> tuple[str, str, str]:
     png = os.path.join(out_dir, f"{stem}.{frame.number:04d}.png")
     return png, os.path.splitext(png)[0] + ".json", os.path.join(out_dir, "control", f"{stem}.{frame.number:04d}.png")
@@ -281,41 +268,31 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
                     on_step=None, cancel=None) -> SequenceReport:
     """Render `frames` with the sequence's fixed range and seed. Frames already done with the same settings are kept.
 
-    `generation` is a GenerationSettings whose seed is the sequence seed; `on_frame(i, n, frame, status)` reports
-    progress ("rendered" / "skipped").
+    Each frame is one shot (`shot.render_shot`), so a frame's files equal what `fluxdepth generate --stats` makes
+    for it. `generation` carries the sequence seed; `on_frame(i, n, frame, status)` reports progress ("rendered" /
+    "skipped").
     """
-    from .depth import prepare_depth, write_preview_png
-    from .pipeline import GenerationCancelled, save_result
+    from .pipeline import GenerationCancelled
+    from .shot import expected_key, render_shot
 
     os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
-    depth = settings_with_stats(depth, stats)
-    gen_dict = {"prompt": generation.prompt, "seed": generation.seed, "steps": generation.steps,
-                "guidance": generation.guidance}
+    shot = ShotSettings(settings_with_stats(depth, stats), generation)
     report = SequenceReport()
     t0 = time.perf_counter()
     for i, frame in enumerate(frames):
         png, sidecar, control_png = output_paths(out_dir, frame)
-        key = frame_key(frame, gen_dict, depth, manager.source.key, manager.variant)
-        if frame_is_done(png, sidecar, control_png, key):
-            report.skipped.append(frame.number)
-            report.outputs.append(png)
-            report.controls.append(control_png)
-            if on_frame:
-                on_frame(i + 1, len(frames), frame, "skipped")
-            continue
-        if cancel is not None and cancel.is_set():
-            raise GenerationCancelled(f"cancelled before frame {frame.number}")
-        preview = prepare_depth(frame.path, depth)
-        result = manager.generate(preview.control, generation, depth=preview.stats, on_step=on_step, cancel=cancel)
-        # Control map first, sidecar last: a sidecar with the key means both images are whole.
-        write_preview_png(preview.control, control_png)
-        save_result(result.image, result.metadata, png,
-                    extra={"sequence_key": key, "frame": frame.number, "depth_path": display_name(frame.path)})
-        report.rendered.append(frame.number)
+        if frame_is_done(png, sidecar, control_png, expected_key(manager, frame.path, shot)):
+            status = "skipped"
+        else:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"cancelled before frame {frame.number}")
+            render_shot(manager, frame.path, shot, png, control_png=control_png, on_step=on_step, cancel=cancel)
+            status = "rendered"
+        (report.skipped if status == "skipped" else report.rendered).append(frame.number)
         report.outputs.append(png)
         report.controls.append(control_png)
         if on_frame:
-            on_frame(i + 1, len(frames), frame, "rendered")
+            on_frame(i + 1, len(frames), frame, status)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -326,7 +303,7 @@ def _sidecar_key(path: str) -> str | None:
             data = json.load(fh)
     except (OSError, ValueError):
         return None
-    return data.get("sequence_key") if isinstance(data, dict) else None
+    return data.get("shot_key") if isinstance(data, dict) else None
 
 
 def _decodes(path: str) -> bool:

@@ -31,9 +31,14 @@ def test_generate_writes_png_and_sidecar_and_reproduces(tmp_path):
         outs.append(out)
     a, b = (np.asarray(Image.open(p)) for p in outs)
     assert a.shape == (192, 256, 3) and np.array_equal(a, b)
+    # Files hold no wall-clock time: two runs write the same bytes (image, sidecar and 16-bit control map).
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+    assert (tmp_path / "a-control.png").read_bytes() == (tmp_path / "b-control.png").read_bytes()
+    assert Image.open(tmp_path / "a-control.png").mode.startswith("I;16")
     meta = read_metadata(str(outs[0]))
     side = json.loads((tmp_path / "a.json").read_text())
-    assert meta.to_dict() == side
+    assert meta.file_dict() == side and "seconds" not in side
     assert side["depth_channel"] == "Z" and side["depth_mode"] == "disparity" and side["guidance"] == 10.0
 
 

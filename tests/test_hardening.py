@@ -193,7 +193,7 @@ def test_resume_rerenders_broken_frames_and_video_works(tmp_path, capsys):
     np.testing.assert_array_equal(np.asarray(Image.open(out / "frame.0002.png")), good)  # re-rendered, same pixels
     assert (tmp_path / "v.gif").stat().st_size > 0
     sidecar = json.loads((out / "frame.0001.json").read_text())
-    assert sidecar["depth_path"] == "d.0001.png" and str(tmp_path) not in json.dumps(sidecar)
+    assert sidecar["depth_file"] == "d.0001.png" and str(tmp_path) not in json.dumps(sidecar)
     stats = json.loads((out / "sequence_stats.json").read_text())
     assert "/" not in stats["pattern"]
 

@@ -82,11 +82,11 @@ def test_split_runs_match_one_run_and_resume_skips(tmp_path, capsys):
                                "--stats", stats_file, "--frames", part)
         assert rc == 0, err
     for n in range(1, 5):
-        a = np.asarray(Image.open(tmp_path / "full" / f"frame.{n:04d}.png"))
-        b = np.asarray(Image.open(tmp_path / "split" / f"frame.{n:04d}.png"))
-        assert np.array_equal(a, b), n
+        for name in (f"frame.{n:04d}.png", f"frame.{n:04d}.json", f"control/frame.{n:04d}.png"):
+            assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "split" / name).read_bytes(), name
         meta = json.loads((tmp_path / "split" / f"frame.{n:04d}.json").read_text())
-        assert meta["seed"] == 77 and meta["frame"] == n and meta["depth_range"] == full["range"]
+        assert meta["seed"] == 77 and meta["depth_file"].endswith(f"{n:04d}.exr")
+        assert meta["depth_range"] == full["range"] and meta["shot_key"]
 
     # Resume: the same command again renders nothing; a changed prompt renders everything.
     before = os.stat(tmp_path / "full" / "frame.0002.png").st_mtime_ns

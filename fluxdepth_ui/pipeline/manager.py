@@ -8,7 +8,6 @@ float tensor in [-1, 1] at the target size, which `FluxControlPipeline.prepare_i
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import limits
-from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
+from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
+from ..settings import MAX_SEED, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401 - re-exported
 from ..depth import ControlImage, DepthStats
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
 from .metadata import GenerationMetadata
@@ -39,52 +38,11 @@ from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, de
 
 log = logging.getLogger(__name__)
 
-MAX_SEED = 2**32 - 1
 
 StepCallback = Callable[[int, int], None]
 LoadProgress = Callable[[float, str], None]
 # Replaces loading from `source` (benchmarks with random full-size weights, apps that own their modules).
 Loader = Callable[[Variant, LoadProgress], LoadedModel]
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    prompt: str
-    seed: int | None = None
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    strength: float = DEFAULT_STRENGTH  # img2img only
-    max_sequence_length: int = 512
-
-    def validate(self) -> None:
-        if not isinstance(self.prompt, str):
-            raise PipelineError("prompt must be text")
-        most = limits.current().prompt_chars
-        if len(self.prompt) > most:
-            raise PipelineError(f"the prompt is {len(self.prompt)} characters, above the limit of {most}; shorten "
-                                "it (the text encoder reads at most 512 tokens)")
-        _check_number("seed", self.seed, 0, MAX_SEED, whole=True, optional=True)
-        _check_number("steps", self.steps, 1, 100, whole=True, hint="28 is the model's default")
-        _check_number("guidance", self.guidance, 0.0, 100.0, hint="10 suits FLUX.1-Depth-dev")
-        _check_number("strength", self.strength, 0.0, 1.0, low_open=True)
-        _check_number("max_sequence_length", self.max_sequence_length, 1, 512, whole=True)
-
-
-def _check_number(name: str, value, low, high, *, whole: bool = False, optional: bool = False,
-                  low_open: bool = False, hint: str = "") -> None:
-    """One message for every way a number can be wrong: not a number, NaN, fractional, out of range."""
-    if value is None and optional:
-        return
-    span = f"a value in ({low}, {high}]" if low_open else f"{low}..{high}"
-    fix = f"use {span}" + (f" ({hint})" if hint else "")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise PipelineError(f"{name} must be a number, not {str(value)[:20]!r}; {fix}") from None
-    if isinstance(value, bool) or number != number or (whole and number != int(number)):
-        raise PipelineError(f"{name} must be a {'whole ' if whole else ''}number; {fix}")
-    if number < low or number > high or (low_open and number == low):
-        raise PipelineError(f"{name} {value} is out of range; {fix}")
 
 
 @dataclass(frozen=True)
@@ -97,10 +55,6 @@ def control_tensor(control: ControlImage) -> torch.Tensor:
     """(1, 3, H, W) float32 in [-1, 1]: what the VAE encodes, with the map's full float precision."""
     t = torch.from_numpy(np.ascontiguousarray(control.pixels, dtype=np.float32))
     return (t * 2.0 - 1.0).expand(1, 3, *t.shape).contiguous()
-
-
-def draw_seed() -> int:
-    return secrets.randbelow(MAX_SEED + 1)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -135,6 +89,15 @@ class PipelineManager:
         self._choice: PlacementChoice | None = None
         self._revision: str | None = None
         self._notes: list[str] = []
+
+    @classmethod
+    def from_spec(cls, spec: PipelineSpec, token: str | None = None, cache_root: str | None = None,
+                  loader: Loader | None = None) -> "PipelineManager":
+        from .sources import parse_model_source
+
+        source = parse_model_source(spec.model, spec.revision, spec.lora, spec.lora_scale)
+        return cls(source, variant=spec.variant, placement=spec.placement, device=spec.device, token=token,
+                   cache_root=cache_root, loader=loader, compile=spec.compile)
 
     # --- state -----------------------------------------------------------------------------------------------------
 
@@ -286,8 +249,7 @@ class PipelineManager:
         cancel: threading.Event | None = None,
         load_progress: LoadProgress | None = None,
     ) -> GenerationResult:
-        # 1. Check the inputs before touching the model.
-        settings.validate()
+        # 1. Check the inputs before touching the model (the settings record checked its own values).
         width, height = control.width, control.height
         if width % 16 or height % 16:
             raise PipelineError(f"control image {width}x{height} is not a multiple of 16; use make_control_image")

@@ -38,10 +38,20 @@ class GenerationMetadata:
     seconds: float | None = None
     app_version: str = __version__
     notes: tuple[str, ...] = field(default=())
+    depth_crop: tuple[int, int, int, int] | None = None  # px cut from the control map to keep the aspect
+    depth_edges: str | None = None
+    shot_key: str | None = None  # the depth file's bytes + every setting + model + tier (shot.shot_key)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["notes"] = list(self.notes)
+        return d
+
+    def file_dict(self) -> dict:
+        """What goes into the PNG and the sidecar: no wall-clock time, so the same shot gives the same bytes on
+        any run (split sequence renders, farm workers, resumes compare files)."""
+        d = self.to_dict()
+        d.pop("seconds", None)
         return d
 
     @classmethod
@@ -64,7 +74,7 @@ class GenerationMetadata:
 
 def png_info(meta: GenerationMetadata) -> PngImagePlugin.PngInfo:
     info = PngImagePlugin.PngInfo()
-    info.add_itxt(PNG_KEY, json.dumps(meta.to_dict()))
+    info.add_itxt(PNG_KEY, json.dumps(meta.file_dict()))
     info.add_itxt("parameters", meta.parameters_line())
     info.add_text("Software", f"FluxDepth Studio {meta.app_version}")
     return info
@@ -80,7 +90,7 @@ def save_result(image: Image.Image, meta: GenerationMetadata, path: str, extra: 
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG", pnginfo=png_info(meta))
     sidecar = os.path.splitext(path)[0] + ".json"
-    write_text(sidecar, json.dumps({**meta.to_dict(), **(extra or {})}, indent=2))
+    write_text(sidecar, json.dumps({**meta.file_dict(), **(extra or {})}, indent=2))
     return path, sidecar
 
 

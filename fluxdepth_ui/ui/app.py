@@ -242,7 +242,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             source = gate.resolve(path)
             slot = preview_slot()
             try:
-                result = h.run_preview(studio, source, settings, bool(log_v))
+                result = h.run_preview(studio, source, settings, bool(log_v), session=session)
                 png = h.write_control_png(studio, session, result)
             finally:
                 slot.release()

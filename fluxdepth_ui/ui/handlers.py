@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import limits
+from ..defaults import DEFAULT_STRENGTH
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
@@ -52,6 +53,7 @@ class Studio:
     policy: HostPolicy = field(default_factory=HostPolicy)
     workspace: Workspace = field(default_factory=Workspace)
     cancels: dict = field(default_factory=dict)
+    previews: dict = field(default_factory=dict)  # session -> (path, settings, DepthPreview) last shown
     _depth_cache: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -74,6 +76,7 @@ class Studio:
         self.workspace.end(session)
         with self._lock:
             self.cancels.pop(session or "local", None)
+            self.previews.pop(session, None)
 
     def load_depth(self, path: str, channel: str | None) -> DepthMap:
         """Reading the file is the slow part of a preview: keep the last few maps for slider changes."""
@@ -146,9 +149,24 @@ def depth_settings(channel: str | None = None, mode: str = "auto", invert: str =
     )
 
 
-def run_preview(studio: Studio, path: str, settings: DepthSettings, log_histogram: bool = False) -> DepthPreview:
+def run_preview(studio: Studio, path: str, settings: DepthSettings, log_histogram: bool = False,
+                session: str | None = None) -> DepthPreview:
+    """The control map for these settings. The session's last one is kept: Generate feeds the model exactly the map
+    the artist saw, without normalizing again."""
     depth = studio.load_depth(path, settings.channel)
-    return prepare_loaded(depth, settings, log_histogram)
+    preview = prepare_loaded(depth, settings, log_histogram)
+    if session is not None:
+        with studio._lock:
+            studio.previews[session] = (path, settings, preview)
+    return preview
+
+
+def recall_preview(studio: Studio, session: str | None, path: str, settings: DepthSettings) -> DepthPreview | None:
+    with studio._lock:
+        kept = studio.previews.get(session)
+    if kept and kept[0] == path and kept[1] == settings:
+        return kept[2]
+    return None
 
 
 def write_control_png(studio: Studio, session: str | None, result: DepthPreview, keep: int = 4) -> str:
@@ -228,18 +246,18 @@ class GenerationOutcome:
 
 def run_generate(studio: Studio, session: str | None, path: str, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
-                 init_image_name: str | None = None, strength: float = 0.6, on_step=None,
+                 init_image_name: str | None = None, strength: float = DEFAULT_STRENGTH, on_step=None,
                  load_progress=None) -> GenerationOutcome:
     from ..depth.readers import read_rgb_image
-    from ..pipeline import GenerationSettings, save_result
+    from ..settings import GenerationSettings, ShotSettings
+    from ..shot import render_shot
 
     manager = studio.manager
-    gen = GenerationSettings(prompt=prompt or "", seed=None if seed is None else seed, steps=steps,
-                             guidance=guidance, strength=strength)
-    gen.validate()
+    generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=steps, guidance=guidance,
+                                    strength=strength).settled()
     variant = variant or manager.variant
     studio.policy.check_tier(variant)
-    preview = run_preview(studio, path, settings)
+    preview = recall_preview(studio, session, path, settings) or run_preview(studio, path, settings)
     if isinstance(init_image, str):
         init_image = read_rgb_image(init_image)
     check_free_space(studio)
@@ -247,33 +265,27 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     manager.configure(variant=variant)  # serialized: generations share one GPU slot
     cancel = studio.cancel_event(session)
     cancel.clear()
-    result = manager.generate(preview.control, gen, init_image=init_image, init_image_name=init_image_name,
-                              depth=preview.stats, on_step=on_step, cancel=cancel, load_progress=load_progress)
-    meta = result.metadata.to_dict()
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{result.metadata.seed}"
-    saved = True
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{generation.seed}"
+    # When the results folder fails, the image goes to the session's scratch folder: it is never lost.
+    fallback = studio.workspace.folder(session, "unsaved")
     try:
         folder = studio.session_dir(session)
-        png, sidecar = save_result(result.image, result.metadata, str(folder / f"{stem}.png"))
-        control_png = str(folder / f"{stem}-control.png")
-        write_preview_png(preview.control, control_png)
-    except (OSError, FluxDepthError):
-        # The image exists only in memory now: keep it in the session's scratch folder for download.
-        saved = False
-        log.exception("could not write a result to %s", studio.outputs)
-        folder = studio.workspace.folder(session, "unsaved")
-        png, sidecar = save_result(result.image, result.metadata, str(folder / f"{stem}.png"))
-        control_png = str(folder / f"{stem}-control.png")
-        write_preview_png(preview.control, control_png)
+    except FluxDepthError:
+        log.exception("could not make a results folder under %s", studio.outputs)
+        folder = fallback
+    shot = render_shot(manager, path, ShotSettings(settings, generation), str(folder / f"{stem}.png"),
+                       preview=preview, init_image=init_image, init_image_name=init_image_name,
+                       fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress)
+    meta = shot.metadata.to_dict()
     message = (f"seed **{meta['seed']}** · {meta['width']}×{meta['height']} · {meta['steps']} steps · "
                f"guidance {meta['guidance']:g} · {meta['variant']} · {meta['seconds']:.1f} s")
     if switched:
         message += f"\n\nThe model was switched to **{variant}** (for every visitor of this server)."
-    if not saved:
+    if not shot.saved or folder == fallback:
         message += "\n\n⚠ The results folder could not be written: **download this image now**, it is not kept."
     if meta["notes"]:
         message += "\n\n⚠ " + " · ".join(meta["notes"])
-    return GenerationOutcome(png, sidecar, control_png, meta, message)
+    return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message)
 
 
 def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:
@@ -361,12 +373,11 @@ def gather_sequence(studio: Studio, session: str | None, files: list, settings: 
 def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None):
     """Render every frame with the shared range and seed, then the result and control-map videos."""
-    from ..pipeline import GenerationSettings
     from ..sequence import render_sequence, save_stats, settle_seed, write_video
+    from ..settings import GenerationSettings
 
     stats = settle_seed(setup.stats)
-    generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=int(steps), guidance=float(guidance))
-    generation.validate()
+    generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance)
     studio.policy.check_tier(variant)
     studio.manager.configure(variant=variant)
     check_free_space(studio)

@@ -1,0 +1,152 @@
+"""The settings schema: what a shot is made with, each value's default, bounds and check typed once.
+
+- `GenerationSettings`: prompt, seed, steps, guidance, img2img strength.
+- `ShotSettings`: the depth half (`depth.DepthSettings`) and the generation half of one shot.
+- `PipelineSpec`: which model, tier and placement a pipeline manager loads.
+
+Records are frozen; a bad value raises `SettingsError` (one line, the fix included) when the record is made, so a
+record that exists is valid. `to_dict` / `from_dict` round-trip through JSON (presets, stats files, history, API).
+No torch here: front ends import this before any model code.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from . import limits
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANT_NAMES
+from .depth import DepthSettings, NormalizeSettings
+from .errors import FluxDepthError
+
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 100
+MAX_GUIDANCE = 100.0
+MAX_SEQUENCE_LENGTH = 512
+
+
+class SettingsError(FluxDepthError, ValueError):
+    """A setting out of its bounds; the message names the setting and its range."""
+
+
+def check_number(name: str, value, low, high, *, whole: bool = False, optional: bool = False,
+                 low_open: bool = False, hint: str = ""):
+    """One message for every way a number can be wrong: not a number, NaN, fractional, out of range.
+
+    Returns the value as int (whole) or float; None when optional and missing.
+    """
+    if value is None and optional:
+        return None
+    span = f"a value in ({low}, {high}]" if low_open else f"{low}..{high}"
+    fix = f"use {span}" + (f" ({hint})" if hint else "")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name} must be a number, not {str(value)[:20]!r}; {fix}") from None
+    if isinstance(value, bool) or number != number or (whole and number != int(number)):
+        raise SettingsError(f"{name} must be a {'whole ' if whole else ''}number; {fix}")
+    if number < low or number > high or (low_open and number == low):
+        raise SettingsError(f"{name} {value} is out of range; {fix}")
+    return int(number) if whole else number
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    prompt: str
+    seed: int | None = None  # None: drawn when the shot runs, and reported
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    strength: float = DEFAULT_STRENGTH  # img2img only
+    max_sequence_length: int = MAX_SEQUENCE_LENGTH
+
+    def __post_init__(self):
+        if not isinstance(self.prompt, str):
+            raise SettingsError("prompt must be text")
+        most = limits.current().prompt_chars
+        if len(self.prompt) > most:
+            raise SettingsError(f"the prompt is {len(self.prompt)} characters, above the limit of {most}; shorten "
+                                "it (the text encoder reads at most 512 tokens)")
+        set_ = object.__setattr__  # frozen: normalize the types once, here
+        set_(self, "seed", check_number("seed", self.seed, 0, MAX_SEED, whole=True, optional=True))
+        set_(self, "steps", check_number("steps", self.steps, 1, MAX_STEPS, whole=True,
+                                         hint=f"{DEFAULT_STEPS} is the model's default"))
+        set_(self, "guidance", check_number("guidance", self.guidance, 0.0, MAX_GUIDANCE,
+                                            hint=f"{DEFAULT_GUIDANCE:g} suits FLUX.1-Depth-dev"))
+        set_(self, "strength", check_number("strength", self.strength, 0.0, 1.0, low_open=True))
+        set_(self, "max_sequence_length", check_number("max_sequence_length", self.max_sequence_length, 1,
+                                                       MAX_SEQUENCE_LENGTH, whole=True))
+
+    def with_seed(self, seed: int | None) -> "GenerationSettings":
+        return replace(self, seed=seed)
+
+    def settled(self) -> "GenerationSettings":
+        """The one seed rule: the seed asked for, else a fresh draw (reported with the result)."""
+        return self if self.seed is not None else replace(self, seed=draw_seed())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationSettings":
+        return cls(**_known(cls, data))
+
+
+@dataclass(frozen=True)
+class ShotSettings:
+    """Everything one image depends on besides the depth file and the model."""
+
+    depth: DepthSettings = field(default_factory=DepthSettings)
+    generation: GenerationSettings = field(default_factory=lambda: GenerationSettings(""))
+
+    def to_dict(self) -> dict:
+        d = self.depth
+        return {"depth": {"channel": d.channel, "long_side": d.long_side, **asdict(d.normalize),
+                          "fixed_range": d.fixed_range.to_dict() if d.fixed_range else None},
+                "generation": self.generation.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShotSettings":
+        from .depth import DepthRange
+
+        depth = dict(data.get("depth") or {})
+        fixed = depth.pop("fixed_range", None)
+        channel, long_side = depth.pop("channel", None), depth.pop("long_side", DepthSettings().long_side)
+        if "clip" in depth:
+            depth["clip"] = tuple(depth["clip"])
+        normalize = NormalizeSettings(**_known(NormalizeSettings, depth))
+        return cls(DepthSettings(channel=channel, normalize=normalize, long_side=int(long_side),
+                                 fixed_range=DepthRange.from_dict(fixed) if fixed else None),
+                   GenerationSettings.from_dict(data.get("generation") or {"prompt": ""}))
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What a pipeline manager loads: the model, the tier, where it runs."""
+
+    model: str = DEFAULT_MODEL
+    variant: str = "bf16"
+    placement: str = "auto"
+    compile: bool = False
+    device: str | None = None
+    revision: str | None = None
+    lora: str | None = None  # depth LoRA fused into a FLUX.1-dev base
+    lora_scale: float = 0.85
+
+    def __post_init__(self):
+        if self.variant not in VARIANT_NAMES:
+            raise SettingsError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANT_NAMES)}")
+        if self.placement not in PLACEMENTS:
+            raise SettingsError(f"unknown placement {self.placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+        check_number("lora_scale", self.lora_scale, -10.0, 10.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _known(cls, data: dict) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in dict(data).items() if k in names}

@@ -1,0 +1,96 @@
+"""The one shot service: a depth file + shot settings -> control map, image and its files on disk.
+
+The CLI, the app, both API endpoints and every sequence frame call `render_shot`, so a shot gives the same files
+whichever way it was asked for: the 16-bit control PNG, the image PNG with its settings inside, and the JSON sidecar,
+each written atomically, the sidecar last (a sidecar on disk means the shot is whole; docs/sharing.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, replace
+
+from .depth import DepthPreview, prepare_depth, write_preview_png
+from .errors import FluxDepthError
+from .settings import ShotSettings
+
+
+@dataclass(frozen=True)
+class ShotResult:
+    image: object  # PIL.Image.Image
+    metadata: object  # pipeline.GenerationMetadata
+    preview: DepthPreview
+    png: str
+    sidecar: str
+    control_png: str
+    saved: bool = True  # False: the outputs folder failed; the files are in the fallback folder instead
+
+
+def file_digest(path: str) -> str:
+    """The depth file's bytes, hashed: the same pass gives the same shot key wherever it was copied or uploaded."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shot_key(depth_digest: str, settings: ShotSettings, model: str, variant: str) -> str:
+    """What a finished shot depends on. A sequence frame whose sidecar carries this key is not rendered again."""
+    payload = {"depth": depth_digest, "settings": settings.to_dict(), "model": model, "variant": variant}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_control_path(png: str) -> str:
+    return os.path.splitext(png)[0] + "-control.png"
+
+
+def expected_key(manager, depth_path: str, settings: ShotSettings) -> str:
+    """The key `render_shot` will record for these inputs (the seed must be settled already)."""
+    return shot_key(file_digest(depth_path), settings, manager.source.key, manager.variant)
+
+
+def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, *,
+                preview: DepthPreview | None = None, control_png: str | None = None, init_image=None,
+                init_image_name: str | None = None, fallback_dir: str | None = None, on_step=None, cancel=None,
+                load_progress=None) -> ShotResult:
+    """Render one shot and write its files.
+
+    1. The control map: `preview` when the caller already made it with these settings (the artist saw it),
+       else read and normalized here.
+    2. The seed is settled (drawn when unset) before anything is keyed on it.
+    3. Generate.
+    4. Write the control PNG, then the image PNG and its sidecar. When the outputs folder fails after the image
+       exists, the files go to `fallback_dir` (if given) and `saved` is False: the image is never lost.
+    """
+    if preview is None:
+        preview = prepare_depth(depth_path, settings.depth)
+    settings = replace(settings, generation=settings.generation.settled())
+    key = expected_key(manager, depth_path, settings)
+    result = manager.generate(preview.control, settings.generation, init_image=init_image,
+                              init_image_name=init_image_name, depth=preview.stats, on_step=on_step, cancel=cancel,
+                              load_progress=load_progress)
+    metadata = replace(result.metadata, shot_key=key, depth_crop=tuple(preview.control.crop),
+                       depth_edges=preview.stats.edges)
+    control_png = control_png or default_control_path(out_png)
+    try:
+        png, sidecar = _write(result.image, metadata, preview, out_png, control_png)
+        return ShotResult(result.image, metadata, preview, png, sidecar, control_png)
+    except OSError as exc:
+        if fallback_dir is None:
+            raise FluxDepthError(f"cannot write {os.path.basename(out_png)} ({exc.strerror or 'write failed'}); "
+                                 "free disk space or choose another output folder") from None
+    png = os.path.join(fallback_dir, os.path.basename(out_png))
+    control_png = os.path.join(fallback_dir, os.path.basename(control_png))
+    png, sidecar = _write(result.image, metadata, preview, png, control_png)
+    return ShotResult(result.image, metadata, preview, png, sidecar, control_png, saved=False)
+
+
+def _write(image, metadata, preview: DepthPreview, png: str, control_png: str) -> tuple[str, str]:
+    from .pipeline import save_result
+
+    os.makedirs(os.path.dirname(os.path.abspath(control_png)), exist_ok=True)
+    write_preview_png(preview.control, control_png)
+    return save_result(image, metadata, png)
