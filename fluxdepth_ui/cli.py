@@ -8,7 +8,8 @@ import os
 import sys
 
 from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthSettings, NormalizeSettings
-from .depth.normalize import EDGE_CHOICES, POLARITY_CHOICES
+from .depth.control import DEFAULT_LONG_SIDE
+from .depth.normalize import DEFAULT_EDGES, EDGE_CHOICES, POLARITY_CHOICES
 from .errors import FluxDepthError, display_name
 
 
@@ -59,15 +60,16 @@ def add_depth_arguments(p: argparse.ArgumentParser, metavar: str = "DEPTH",
     g.add_argument("--mode", choices=MODES, default="auto", help="normalization (default auto)")
     g.add_argument("--invert", choices=INVERT_CHOICES, default="auto", help="flip near/far (default auto)")
     g.add_argument("--clip", nargs=2, type=float, metavar=("LOW", "HIGH"), default=DEFAULT_CLIP,
-                   help="percentile ends (default 0.5 99.5)")
+                   help=f"percentile ends (default {DEFAULT_CLIP[0]:g} {DEFAULT_CLIP[1]:g})")
     g.add_argument("--near", type=float, help="distance that maps to white (scene units)")
     g.add_argument("--far", type=float, help="distance that maps to the far end (scene units)")
     g.add_argument("--polarity", choices=POLARITY_CHOICES, default="auto",
                    help="which end of a made depth image is near, for --near/--far (default: read from the frame)")
-    g.add_argument("--edges", choices=EDGE_CHOICES, default="snap",
+    g.add_argument("--edges", choices=EDGE_CHOICES, default=DEFAULT_EDGES,
                    help="anti-aliased pixels between two surfaces: snap to the closer surface (default), take the "
                         "near or far one, or off")
-    g.add_argument("--long-side", type=int, default=1024, help="control image long side in pixels (default 1024)")
+    g.add_argument("--long-side", type=int, default=DEFAULT_LONG_SIDE,
+                   help=f"control image long side in pixels (default {DEFAULT_LONG_SIDE})")
     g.add_argument("--stats", metavar="STATS.json", help="use a sequence's normalization range (fluxdepth sequence)")
 
 

@@ -27,6 +27,7 @@ POLARITY_CHOICES = ("auto", "near-white", "near-black")
 # Anti-aliased pixels between two surfaces (docs/depth.md, "Edges"): snap to the surface they are closest to, take
 # the nearer or the farther one, or keep the in-between value.
 EDGE_CHOICES = ("snap", "near", "far", "off")
+DEFAULT_EDGES = EDGE_CHOICES[0]
 DEFAULT_CLIP = (0.5, 99.5)
 GAP_MAX = 0.25
 # Below this share of invalid pixels there is no background worth a gap (a few NaN edge pixels are not sky).
@@ -46,7 +47,7 @@ class NormalizeSettings:
     far: float | None = None
     gap_max: float = GAP_MAX
     polarity: str = "auto"
-    edges: str = "snap"
+    edges: str = DEFAULT_EDGES
 
     def __post_init__(self):
         if self.polarity not in POLARITY_CHOICES:

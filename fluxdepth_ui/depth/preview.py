@@ -17,7 +17,7 @@ from .control import DEFAULT_LONG_SIDE, ControlImage, make_control_image
 from ..atomic import atomic_path
 from ..errors import display_name
 from .errors import DepthInputError
-from .normalize import ControlMap, DepthRange, NormalizeSettings, normalize, treat_edges
+from .normalize import DEFAULT_EDGES, ControlMap, DepthRange, NormalizeSettings, normalize, treat_edges
 
 HISTOGRAM_BINS = 128
 BANDING_LEVELS = 512
@@ -66,7 +66,7 @@ class DepthStats:
     warnings: tuple[str, ...]
     crop: tuple[int, int, int, int] = (0, 0, 0, 0)  # px cut at control size to keep the aspect (l, t, r, b)
     edge_pixels: int = 0  # anti-aliased in-between pixels moved onto a surface
-    edges: str = "snap"
+    edges: str = DEFAULT_EDGES
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -13,7 +13,9 @@ from gradio import FileData
 
 from .. import limits
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
-from ..depth.normalize import EDGE_CHOICES
+from ..defaults import DEFAULT_STRENGTH
+from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
+from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
 from ..errors import FluxDepthError
 from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipeline.variants import VARIANTS
@@ -134,9 +136,10 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                             near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
                             far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
                         with gr.Row():
-                            long_side = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)",
+                            long_side = gr.Slider(MIN_LONG_SIDE, MAX_LONG_SIDE, value=DEFAULT_LONG_SIDE, step=16,
+                                                  label="Long side (px)",
                                                   elem_id="long-side", scale=3)
-                            edges = gr.Dropdown(list(EDGE_CHOICES), value="snap", label="Edges", elem_id="edges",
+                            edges = gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", elem_id="edges",
                                                 info="anti-aliased pixels between surfaces", scale=1)
                         preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
                                                format="png", interactive=False, height=360, elem_id="preview")
@@ -163,7 +166,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                             randomize = gr.Checkbox(True, label="Random seed")
                         with gr.Accordion("Start from an image (img2img)", open=False):
                             init_image = gr.Image(type="filepath", label="Init image", sources=["upload", "clipboard"])
-                            strength = gr.Slider(0.05, 1.0, value=0.6, step=0.05, label="Strength")
+                            strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
                         with gr.Row():
                             generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                             cancel_btn = gr.Button("Cancel", elem_id="cancel")
@@ -190,7 +193,8 @@ def build_app(studio: h.Studio) -> gr.Blocks:
                         with gr.Row():
                             seq_mode = gr.Dropdown(list(MODES), value="auto", label="Mode")
                             seq_invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert")
-                            seq_long = gr.Slider(256, 2048, value=1024, step=16, label="Long side (px)")
+                            seq_long = gr.Slider(MIN_LONG_SIDE, MAX_LONG_SIDE, value=DEFAULT_LONG_SIDE, step=16,
+                                                 label="Long side (px)")
                         seq_summary = gr.Markdown(elem_id="seq-summary")
                         seq_previews = gr.Gallery(label="First · middle · last control map (shared range)",
                                                   columns=3, height=200, allow_preview=True, elem_id="seq-previews")
@@ -326,7 +330,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             clip = d.get("clip", DEFAULT_CLIP)
             tier = g.get("variant", manager.variant)
             return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
-                    d.get("long_side", 1024), tier if tier in policy.tiers else manager.variant,
+                    d.get("long_side", DEFAULT_LONG_SIDE), tier if tier in policy.tiers else manager.variant,
                     g.get("steps", DEFAULT_STEPS), g.get("guidance", DEFAULT_GUIDANCE),
                     f"**{preset.name}**: {preset.description}")
 
@@ -398,8 +402,9 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         # --- API -------------------------------------------------------------------------------------------------
         @user_facing
         def api_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
-                        clip_low: float = 0.5, clip_high: float = 99.5, near: float = 0.0, far: float = 0.0,
-                        long_side: int = 1024, edges: str = "snap", polarity: str = "auto",
+                        clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float = 0.0,
+                        far: float = 0.0, long_side: int = DEFAULT_LONG_SIDE, edges: str = DEFAULT_EDGES,
+                        polarity: str = "auto",
                         request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
             """Normalize a depth file the way the model needs it.
 
@@ -422,9 +427,10 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         @user_facing
         def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS,
                          guidance: float = DEFAULT_GUIDANCE, variant: str = "", channel: str = "auto",
-                         mode: str = "auto", invert: str = "auto", clip_low: float = 0.5, clip_high: float = 99.5,
-                         near: float = 0.0, far: float = 0.0, long_side: int = 1024,
-                         init_image: FileData | None = None, strength: float = 0.6, edges: str = "snap",
+                         mode: str = "auto", invert: str = "auto", clip_low: float = DEFAULT_CLIP[0],
+                         clip_high: float = DEFAULT_CLIP[1], near: float = 0.0, far: float = 0.0,
+                         long_side: int = DEFAULT_LONG_SIDE, init_image: FileData | None = None,
+                         strength: float = DEFAULT_STRENGTH, edges: str = DEFAULT_EDGES,
                          polarity: str = "auto", request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
             """Generate an image from a depth file and a prompt.
 

@@ -21,6 +21,8 @@ import numpy as np
 
 from .. import limits
 from ..defaults import DEFAULT_STRENGTH
+from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
+from ..depth.normalize import DEFAULT_EDGES
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
@@ -117,7 +119,7 @@ def check_free_space(studio: Studio) -> None:
 
 def depth_settings(channel: str | None = None, mode: str = "auto", invert: str = "auto",
                    clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float | None = None,
-                   far: float | None = None, long_side: int = 1024, edges: str = "snap",
+                   far: float | None = None, long_side: int = DEFAULT_LONG_SIDE, edges: str = DEFAULT_EDGES,
                    polarity: str = "auto") -> DepthSettings:
     from ..depth import DepthInputError
 
@@ -133,8 +135,9 @@ def depth_settings(channel: str | None = None, mode: str = "auto", invert: str =
         return out
 
     side = number("long_side", long_side)
-    if side != int(side) or not (256 <= side <= 2048):
-        raise DepthInputError(f"long_side {long_side} is out of range; use a whole number 256..2048")
+    if side != int(side) or not (MIN_LONG_SIDE <= side <= MAX_LONG_SIDE):
+        raise DepthInputError(f"long_side {long_side} is out of range; use a whole number "
+                              f"{MIN_LONG_SIDE}..{MAX_LONG_SIDE}")
     for name, value in (("channel", channel), ("mode", mode), ("invert", invert), ("edges", edges),
                         ("polarity", polarity)):
         if value is not None and (not isinstance(value, str) or len(value) > 200):
@@ -144,7 +147,7 @@ def depth_settings(channel: str | None = None, mode: str = "auto", invert: str =
         normalize=NormalizeSettings(mode=mode or "auto", invert=invert or "auto",
                                     clip=(number("clip_low", clip_low), number("clip_high", clip_high)),
                                     near=number("near", near, True), far=number("far", far, True),
-                                    edges=edges or "snap", polarity=polarity or "auto"),
+                                    edges=edges or DEFAULT_EDGES, polarity=polarity or "auto"),
         long_side=int(side),
     )
 

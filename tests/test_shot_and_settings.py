@@ -1,0 +1,105 @@
+"""The shot service and the settings schema: one way to make a shot, one place for each default."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+from conftest import BEACHBALL, write_exr
+from fluxdepth_ui.cli import main
+from fluxdepth_ui.depth import DepthSettings, NormalizeSettings
+from fluxdepth_ui.errors import FluxDepthError
+from fluxdepth_ui.settings import GenerationSettings, PipelineSpec, SettingsError, ShotSettings
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fluxdepth_ui"
+# Where each default is typed, and only there.
+HOMES = {"defaults.py", "settings.py", "limits.py", "depth/control.py", "depth/normalize.py"}
+RETYPED = [
+    (r"long_side\s*(:\s*int)?\s*=\s*\d", "the long side"),
+    (r"(value|default)\s*=\s*1024\b", "the long side"),
+    (r"strength\s*(:\s*float)?\s*=\s*0?\.\d", "the img2img strength"),
+    (r"value\s*=\s*0\.6\b", "the img2img strength"),
+    (r"\b99\.5\b|clip_low\s*(:\s*float)?\s*=\s*0\.5", "the clip ends"),
+    (r"\bsteps\s*(:\s*int)?\s*=\s*\d", "the steps"),
+    (r"\bguidance\s*(:\s*float)?\s*=\s*\d", "the guidance"),
+    (r"edges\s*(:\s*str)?\s*=\s*\"snap\"|value\s*=\s*\"snap\"", "the edge treatment"),
+]
+
+
+def test_no_default_is_typed_twice():
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if rel in HOMES:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for pattern, what in RETYPED:
+                if re.search(pattern, code):
+                    offenders.append(f"{rel}:{number}: {what} re-typed: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_settings_check_themselves_and_round_trip():
+    with pytest.raises(SettingsError, match="steps 0 is out of range; use 1..100"):
+        GenerationSettings("x", steps=0)
+    with pytest.raises(SettingsError, match="seed must be a whole number"):
+        GenerationSettings("x", seed=1.5)
+    with pytest.raises(FluxDepthError, match="unknown variant"):
+        PipelineSpec(variant="fp4")
+    g = GenerationSettings("x", seed="7", steps=3.0)
+    assert (g.seed, g.steps) == (7, 3) and isinstance(g.steps, int)  # normalized once, on creation
+    assert GenerationSettings("x").settled().seed is not None
+    shot = ShotSettings(DepthSettings(channel="Z", normalize=NormalizeSettings(mode="linear", edges="far"),
+                                      long_side=512), GenerationSettings("a hall", seed=3))
+    data = json.loads(json.dumps(shot.to_dict()))
+    assert ShotSettings.from_dict(data) == shot
+
+
+@pytest.fixture
+def sequence(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (1, 2, 3):
+        d = np.full((96, 128), 30.0, np.float32)
+        d[20:70, 10 * i: 10 * i + 50] = 5.0
+        write_exr(folder / f"shot.{i:04d}.exr", {"Z": d})
+    return folder
+
+
+def files_of(png: Path) -> list[bytes]:
+    control = png.parent / "control" / png.name if (png.parent / "control" / png.name).exists() else \
+        png.with_name(png.stem + "-control.png")
+    return [png.read_bytes(), png.with_suffix(".json").read_bytes(), control.read_bytes()]
+
+
+def test_cli_api_and_sequence_make_the_same_files(tmp_path, sequence, capsys):
+    """One shot, three ways in: the CLI, the /generate endpoint and a sequence frame write identical bytes."""
+    from fluxdepth_ui.ui.launch import build_parser, create, launch_options
+
+    common = ["--prompt", "a hall", "--model", "tiny-random", "--steps", "2", "--long-side", "256", "--seed", "5"]
+    # CLI vs API, the same file and settings.
+    assert main(["generate", str(BEACHBALL), *common, "--out", str(tmp_path / "cli.png")]) == 0
+    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs")])
+    studio, demo = create(args)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                **launch_options(studio))
+    try:
+        Client(demo.local_url, verbose=False).predict(handle_file(str(BEACHBALL)), "a hall", seed=5, steps=2,
+                                                      long_side=256, api_name="/generate")
+    finally:
+        demo.close()
+    api_png = next(studio.outputs.glob("*/*-seed5.png"))
+    assert files_of(api_png) == files_of(tmp_path / "cli.png")
+
+    # A sequence frame vs the CLI re-rendering that frame under the sequence's stats file.
+    out = tmp_path / "seq"
+    assert main(["sequence", str(sequence / "shot.####.exr"), *common, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(sequence / "shot.0002.exr"), *common, "--stats", str(out / "sequence_stats.json"),
+                 "--out", str(tmp_path / "frame2.png")]) == 0
+    assert files_of(out / "frame.0002.png") == files_of(tmp_path / "frame2.png")
