@@ -40,7 +40,15 @@ class Preset:
 
 
 def builtin_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "presets"
+    """The repository's presets/ in a checkout; the copy packaged as fluxdepth_ui.builtin_presets in a wheel."""
+    return packaged_folder("presets", "builtin_presets")
+
+
+def packaged_folder(repo_name: str, package_name: str) -> Path:
+    """A top-level folder of the repository in a checkout, or its copy inside the installed package."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / repo_name
+    return checkout if checkout.is_dir() else here / package_name
 
 
 def user_dir() -> Path:

@@ -18,12 +18,11 @@ from typing import Callable, Iterable
 from . import limits
 from .atomic import write_text
 from .depth import DepthInputError, DepthRange, DepthSettings, NormalizeSettings, compute_sequence_range, load_depth
-from .depth.readers import check_regular_file, probe_size
+from .depth.readers import DEPTH_SUFFIXES, check_regular_file, probe_size
 from .errors import display_name
 from .settings import ShotSettings
 
 STATS_FORMAT = 1
-DEPTH_SUFFIXES = (".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm")
 # Pooled percentiles over at most ~20 M sampled pixels, whatever the frame count (memory stays bounded).
 _POOLED_SAMPLES = 20_000_000
 

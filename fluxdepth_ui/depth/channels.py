@@ -1,6 +1,6 @@
 """Choosing the depth channel of a raster and saying what its numbers mean.
 
-Three kinds of content (depth-conventions.md §6):
+Three kinds of content (docs/depth.md, "What the numbers mean"):
 - `metric`: distance in scene units, near = small (Houdini `Pz`, Karma `depth`, `Z`, sensor millimetres);
 - `inverse`: already 1/Z (Nuke `depth.Z`, Maya `-1/z`, Kinect raw disparity after conversion);
 - `image`: an already-made depth picture (grey PNG, EXR with R=G=B or `Y`), usually near = white.
@@ -8,7 +8,6 @@ Three kinds of content (depth-conventions.md §6):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,10 +51,6 @@ class DepthMap:
     @property
     def height(self) -> int:
         return self.values.shape[0]
-
-    @property
-    def is_integer(self) -> bool:
-        return self.sample_type.startswith(("uint", "int"))
 
 
 def depth_name_tier(name: str) -> int | None:

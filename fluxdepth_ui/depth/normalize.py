@@ -1,4 +1,4 @@
-"""Depth -> control map in the convention FLUX.1-Depth-dev was trained on (depth-conventions.md §4, §5).
+"""Depth -> control map in the convention FLUX.1-Depth-dev was trained on (docs/depth.md).
 
 Output: float32 (H, W) in [0, 1], near = 1.0 (white), background = 0.0, linear in inverse depth for metric input.
 Nothing is rounded to 8 bits here.

@@ -41,14 +41,16 @@ _MAGIC = (
     (b"P2", "pgm"),
 )
 _EXTENSIONS = {
-    "exr": {".exr"},
-    "png": {".png"},
-    "jpeg": {".jpg", ".jpeg"},
-    "tiff": {".tif", ".tiff"},
-    "npy": {".npy"},
-    "pfm": {".pfm"},
-    "pgm": {".pgm", ".pnm"},
+    "exr": (".exr",),
+    "png": (".png",),
+    "tiff": (".tif", ".tiff"),
+    "pfm": (".pfm",),
+    "npy": (".npy",),
+    "jpeg": (".jpg", ".jpeg"),
+    "pgm": (".pgm", ".pnm"),
 }
+# The names depth files carry (upload filters, frame search); the content decides the format, not the name.
+DEPTH_SUFFIXES = tuple(ext for exts in _EXTENSIONS.values() for ext in exts)
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,11 @@ def probe_size(path: str) -> tuple[int, int]:
         if fmt == "npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return shape[1], shape[0]
-        return read_raster(path).width, read_raster(path).height  # PFM: the header is the first line anyway
+        raster = read_raster(path)  # PFM: the header is the first line anyway
+        return raster.width, raster.height
     except DepthInputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is the same user problem
+    except Exception:  # noqa: BLE001 - any decoder failure is the same user problem
         raise DepthInputError(f"{name}: cannot read its header; the file is corrupt or truncated") from None
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +9,6 @@ import torch
 from ..defaults import PLACEMENTS  # noqa: F401 - re-exported
 from .errors import PipelineError
 
-log = logging.getLogger(__name__)
 
 GIB = 2**30
 # Working memory on top of the weights at 1024x1024 (activations, VAE decode), scaled with the pixel count.

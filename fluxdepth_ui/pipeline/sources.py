@@ -21,7 +21,6 @@ from ..defaults import DEFAULT_MODEL  # noqa: F401 - re-exported
 from .errors import ModelSourceError
 from .variants import QuantizedCache, Variant, quantize_component
 
-log = logging.getLogger(__name__)
 
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 DEPTH_LORA = "black-forest-labs/FLUX.1-Depth-dev-lora"

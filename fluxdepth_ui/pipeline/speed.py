@@ -12,7 +12,6 @@ fresh GPU process, so it would recompile every time), and with sequential offloa
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 from dataclasses import dataclass
 
@@ -20,7 +19,6 @@ import torch
 
 from .errors import PipelineError
 
-log = logging.getLogger(__name__)
 
 # Ada (8.9) and Hopper (9.0) have fp8 tensor cores; older GPUs would emulate it, slower than bf16.
 FP8_MIN_CAPABILITY = (8, 9)

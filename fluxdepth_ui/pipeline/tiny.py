@@ -2,7 +2,7 @@
 
 It runs the real diffusers `FluxControlPipeline` code path (channel-concatenated control latents, guidance embedding,
 both text encoders) with no download. It produces noise: it exists for tests and for trying the app without the
-30+ GB model. Shapes follow ../shared/notes/offline-stack.md ("flux" shape: in 128, out 64, 16 latent channels).
+30+ GB model. Shapes are FLUX's own at a small width ("flux" shape: in 128, out 64, 16 latent channels).
 """
 
 from __future__ import annotations

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -14,29 +12,25 @@ from gradio import FileData
 from .. import limits
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
 from ..defaults import DEFAULT_STRENGTH
+from ..depth.readers import DEPTH_SUFFIXES
 from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
 from ..errors import FluxDepthError
 from ..pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from ..pipeline.variants import VARIANTS
-from ..presets import list_presets, save_preset
+from ..presets import list_presets, packaged_folder, save_preset
 from . import handlers as h
 from .examples import EXAMPLES, FOLDER as EXAMPLE_FOLDER, example_paths
 from .sharing import DAY, UploadGate, user_facing
 
-log = logging.getLogger(__name__)
 
-DEPTH_FILE_TYPES = [".exr", ".png", ".tif", ".tiff", ".pfm", ".npy", ".jpg", ".jpeg", ".pgm", ".pnm"]
+DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
 # Each label carries the tier's measured memory and speed (docs/benchmarks.md).
 VARIANT_HINTS = {name: variant.label for name, variant in VARIANTS.items()}
-CSS = """
-.fd-warning {background: #fff3cd; color: #664d03; padding: 6px 10px; border-radius: 6px;}
-.fd-stats p {margin: 2px 0;}
-"""
 
 
 # What `auto` does for each kind of file, shown in the depth panel (docs/depth.md).
-DEPTH_DOC = Path(__file__).resolve().parents[2] / "docs" / "depth.md"
+DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 # Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
 # GPU work) and take one of these slots instead (docs/sharing.md).
 PREVIEW_SLOTS = 4
