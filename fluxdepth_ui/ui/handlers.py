@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import limits
-from ..defaults import DEFAULT_STRENGTH
+from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
 from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES
 from ..archive import safe_member_name
@@ -56,6 +56,7 @@ class Studio:
     workspace: Workspace = field(default_factory=Workspace)
     cancels: dict = field(default_factory=dict)
     previews: dict = field(default_factory=dict)  # session -> (path, settings, DepthPreview) last shown
+    made_depths: dict = field(default_factory=dict)  # real path -> DepthMap estimated here (keeps its polarity)
     _depth_cache: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,8 +81,21 @@ class Studio:
             self.cancels.pop(session or "local", None)
             self.previews.pop(session, None)
 
+    def remember_made(self, path: str, depth: DepthMap, alias_of: str | None = None) -> None:
+        """A depth map this server made (from a photo), read in place of the file that shows it."""
+        with self._lock:
+            if alias_of is not None:
+                depth = self.made_depths[os.path.realpath(alias_of)]
+            self.made_depths[os.path.realpath(path)] = depth
+            while len(self.made_depths) > 16:
+                self.made_depths.pop(next(iter(self.made_depths)))
+
     def load_depth(self, path: str, channel: str | None) -> DepthMap:
         """Reading the file is the slow part of a preview: keep the last few maps for slider changes."""
+        with self._lock:
+            made = self.made_depths.get(os.path.realpath(path))
+        if made is not None:
+            return made
         check_regular_file(path)
         stat = os.stat(path)
         key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, channel)
@@ -111,7 +125,10 @@ def check_outputs_writable(outputs: Path) -> Path:
 
 
 def check_free_space(studio: Studio) -> None:
-    free = shutil.disk_usage(studio.outputs).free
+    folder = studio.outputs  # or the nearest folder above it that exists (it is made with the first result)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
     if free < studio.policy.min_free_mb * 1024 * 1024:
         raise FluxDepthError(f"the server's disk is almost full ({free / 2**20:.0f} MB free); nothing was generated, "
                              "tell the host")
@@ -229,9 +246,11 @@ def estimate_photo_depth(studio: Studio, session: str | None, photo) -> str:
     depth = studio.estimator.estimate(photo)
     values = depth.values
     span = float(values.max() - values.min()) or 1.0
-    # Min-max to [0, 1] (Depth Anything's convention, near = white); NPY keeps the float precision.
+    # A float NPY so the depth input shows a file the artist can download (min-max, near = white); the preview and
+    # Generate read the estimate itself, which keeps its polarity (near_is_bright), not this file.
     path = studio.workspace.folder(session, "photos") / f"photo-depth-{time.time_ns()}.npy"
     np.save(path, ((values - values.min()) / span).astype(np.float32))
+    studio.remember_made(str(path), depth)
     return str(path)
 
 
@@ -289,6 +308,39 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     if meta["notes"]:
         message += "\n\n⚠ " + " · ".join(meta["notes"])
     return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message)
+
+
+_DEPTH_KEYS = ("channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "edges", "polarity")
+
+
+def depth_from_form(form: dict) -> DepthSettings:
+    """The depth half of a settings record (the single-frame form, a preset, an API call)."""
+    return depth_settings(**{k: form[k] for k in _DEPTH_KEYS if k in form})
+
+
+def seed_value(seed, randomize: bool = False) -> int | None:
+    """A seed field as the app and the API take it: None (draw one) when random, empty or negative."""
+    if randomize or seed is None or seed == "":
+        return None
+    try:
+        value = float(seed)
+    except (TypeError, ValueError):
+        raise FluxDepthError(f"seed must be a whole number, not {str(seed)[:20]!r}") from None
+    if value != value or value != int(value):
+        raise FluxDepthError("seed must be a whole number (or -1 for a random one)")
+    return None if value < 0 else int(value)
+
+
+def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=None,
+                       load_progress=None) -> GenerationOutcome:
+    """Generate from one settings record. `depth_file` and `init_image` must already be files this client may open
+    (sharing.UploadGate)."""
+    init = form.get("init_image")
+    return run_generate(studio, session, form["depth_file"], depth_from_form(form), form.get("prompt") or "",
+                        form.get("variant") or studio.manager.variant, form.get("steps", DEFAULT_STEPS),
+                        form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
+                        init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
+                        on_step, load_progress)
 
 
 def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:

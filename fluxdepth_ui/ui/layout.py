@@ -1,0 +1,177 @@
+"""The studio's layout: components only, no events (app.py wires them). Each section is one function.
+
+Stable elem_ids for tests and DCC scripts: `depth-file`, `preview`, `generate`, `result`.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import gradio as gr
+
+from .. import limits
+from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
+from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
+from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
+from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
+from ..depth.readers import DEPTH_SUFFIXES
+from ..pipeline.variants import VARIANTS
+from ..presets import list_presets, packaged_folder
+from .examples import EXAMPLES, example_paths
+from .handlers import AUTO_CHANNEL
+
+DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
+# Each label carries the tier's measured memory and speed (docs/benchmarks.md).
+VARIANT_HINTS = {name: variant.label for name, variant in VARIANTS.items()}
+# What `auto` does for each kind of file, shown in the depth panel (docs/depth.md).
+DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
+
+# The single-frame form: the names handlers read a settings record by (handlers.generate_from_form).
+DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
+                "edges")
+GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "init_image", "strength")
+
+
+def build_layout(studio, delete_cache) -> tuple[gr.Blocks, SimpleNamespace]:
+    """The Blocks and a namespace of its components (w.depth_file, w.generate_btn, ...)."""
+    w = SimpleNamespace()
+    with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False, delete_cache=delete_cache) as demo:
+        w.history = gr.State([])
+        _header(studio)
+        _presets_row(w, studio.policy)
+        with gr.Tabs():
+            with gr.Tab("Single frame", elem_id="single-tab"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1):
+                        _depth_panel(w)
+                    with gr.Column(scale=1):
+                        _generation_panel(w, studio)
+            with gr.Tab("Sequence", elem_id="sequence-tab"):
+                _sequence_tab(w)
+    return demo, w
+
+
+def form_components(w: SimpleNamespace) -> list:
+    return [getattr(w, name) for name in DEPTH_FIELDS + GENERATION_FIELDS]
+
+
+def _header(studio) -> None:
+    source = studio.manager.source
+    gr.Markdown(f"## FluxDepth Studio\nModel: `{source.label}` · the model loads on the first Generate.")
+    if source.kind == "tiny":
+        gr.Markdown("⚠ **tiny-random model: random weights, the results are noise.** Start with "
+                    "`--model black-forest-labs/FLUX.1-Depth-dev` for real images.", elem_classes="fd-warning")
+
+
+def _presets_row(w: SimpleNamespace, policy) -> None:
+    with gr.Row():
+        w.preset_menu = gr.Dropdown([p.name for p in list_presets()], value=None, label="Preset", scale=3)
+        w.preset_apply = gr.Button("Apply preset", scale=1)
+        # On a shared server visitors do not write into the host's preset folder.
+        w.preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior", scale=3,
+                                   visible=policy.save_presets)
+        w.preset_save = gr.Button("Save preset", scale=1, visible=policy.save_presets)
+    w.preset_status = gr.Markdown()
+
+
+def _depth_panel(w: SimpleNamespace) -> None:
+    w.depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
+                           type="filepath", elem_id="depth-file")
+    gr.Examples(examples=[[p] for p in example_paths()], inputs=[w.depth_file], label="Example depth maps",
+                example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
+    with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
+        w.photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"])
+        w.estimate_btn = gr.Button("Estimate depth")
+    with gr.Row():
+        w.channel = gr.Dropdown([AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel", elem_id="channel")
+        w.mode = gr.Dropdown(list(MODES), value="auto", label="Mode", elem_id="mode")
+        w.invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
+    with gr.Row():
+        w.clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
+        w.clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
+        w.near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
+        w.far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
+    with gr.Row():
+        w.long_side = _long_side_slider(elem_id="long-side", scale=3)
+        w.edges = gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", elem_id="edges",
+                              info="anti-aliased pixels between surfaces", scale=1)
+    w.preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
+                             format="png", interactive=False, height=360, elem_id="preview")
+    w.stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
+    if DEPTH_DOC.is_file():
+        with gr.Accordion("How auto reads your file", open=False, elem_id="depth-doc"):
+            gr.Markdown(DEPTH_DOC.read_text(encoding="utf-8"))
+    w.log_hist = gr.Checkbox(False, label="Log scale for raw values")
+    w.raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
+                            color_map={"used": "#4c78a8", "clipped": "#e45756"}, height=180, elem_id="raw-hist")
+    w.control_plot = gr.BarPlot(x="level", y="pixels", title="Control map levels", height=180,
+                                elem_id="control-hist")
+
+
+def _generation_panel(w: SimpleNamespace, studio) -> None:
+    tiers = studio.policy.tiers
+    w.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.current().prompt_chars,
+                          placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
+    w.variant = gr.Radio([(VARIANT_HINTS[v], v) for v in tiers], value=studio.manager.variant,
+                         label="Precision (switching reloads the model for everyone)", interactive=len(tiers) > 1)
+    w.steps, w.guidance = _steps_and_guidance()
+    with gr.Row():
+        w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+        w.randomize = gr.Checkbox(True, label="Random seed")
+    with gr.Accordion("Start from an image (img2img)", open=False):
+        w.init_image = gr.Image(type="filepath", label="Init image", sources=["upload", "clipboard"])
+        w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
+    with gr.Row():
+        w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+        w.cancel_btn = gr.Button("Cancel", elem_id="cancel")
+    w.result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False, elem_id="result")
+    w.status = gr.Markdown(elem_id="status")
+    w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
+    w.downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple", interactive=False)
+    w.gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
+                           allow_preview=False, elem_id="gallery")
+
+
+def _sequence_tab(w: SimpleNamespace) -> None:
+    gr.Markdown("Drop every frame of a camera move (or one zip). One normalization range and one seed cover all "
+                "frames, so the depth does not flicker; the first, middle and last control maps are shown under "
+                "that shared range. Precision is the one chosen on the Single frame tab (one model is loaded at a "
+                "time).")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            w.seq_files = gr.File(label="Frames (depth.0001.exr, ... or a zip)", file_count="multiple",
+                                  file_types=DEPTH_FILE_TYPES + [".zip"], type="filepath", elem_id="seq-files")
+            with gr.Row():
+                w.seq_mode = gr.Dropdown(list(MODES), value="auto", label="Mode")
+                w.seq_invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert")
+                w.seq_long = _long_side_slider()
+            w.seq_summary = gr.Markdown(elem_id="seq-summary")
+            w.seq_previews = gr.Gallery(label="First · middle · last control map (shared range)", columns=3,
+                                        height=200, allow_preview=True, elem_id="seq-previews")
+        with gr.Column(scale=1):
+            w.seq_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="seq-prompt")
+            w.seq_steps, w.seq_guidance = _steps_and_guidance()
+            with gr.Row():
+                w.seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0, minimum=0)
+                w.seq_random = gr.Checkbox(True, label="Random seed")
+                w.seq_fps = gr.Number(24, label="Video fps", minimum=1, maximum=120)
+            with gr.Row():
+                w.seq_render = gr.Button("Render all frames", variant="primary", elem_id="seq-render")
+                w.seq_cancel = gr.Button("Cancel")
+            w.seq_status = gr.Markdown(elem_id="seq-status")
+            w.seq_gallery = gr.Gallery(label="Rendered frames", columns=6, height=220, elem_id="seq-gallery")
+            w.seq_video = gr.Video(label="Result video", elem_id="seq-video")
+            w.seq_downloads = gr.File(label="Downloads (videos, stats)", file_count="multiple", interactive=False)
+    w.seq_setup = gr.State(None)
+
+
+def _long_side_slider(**kw) -> gr.Slider:
+    return gr.Slider(MIN_LONG_SIDE, MAX_LONG_SIDE, value=DEFAULT_LONG_SIDE, step=16, label="Long side (px)", **kw)
+
+
+def _steps_and_guidance() -> tuple[gr.Slider, gr.Slider]:
+    """The same two sliders, with the model's defaults, on the single-image and the sequence tabs."""
+    with gr.Row():
+        return (gr.Slider(1, 60, value=DEFAULT_STEPS, step=1, label="Steps"),
+                gr.Slider(0, 30, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance"))

@@ -1,0 +1,100 @@
+"""The app's handlers without a browser or a server: one settings record in, files and messages out."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import BEACHBALL, DEPTH_SYN
+from fluxdepth_ui.depth import DepthInputError, DepthMap
+from fluxdepth_ui.errors import FluxDepthError
+from fluxdepth_ui.pipeline import ModelSource, PipelineManager, read_metadata
+from fluxdepth_ui.ui import handlers as h
+from fluxdepth_ui.ui.sharing import make_policy
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    root = tmp_path_factory.mktemp("handlers")
+    manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(root / "cache"))
+    policy = make_policy(False, "bf16", ["bf16", "qint8", "qint4"], None, None)
+    return h.Studio(manager=manager, outputs=root / "outputs", policy=policy)
+
+
+def form(**kw):
+    record = dict(depth_file=str(DEPTH_SYN), channel="auto", mode="auto", invert="auto", clip_low=0.5,
+                  clip_high=99.5, near=None, far=None, long_side=256, edges="snap", prompt="a hall", variant="bf16",
+                  steps=1, guidance=10.0, seed=7, randomize=False, init_image=None, strength=0.6)
+    record.update(kw)
+    return record
+
+
+def test_generate_from_a_settings_record(studio):
+    outcome = h.generate_from_form(studio, "s1", form())
+    assert outcome.metadata["seed"] == 7 and "seed **7**" in outcome.message
+    assert Image.open(outcome.png).size == (256, 192) and read_metadata(outcome.png).prompt == "a hall"
+    assert Image.open(outcome.control_png).mode.startswith("I;16")  # the same 16-bit control PNG as the CLI
+    entry = h.history_entry(outcome, form())
+    assert entry["settings"]["long_side"] == 256 and entry["caption"].startswith("seed 7")
+    drawn = [h.generate_from_form(studio, "s1", form(randomize=True, seed=7)).metadata["seed"] for _ in range(2)]
+    assert drawn[0] != drawn[1]  # "Random seed" draws a new one each time (2**-32 odds of a repeat)
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("long_side", "big", "long_side must be a number"), ("clip_low", float("nan"), "clip_low must be a finite"),
+    ("mode", "nope", "unknown mode"), ("steps", 0, "steps 0 is out of range"), ("seed", "x", "seed must be"),
+    ("variant", "fp8", "offers only"),
+])
+def test_bad_records_are_one_line_refusals(studio, field, value, fragment):
+    with pytest.raises(FluxDepthError, match=fragment) as err:
+        h.generate_from_form(studio, "s2", form(**{field: value}))
+    assert "\n" not in str(err.value)
+
+
+def test_generate_feeds_the_exact_map_the_preview_showed(studio, monkeypatch):
+    settings = h.depth_from_form(form(long_side=512))
+    shown = h.run_preview(studio, str(BEACHBALL), settings, session="s3")
+    calls = []
+    real = h.prepare_loaded
+    monkeypatch.setattr(h, "prepare_loaded", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seen = []
+    real_generate = studio.manager.generate
+    monkeypatch.setattr(studio.manager, "generate",
+                        lambda control, *a, **k: seen.append(control) or real_generate(control, *a, **k))
+    h.generate_from_form(studio, "s3", form(depth_file=str(BEACHBALL), long_side=512))
+    assert calls == [] and seen[0] is shown.control  # no second normalization
+
+
+def test_photo_depth_keeps_its_polarity(studio, tmp_path):
+    class Estimator:
+        def estimate(self, photo):
+            values = np.tile(np.linspace(0.0, 5.0, 128, dtype=np.float32), (96, 1))
+            return DepthMap(values=values, kind="image", channel="estimated", channels=("estimated",),
+                            source_format="photo", sample_type="float32", name="photo", near_is_bright=True)
+
+    studio.estimator = Estimator()
+    path = h.estimate_photo_depth(studio, "s4", Image.new("RGB", (128, 96)))
+    preview = h.run_preview(studio, path, h.depth_from_form(form(long_side=256)))
+    assert preview.depth.near_is_bright and not preview.control_map.inverted
+    assert preview.control_map.values[:, -1].min() == pytest.approx(1.0)  # the bright end stays near
+    with pytest.raises(DepthInputError, match="add a photo"):
+        h.estimate_photo_depth(studio, "s4", None)
+
+
+def test_seed_values():
+    assert h.seed_value(None) is None and h.seed_value(-1) is None and h.seed_value("12") == 12
+    assert h.seed_value(5, randomize=True) is None
+    with pytest.raises(FluxDepthError):
+        h.seed_value(1.5)
+
+
+def test_no_ui_function_is_longer_than_80_lines():
+    import ast
+
+    long = []
+    for path in (Path(__file__).resolve().parents[1] / "fluxdepth_ui" / "ui").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
