@@ -172,8 +172,7 @@ def compute_stats(frames: list[Frame], settings: DepthSettings, pattern: str, se
 
 def normalize_dict(n: NormalizeSettings) -> dict:
     """The normalization settings a stats file records (and a resume compares)."""
-    return {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far,
-            "polarity": n.polarity, "edges": n.edges}
+    return {**asdict(n), "clip": list(n.clip)}
 
 
 def _dedupe_frames(notes: list[str]) -> tuple[str, ...]:

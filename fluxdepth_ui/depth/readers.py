@@ -11,7 +11,7 @@ import logging
 import os
 import stat
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -157,7 +157,7 @@ def read_raster(path: str) -> Raster:
             "the file is corrupt or truncated, export it again"
         ) from None
     if notes:
-        raster = Raster(**{**raster.__dict__, "notes": tuple(notes) + raster.notes})
+        raster = replace(raster, notes=tuple(notes) + raster.notes)
     return raster
 
 
