@@ -104,3 +104,16 @@ def ramp_depth(h=96, w=128, near=2.0, far=20.0, dtype=np.float32):
 @pytest.fixture
 def tmp(tmp_path):
     return tmp_path
+
+
+def launch_app(tmp_path, *extra, auth=None, **launch_kw):
+    """The app in this process on loopback with tiny-random, launched with the same options as `python app.py`
+    (`extra`: its command-line flags). Returns (studio, demo); call demo.close()."""
+    from fluxdepth_ui.ui.launch import build_parser, create, launch_options
+
+    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs"), *extra])
+    studio, demo = create(args)
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                **{**launch_options(studio, auth), **launch_kw})
+    return studio, demo

@@ -7,24 +7,15 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR
+from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR, launch_app
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import read_metadata
-from fluxdepth_ui.ui.launch import build_parser, create, launch_options, parse_auth
-
-
-def launch(tmp_path, *extra, **launch_kw):
-    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs"), *extra])
-    studio, demo = create(args)
-    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                **{**launch_options(studio), **launch_kw})
-    return studio, demo
+from fluxdepth_ui.ui.launch import parse_auth
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    studio, demo = launch(tmp_path_factory.mktemp("app"))
+    studio, demo = launch_app(tmp_path_factory.mktemp("app"))
     yield studio, demo
     demo.close()
 
@@ -89,7 +80,7 @@ def test_only_outputs_and_uploads_are_served(app):
 
 
 def test_auth_rejects_wrong_password(tmp_path):
-    studio, demo = launch(tmp_path, "--auth", "artist:s3cret", auth=parse_auth("artist:s3cret"))
+    studio, demo = launch_app(tmp_path, "--auth", "artist:s3cret", auth=parse_auth("artist:s3cret"))
     try:
         with pytest.raises(Exception):
             Client(demo.local_url, auth=("artist", "wrong"), verbose=False)
@@ -101,7 +92,7 @@ def test_auth_rejects_wrong_password(tmp_path):
 
 
 def test_upload_size_is_capped(tmp_path):
-    studio, demo = launch(tmp_path, max_file_size="100kb")
+    studio, demo = launch_app(tmp_path, max_file_size="100kb")
     try:
         client = Client(demo.local_url, verbose=False)
         with pytest.raises(Exception, match="(?i)size|large|413"):

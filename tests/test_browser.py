@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR
-from fluxdepth_ui.ui.launch import build_parser, create, launch_options
+from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR, launch_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -20,11 +19,7 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path_factory.mktemp("out"))])
-    studio, demo = create(args)
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                **launch_options(studio))
+    studio, demo = launch_app(tmp_path_factory.mktemp("out"))
     yield demo.local_url
     demo.close()
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import BEACHBALL, DEPTH_SYN, write_exr
-from hostile import exr_with_data_window, png16, png_claiming, zip_of
+from hostile import exr_with_data_window, png16, png_claiming
 from fluxdepth_ui import limits
 from fluxdepth_ui.cli import main
 from fluxdepth_ui.depth import DepthInputError, load_depth

@@ -17,29 +17,20 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from conftest import BEACHBALL, DEPTH_SYN, write_exr
-from hostile import exr_with_data_window, frame_bytes, png16, png_claiming, zip_of
+from conftest import BEACHBALL, DEPTH_SYN, launch_app
+from hostile import exr_with_data_window, frame_bytes, png_claiming, zip_of
 from fluxdepth_ui import limits
-from fluxdepth_ui.ui.launch import build_parser, create, launch_options, parse_auth
+from fluxdepth_ui.ui.launch import parse_auth
 
 PREVIEW_REST = ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]
 SHARED_LIMITS = ["--max-prompt-chars", "500", "--max-zip-mb", "2", "--max-frames", "6", "--max-zip-members", "40",
                  "--max-decoded-mb", "64", "--max-body-kb", "256", "--max-megapixels", "16"]
 
 
-def start(tmp_path, *extra, auth=None):
-    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs"), *extra])
-    studio, demo = create(args)
-    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                **launch_options(studio, auth))
-    return studio, demo
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
     """The studio as a --share link serves it: launch tier only, files kept 7 days, lowered limits."""
-    studio, demo = start(tmp_path_factory.mktemp("shared"), "--share", *SHARED_LIMITS)
+    studio, demo = launch_app(tmp_path_factory.mktemp("shared"), "--share", *SHARED_LIMITS)
     yield studio, demo
     demo.close()
     limits.configure(limits.Limits())
@@ -275,7 +266,7 @@ def test_zip_limits(shared, tmp_path, kind, fragment):
 # --- 6: tiers -------------------------------------------------------------------------------------------------------
 
 def test_local_host_switches_tiers_serialized_and_reported(tmp_path):
-    studio, demo = start(tmp_path, "--allow-tiers", "bf16,qint8")
+    studio, demo = launch_app(tmp_path, "--allow-tiers", "bf16,qint8")
     try:
         assert studio.policy.tiers == ("bf16", "qint8")
         from fluxdepth_ui.ui import handlers as h
@@ -312,7 +303,7 @@ def test_oversized_request_body_is_refused_before_it_reaches_a_handler(shared):
 
 
 def test_failed_logins_slow_down_per_client(tmp_path):
-    studio, demo = start(tmp_path, "--auth", "artist:s3cret", auth=parse_auth("artist:s3cret"))
+    studio, demo = launch_app(tmp_path, "--auth", "artist:s3cret", auth=parse_auth("artist:s3cret"))
     try:
         codes = [httpx.post(base(demo) + "/login", data={"username": "artist", "password": f"guess{i}"}).status_code
                  for i in range(7)]
@@ -374,7 +365,7 @@ def test_full_disk_refused_before_the_loop_and_unwritable_results_kept(tmp_path)
 
     from fluxdepth_ui.ui import handlers as h
 
-    studio, demo = start(tmp_path)
+    studio, demo = launch_app(tmp_path)
     try:
         full = replace(studio.policy, min_free_mb=10**12)
         studio.policy, kept = full, studio.policy
@@ -395,7 +386,7 @@ def test_full_disk_refused_before_the_loop_and_unwritable_results_kept(tmp_path)
 # --- 15: previews never wait behind generations ---------------------------------------------------------------------
 
 def test_previews_answer_while_the_generation_queue_is_full(tmp_path):
-    studio, demo = start(tmp_path, "--queue-size", "2")
+    studio, demo = launch_app(tmp_path, "--queue-size", "2")
     gate = threading.Event()
     try:
         real = studio.manager.generate

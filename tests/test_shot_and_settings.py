@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import BEACHBALL, write_exr
+from conftest import BEACHBALL, launch_app, write_exr
 from fluxdepth_ui.cli import main
 from fluxdepth_ui.depth import DepthSettings, NormalizeSettings
 from fluxdepth_ui.errors import FluxDepthError
@@ -78,16 +78,10 @@ def files_of(png: Path) -> list[bytes]:
 
 def test_cli_api_and_sequence_make_the_same_files(tmp_path, sequence, capsys):
     """One shot, three ways in: the CLI, the /generate endpoint and a sequence frame write identical bytes."""
-    from fluxdepth_ui.ui.launch import build_parser, create, launch_options
-
     common = ["--prompt", "a hall", "--model", "tiny-random", "--steps", "2", "--long-side", "256", "--seed", "5"]
     # CLI vs API, the same file and settings.
     assert main(["generate", str(BEACHBALL), *common, "--out", str(tmp_path / "cli.png")]) == 0
-    args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs")])
-    studio, demo = create(args)
-    demo.queue(default_concurrency_limit=1)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                **launch_options(studio))
+    studio, demo = launch_app(tmp_path)
     try:
         Client(demo.local_url, verbose=False).predict(handle_file(str(BEACHBALL)), "a hall", seed=5, steps=2,
                                                       long_side=256, api_name="/generate")
