@@ -68,6 +68,7 @@ def test_artist_flow_in_a_real_browser(app_url, browser):
     first = preview_src(page)
     page.wait_for_function("() => document.querySelector('#stats').innerText.includes('141 levels')", timeout=30_000)
     assert "disparity" in page.locator("#stats").inner_text()
+    page.get_by_text("Histograms", exact=True).click()
     page.wait_for_selector("#raw-hist canvas, #raw-hist svg", timeout=30_000)
     page.wait_for_selector("#control-hist canvas, #control-hist svg", timeout=30_000)
     first_bytes = page.request.get(first).body()
@@ -85,6 +86,8 @@ def test_artist_flow_in_a_real_browser(app_url, browser):
     page.locator("#generate").click()
     page.wait_for_selector("#result img", timeout=120_000)
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=30_000)
+    page.get_by_text("Compare, download, this session", exact=True).click()
+    page.wait_for_selector("#gallery img", timeout=30_000)
     assert page.locator("#gallery img").count() == 1
 
     # A file with no depth channel shows a readable error, and the page keeps working.
@@ -134,4 +137,51 @@ def test_sequence_tab_renders_all_frames_with_one_range(app_url, browser, tmp_pa
     page.wait_for_selector("#seq-video video", state="attached", timeout=30_000)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-sequence.png"), full_page=True)
+    page.close()
+
+
+def in_viewport(page, selector) -> bool:
+    box = page.locator(selector).bounding_box()
+    view = page.viewport_size
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= view["width"]
+            and box["y"] + box["height"] <= view["height"])
+
+
+def test_desktop_loop_on_one_1280x720_screen(app_url, browser):
+    """Control map, Generate and result are all visible without scrolling; the channel menu rescues a file whose
+    depth channel is not found by name; an error leaves every control usable; log scale keeps a real histogram."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(app_url)
+    upload(page, BEACHBALL)
+    page.wait_for_selector("#preview img", timeout=30_000)
+    page.locator("#prompt textarea").fill("a beach ball")
+    page.locator("#generate").click()
+    page.wait_for_selector("#result img", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=30_000)
+    page.evaluate("window.scrollTo(0, 0)")
+    for selector in ("#preview", "#generate", "#result"):
+        assert in_viewport(page, selector), f"{selector} is not on the first 1280x720 screen"
+    assert page.locator("#generate").is_enabled()  # re-enabled after the job
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "desktop-1280x720.png"))
+
+    # Log scale on and off: the raw histogram keeps many bars.
+    page.get_by_text("Histograms", exact=True).click()
+    page.wait_for_selector("#raw-hist canvas, #raw-hist svg", timeout=30_000)
+    page.get_by_label("Log scale for raw values").check()
+    page.wait_for_timeout(1500)
+    assert "undefined" not in page.locator("#raw-hist").inner_text()
+    page.get_by_label("Log scale for raw values").uncheck()
+
+    # No depth channel found by name: a one-line message in the panel, and the Channel menu lists the file's channels.
+    before = preview_src(page)
+    upload(page, NOZ_EXR)
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('no depth channel')",
+                           timeout=30_000)
+    assert page.locator("#channel").get_by_text("Error").count() == 0  # no overlay on the control
+    page.locator("#channel input").click()
+    page.get_by_role("option", name="R", exact=True).click()
+    wait_new_preview(page, before)
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('· R (')", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "desktop-channel-rescue.png"))
     page.close()

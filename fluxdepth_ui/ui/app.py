@@ -114,10 +114,19 @@ def wire_preview(app: Wiring) -> dict:
     names = DEPTH_FIELDS + ("log_hist",)
 
     def ui_preview(data: dict, request: gr.Request):
+        form = app.record(data)
         try:
-            return user_facing(preview_panel)(app.record(data), request.session_hash)
+            return user_facing(preview_panel)(form, request.session_hash)
         except gr.Error as exc:  # outside the queue an error cannot be a toast: it shows where the artist looks
-            return None, None, None, f"⚠ **{exc.message}**", gr.update()
+            return None, None, None, f"⚠ **{exc.message}**", rescue_channels(form)
+
+    def rescue_channels(form: dict):
+        """When no depth channel is found by name, the Channel menu offers every channel of the file."""
+        try:
+            path = app.gate.resolve(form["depth_file"])
+        except FluxDepthError:
+            return gr.update()
+        return gr.update(choices=h.file_channels(path))
 
     def preview_panel(form: dict, session: str):
         if not form["depth_file"]:
@@ -130,7 +139,7 @@ def wire_preview(app: Wiring) -> dict:
         raw_df, control_df = h.histogram_frames(result)
         choices = h.channel_choices(result)
         value = form["channel"] if form["channel"] in choices else h.AUTO_CHANNEL
-        raw_update = gr.update(value=raw_df, x=raw_df.columns[0], x_title=raw_df.columns[0])
+        raw_update = gr.update(value=raw_df, x_title=raw_df.attrs["unit"])
         return png, raw_update, control_df, h.stats_markdown(result), gr.update(choices=choices, value=value)
 
     preview_kw = dict(fn=ui_preview, inputs=set(app.components(*names)),
@@ -164,18 +173,29 @@ def wire_generate(app: Wiring) -> None:
         form["depth_file"] = app.gate.resolve(form["depth_file"])
         if form["init_image"]:
             form["init_image"] = app.gate.resolve(form["init_image"], "init image")
-        outcome = generate_on_gpu(studio, request.session_hash, form,
-                                  lambda step, total: progress((step, total), desc="denoising"),
-                                  lambda fraction, message: progress(fraction, desc=message))
+        from ..pipeline.errors import GenerationCancelled
+
+        try:
+            outcome = generate_on_gpu(studio, request.session_hash, form,
+                                      lambda step, total: progress((step, total), desc="denoising"),
+                                      lambda fraction, message: progress(fraction, desc=message))
+        except GenerationCancelled as exc:  # the artist's own choice: a status line, not an error
+            keep = gr.update()
+            return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep
         record["seed"] = outcome.metadata["seed"]
         png, control = app.serve(outcome.png), app.serve(outcome.control_png)
         history = [*history, {**h.history_entry(outcome, record), "png": png}]
         return (png, (control, png), [png, app.serve(outcome.sidecar)], [(e["png"], e["caption"]) for e in history],
                 history, outcome.message, outcome.metadata["seed"])
 
-    w.generate_btn.click(ui_generate, inputs={*form_components(w), w.history},
-                         outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed],
-                         concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
+    # Generate is disabled while this session's job runs (a second click would queue a second image).
+    w.generate_btn.click(lambda: gr.update(interactive=False, value="Generating…"), None, w.generate_btn,
+                         queue=False, api_visibility="private").then(
+        ui_generate, inputs={*form_components(w), w.history},
+        outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed],
+        concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
+        lambda: gr.update(interactive=True, value="Generate"), None, w.generate_btn, queue=False,
+        api_visibility="private")
 
     def ui_cancel(request: gr.Request):
         studio.cancel_event(request.session_hash).set()

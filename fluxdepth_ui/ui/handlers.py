@@ -209,8 +209,9 @@ def histogram_frames(result: DepthPreview):
         zone = np.where((centers < lo) | (centers > hi), "clipped", "used")
     else:
         zone = np.full(centers.shape, "used")
-    unit = "log10(value)" if raw.log else "value"
-    raw_df = pd.DataFrame({unit: centers.round(6), "pixels": raw.counts, "range": zone})
+    # One column name whatever the scale (the plot keeps its x field); the axis title says which.
+    raw_df = pd.DataFrame({"value": centers.round(6), "pixels": raw.counts, "range": zone})
+    raw_df.attrs["unit"] = "log10(value)" if raw.log else "value"
     ctl = result.control_histogram
     control_df = pd.DataFrame({"level": ctl.centers().round(4), "pixels": ctl.counts})
     return raw_df, control_df
@@ -228,6 +229,16 @@ def stats_markdown(result: DepthPreview) -> str:
 
 def channel_choices(result: DepthPreview) -> list[str]:
     return [AUTO_CHANNEL, *result.depth.channels]
+
+
+def file_channels(path: str) -> list[str]:
+    """Every channel of every part, for the Channel menu when no depth channel was found by name (the rescue)."""
+    from ..depth import read_raster
+
+    try:
+        return [AUTO_CHANNEL, *read_raster(path).names()]
+    except FluxDepthError:
+        return [AUTO_CHANNEL]
 
 
 # --- photo -> depth ----------------------------------------------------------------------------------------------

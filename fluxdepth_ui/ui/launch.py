@@ -128,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
 def launch_options(studio, auth=None) -> dict:
     """The security-relevant launch arguments, one place for the app and its tests."""
     from .app import allowed_paths
+    from .layout import CSS
 
     bound = limits.current()
     return dict(
+        css=CSS,
         auth=auth,
         max_file_size=f"{bound.upload_mb}mb",
         allowed_paths=allowed_paths(studio),

@@ -33,19 +33,31 @@ DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_hig
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "init_image", "strength")
 
 
+# Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
+# everything else folds away into accordions beside it. (gradio takes the CSS at launch: launch.launch_options.)
+CSS = """
+.fd-head {margin: 0 !important; padding: 0 !important}
+.fd-head p {margin: 2px 0 !important; font-size: 0.9em}
+.fd-warning {background: #fff3cd; color: #664d03; padding: 2px 8px; border-radius: 6px}
+.fd-stats p {margin: 2px 0; font-size: 0.85em}
+"""
+
+
 def build_layout(studio, delete_cache) -> tuple[gr.Blocks, SimpleNamespace]:
     """The Blocks and a namespace of its components (w.depth_file, w.generate_btn, ...)."""
     w = SimpleNamespace()
-    with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False, delete_cache=delete_cache) as demo:
+    with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False, delete_cache=delete_cache,
+                   fill_width=True) as demo:
         w.history = gr.State([])
         _header(studio)
-        _presets_row(w, studio.policy)
         with gr.Tabs():
             with gr.Tab("Single frame", elem_id="single-tab"):
                 with gr.Row(equal_height=False):
-                    with gr.Column(scale=1):
-                        _depth_panel(w)
-                    with gr.Column(scale=1):
+                    with gr.Column(scale=3, min_width=300):
+                        _depth_panel(w, studio)
+                    with gr.Column(scale=4, min_width=320):
+                        _control_panel(w)
+                    with gr.Column(scale=4, min_width=320):
                         _generation_panel(w, studio)
             with gr.Tab("Sequence", elem_id="sequence-tab"):
                 _sequence_tab(w)
@@ -58,79 +70,98 @@ def form_components(w: SimpleNamespace) -> list:
 
 def _header(studio) -> None:
     source = studio.manager.source
-    gr.Markdown(f"## FluxDepth Studio\nModel: `{source.label}` · the model loads on the first Generate.")
     if source.kind == "tiny":
-        gr.Markdown("⚠ **tiny-random model: random weights, the results are noise.** Start with "
-                    "`--model black-forest-labs/FLUX.1-Depth-dev` for real images.", elem_classes="fd-warning")
+        model = "<span class='fd-warning'>⚠ tiny-random: random weights, the results are noise</span>"
+    else:
+        model = f"model `{source.label}` (it loads on the first Generate)"
+    text = f"**FluxDepth Studio** · {model}"
+    gr.Markdown(text, elem_classes="fd-head")
 
 
-def _presets_row(w: SimpleNamespace, policy) -> None:
-    with gr.Row():
-        w.preset_menu = gr.Dropdown([p.name for p in list_presets()], value=None, label="Preset", scale=3)
-        w.preset_apply = gr.Button("Apply preset", scale=1)
-        # On a shared server visitors do not write into the host's preset folder.
-        w.preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior", scale=3,
-                                   visible=policy.save_presets)
-        w.preset_save = gr.Button("Save preset", scale=1, visible=policy.save_presets)
-    w.preset_status = gr.Markdown()
-
-
-def _depth_panel(w: SimpleNamespace) -> None:
+def _depth_panel(w: SimpleNamespace, studio) -> None:
+    """Left: the depth file and how it is read."""
     w.depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
-                           type="filepath", elem_id="depth-file")
-    gr.Examples(examples=[[p] for p in example_paths()], inputs=[w.depth_file], label="Example depth maps",
-                example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
-    with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
-        w.photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"])
-        w.estimate_btn = gr.Button("Estimate depth")
+                           type="filepath", elem_id="depth-file", height=110)
     with gr.Row():
-        w.channel = gr.Dropdown([AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel", elem_id="channel")
+        w.channel = gr.Dropdown([AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel", elem_id="channel",
+                                allow_custom_value=True)
         w.mode = gr.Dropdown(list(MODES), value="auto", label="Mode", elem_id="mode")
-        w.invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
-    with gr.Row():
-        w.clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
-        w.clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
-        w.near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
-        w.far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
-    with gr.Row():
-        w.long_side = _long_side_slider(elem_id="long-side", scale=3)
+    w.invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
+    with gr.Accordion("Range, size and edges", open=False):
+        with gr.Row():
+            w.clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
+            w.clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
+        with gr.Row():
+            w.near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
+            w.far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
+        w.long_side = _long_side_slider(elem_id="long-side")
         w.edges = gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", elem_id="edges",
-                              info="anti-aliased pixels between surfaces", scale=1)
-    w.preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
-                             format="png", interactive=False, height=360, elem_id="preview")
-    w.stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
+                              info="anti-aliased pixels between surfaces")
+    with gr.Accordion("Examples", open=False):
+        gr.Examples(examples=[[p] for p in example_paths()], inputs=[w.depth_file], label=None,
+                    example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
+    with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
+        w.photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"], height=160)
+        w.estimate_btn = gr.Button("Estimate depth")
+    with gr.Accordion("Presets", open=False):
+        _presets(w, studio.policy)
     if DEPTH_DOC.is_file():
         with gr.Accordion("How auto reads your file", open=False, elem_id="depth-doc"):
             gr.Markdown(DEPTH_DOC.read_text(encoding="utf-8"))
-    w.log_hist = gr.Checkbox(False, label="Log scale for raw values")
-    w.raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
-                            color_map={"used": "#4c78a8", "clipped": "#e45756"}, height=180, elem_id="raw-hist")
-    w.control_plot = gr.BarPlot(x="level", y="pixels", title="Control map levels", height=180,
-                                elem_id="control-hist")
+
+
+def _presets(w: SimpleNamespace, policy) -> None:
+    w.preset_menu = gr.Dropdown([p.name for p in list_presets()], value=None, label="Preset")
+    w.preset_apply = gr.Button("Apply preset", size="sm")
+    # On a shared server visitors do not write into the host's preset folder.
+    w.preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior",
+                               visible=policy.save_presets)
+    w.preset_save = gr.Button("Save preset", size="sm", visible=policy.save_presets)
+    w.preset_status = gr.Markdown()
+
+
+def _control_panel(w: SimpleNamespace) -> None:
+    """Centre: the control map exactly as the model gets it, its stats and histograms."""
+    w.preview_img = gr.Image(label="Control map: what the model is fed (near = white)", type="filepath",
+                             format="png", interactive=False, height=340, elem_id="preview")
+    w.stats = gr.Markdown(elem_id="stats", elem_classes="fd-stats")
+    with gr.Accordion("Histograms", open=False):
+        w.log_hist = gr.Checkbox(False, label="Log scale for raw values")
+        w.raw_plot = gr.BarPlot(x="value", y="pixels", color="range", title="Raw depth (valid pixels)",
+                                color_map={"used": "#4c78a8", "clipped": "#e45756"}, height=180,
+                                elem_id="raw-hist")
+        w.control_plot = gr.BarPlot(x="level", y="pixels", title="Control map levels", height=180,
+                                    elem_id="control-hist")
 
 
 def _generation_panel(w: SimpleNamespace, studio) -> None:
+    """Right: prompt, Generate, the result; settings and history fold away."""
     tiers = studio.policy.tiers
-    w.prompt = gr.Textbox(label="Prompt", lines=3, elem_id="prompt", max_length=limits.current().prompt_chars,
+    w.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", max_length=limits.current().prompt_chars,
                           placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
-    w.variant = gr.Radio([(VARIANT_HINTS[v], v) for v in tiers], value=studio.manager.variant,
-                         label="Precision (switching reloads the model for everyone)", interactive=len(tiers) > 1)
-    w.steps, w.guidance = _steps_and_guidance()
     with gr.Row():
-        w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
-        w.randomize = gr.Checkbox(True, label="Random seed")
-    with gr.Accordion("Start from an image (img2img)", open=False):
-        w.init_image = gr.Image(type="filepath", label="Init image", sources=["upload", "clipboard"])
-        w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
-    with gr.Row():
-        w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-        w.cancel_btn = gr.Button("Cancel", elem_id="cancel")
-    w.result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False, elem_id="result")
+        w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
+        w.cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=1)
+    w.result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=340,
+                            elem_id="result")
     w.status = gr.Markdown(elem_id="status")
-    w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
-    w.downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple", interactive=False)
-    w.gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
-                           allow_preview=False, elem_id="gallery")
+    with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
+        w.variant = gr.Radio([(VARIANT_HINTS[v], v) for v in tiers], value=studio.manager.variant,
+                             label="Precision (switching reloads the model for everyone)",
+                             interactive=len(tiers) > 1)
+        w.steps, w.guidance = _steps_and_guidance()
+        with gr.Row():
+            w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            w.randomize = gr.Checkbox(True, label="Random seed")
+        w.init_image = gr.Image(type="filepath", label="Start from an image (img2img)",
+                                sources=["upload", "clipboard"], height=160)
+        w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
+    with gr.Accordion("Compare, download, this session", open=False):
+        w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
+        w.downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple",
+                              interactive=False)
+        w.gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
+                               allow_preview=False, elem_id="gallery")
 
 
 def _sequence_tab(w: SimpleNamespace) -> None:
