@@ -17,7 +17,7 @@ from .atomic import write_text
 from .errors import FluxDepthError
 
 DEPTH_KEYS = ("mode", "invert", "clip", "near", "far", "long_side")
-GENERATION_KEYS = ("variant", "steps", "guidance")
+GENERATION_KEYS = ("prompt", "variant", "steps", "guidance")
 MAX_NAME = 80
 
 
@@ -100,8 +100,10 @@ def slugify(name: str) -> str:
     return slug or "preset"
 
 
-def save_preset(name: str, depth: dict, generation: dict, description: str = "", folder: Path | None = None) -> Path:
-    """Write a user preset. An existing file of the same name is kept: the new one gets a numbered name."""
+def save_preset(name: str, depth: dict, generation: dict, description: str = "", folder: Path | None = None,
+                overwrite: bool = False) -> Path:
+    """Write a user preset. A preset of the same name is replaced only with `overwrite` (the app asks first); a
+    built-in one never is."""
     if not isinstance(name, str) or not name.strip():
         raise PresetError("give the preset a name")
     if len(name.strip()) > MAX_NAME:
@@ -116,11 +118,16 @@ def save_preset(name: str, depth: dict, generation: dict, description: str = "",
                           "writable folder") from None
     preset = Preset(name.strip(), description, {k: depth[k] for k in DEPTH_KEYS if k in depth},
                     {k: generation[k] for k in GENERATION_KEYS if k in generation})
-    base = slugify(name)
-    path = folder / f"{base}.json"
+    same = next((p for p in list_presets() if p.name.lower() == preset.name.lower()), None)
+    if same is not None and same.builtin:
+        raise PresetError(f"{preset.name!r} is a built-in preset; save yours under another name")
+    if same is not None and not overwrite:
+        raise PresetError(f"a preset named {preset.name!r} exists; tick Overwrite to replace it, or choose another "
+                          "name")
+    path = Path(same.path) if same is not None and Path(same.path).parent == folder else folder / f"{slugify(name)}.json"
     n = 2
-    while path.exists():
-        path = folder / f"{base}-{n}.json"
+    while same is None and path.exists():  # another name with the same slug: keep both files
+        path = folder / f"{slugify(name)}-{n}.json"
         n += 1
     try:
         write_text(str(path), json.dumps(preset.to_json(), indent=2) + "\n")
@@ -129,3 +136,16 @@ def save_preset(name: str, depth: dict, generation: dict, description: str = "",
                           "folder") from None
     load_preset(path)  # what we wrote must load back
     return path
+
+
+def delete_preset(name: str) -> None:
+    """Remove a user preset (built-in ones stay)."""
+    preset = next((p for p in list_presets() if p.name == name), None)
+    if preset is None:
+        raise PresetError("choose a preset to delete first")
+    if preset.builtin:
+        raise PresetError(f"{name!r} is a built-in preset and cannot be deleted")
+    try:
+        Path(preset.path).unlink()
+    except OSError as exc:
+        raise PresetError(f"cannot delete the preset ({exc.strerror})") from None

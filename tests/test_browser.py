@@ -185,3 +185,33 @@ def test_desktop_loop_on_one_1280x720_screen(app_url, browser):
     page.wait_for_function("() => document.querySelector('#stats').innerText.includes('· R (')", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "desktop-channel-rescue.png"))
     page.close()
+
+
+def test_presets_survive_a_reload_and_errors_leave_controls_usable(app_url, browser, tmp_path, monkeypatch):
+    monkeypatch.setenv("FLUXDEPTH_PRESETS", str(tmp_path / "presets"))
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(app_url)
+    page.wait_for_selector("#generate")
+    # Generate with no depth file: a toast with the fix; no red overlay left on any control; Generate usable again.
+    page.locator("#generate").click()
+    page.get_by_text(re.compile("no depth file yet")).first.wait_for(timeout=30_000)
+    page.wait_for_function("() => !document.querySelector('#generate').disabled", timeout=30_000)
+    assert page.locator(".error").filter(has_text="Error").count() == 0
+
+    page.locator("#prompt textarea").fill("a loft at dusk")
+    page.get_by_text("Presets", exact=True).click()
+    page.get_by_label("Save current settings (and prompt) as").fill("Loft")
+    page.get_by_role("button", name="Save preset").click()
+    page.get_by_text(re.compile("Saved preset")).first.wait_for(timeout=30_000)
+
+    page.reload()
+    page.wait_for_selector("#generate")
+    page.get_by_text("Presets", exact=True).click()
+    page.get_by_label("Preset", exact=True).click()
+    page.get_by_role("option", name="Loft").click()
+    page.get_by_role("button", name="Apply preset").click()
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a loft at dusk'",
+                           timeout=30_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "desktop-presets.png"))
+    page.close()

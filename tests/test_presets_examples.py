@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fluxdepth_ui.depth import load_depth, prepare_depth
-from fluxdepth_ui.presets import PresetError, builtin_dir, list_presets, load_preset, save_preset
+from fluxdepth_ui.presets import PresetError, builtin_dir, delete_preset, list_presets, load_preset, save_preset
 from fluxdepth_ui.ui.examples import EXAMPLES, FOLDER, make_examples
 
 
@@ -23,14 +23,25 @@ def test_builtin_presets_load_and_cover_the_workflows(monkeypatch, tmp_path):
     assert draft.generation["variant"] == "qint8" and draft.depth["long_side"] == 768
 
 
-def test_save_preset_goes_to_user_folder_and_never_overwrites(monkeypatch, tmp_path):
+def test_save_preset_goes_to_user_folder_and_overwrites_only_when_asked(monkeypatch, tmp_path):
     monkeypatch.setenv("FLUXDEPTH_PRESETS", str(tmp_path / "user"))
     depth = {"mode": "linear", "invert": "on", "clip": [1.0, 99.0], "near": None, "far": None, "long_side": 768}
-    first = save_preset("My Interior", depth, {"variant": "qint8", "steps": 20, "guidance": 9.0})
-    second = save_preset("My Interior", depth, {"variant": "bf16", "steps": 30, "guidance": 10.0})
-    assert first.parent == tmp_path / "user" and first.name == "my-interior.json" and second.name == "my-interior-2.json"
-    assert json.loads(first.read_text())["generation"]["steps"] == 20  # the first file is untouched
-    assert {"My Interior"} <= {p.name for p in list_presets() if not p.builtin}
+    first = save_preset("My Interior", depth, {"prompt": "a loft", "variant": "qint8", "steps": 20, "guidance": 9.0})
+    with pytest.raises(PresetError, match="exists; tick Overwrite"):
+        save_preset("My Interior", depth, {"variant": "bf16", "steps": 30, "guidance": 10.0})
+    assert json.loads(first.read_text())["generation"]["steps"] == 20  # untouched without overwrite
+    second = save_preset("my interior", depth, {"variant": "bf16", "steps": 30, "guidance": 10.0}, overwrite=True)
+    assert first.parent == tmp_path / "user" and first.name == "my-interior.json" and second == first
+    assert json.loads(first.read_text())["generation"]["steps"] == 30
+    assert [p.name for p in list_presets() if not p.builtin] == ["my interior"]  # one preset, not a copy
+    with pytest.raises(PresetError, match="built-in preset"):
+        save_preset("Fast draft", depth, {}, overwrite=True)
+    saved = save_preset("Loft", depth, {"prompt": "a loft at dusk", "steps": 12})
+    assert load_preset(saved).generation["prompt"] == "a loft at dusk"  # presets hold the prompt
+    delete_preset("Loft")
+    assert "Loft" not in {p.name for p in list_presets()}
+    with pytest.raises(PresetError, match="cannot be deleted"):
+        delete_preset("Fast draft")
     assert not list(builtin_dir().glob("my-interior*.json"))
     with pytest.raises(PresetError, match="not written into the install"):
         save_preset("x", depth, {}, folder=builtin_dir())

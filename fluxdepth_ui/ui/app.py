@@ -21,11 +21,11 @@ from ..depth import DEFAULT_CLIP
 from ..depth.control import DEFAULT_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES
 from ..errors import FluxDepthError
-from ..presets import list_presets, save_preset
+from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
 from .layout import DEPTH_FIELDS, GENERATION_FIELDS, build_layout, form_components
-from .sharing import DAY, UploadGate, user_facing
+from .sharing import DAY, UploadGate, as_toast, user_facing
 
 # Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
 # GPU work) and take one of these slots instead (docs/sharing.md).
@@ -149,7 +149,7 @@ def wire_preview(app: Wiring) -> dict:
     for control in app.components(*names[1:]):
         control.input(**preview_kw)
 
-    @user_facing
+    @as_toast(1)
     def ui_estimate(photo, request: gr.Request):
         made = h.estimate_photo_depth(studio, request.session_hash, photo)
         served = app.gate.register(app.serve(made))
@@ -165,7 +165,7 @@ def wire_generate(app: Wiring) -> None:
     studio, w = app.studio, app.w
     names = DEPTH_FIELDS + GENERATION_FIELDS
 
-    @user_facing
+    @as_toast(7, status=5)
     def ui_generate(data: dict, request: gr.Request, progress=gr.Progress()):
         form = app.record(data)
         history = form.pop("history")
@@ -215,9 +215,13 @@ def wire_generate(app: Wiring) -> None:
 
 def wire_presets(app: Wiring, preview_kw: dict) -> None:
     studio, w, policy = app.studio, app.w, app.studio.policy
-    targets = ("mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "variant", "steps", "guidance")
+    targets = ("mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "prompt", "variant", "steps",
+               "guidance")
 
-    @user_facing
+    def menu(value=None):
+        return gr.update(choices=[p.name for p in list_presets()], value=value)
+
+    @as_toast(len(targets) + 1)
     def apply_preset(name):
         preset = next((p for p in list_presets() if p.name == name), None)
         if preset is None:
@@ -226,27 +230,38 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
         clip = d.get("clip", DEFAULT_CLIP)
         tier = g.get("variant", studio.manager.variant)
         return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
-                d.get("long_side", DEFAULT_LONG_SIDE), tier if tier in policy.tiers else studio.manager.variant,
-                g.get("steps", DEFAULT_STEPS), g.get("guidance", DEFAULT_GUIDANCE),
-                f"**{preset.name}**: {preset.description}")
+                d.get("long_side", DEFAULT_LONG_SIDE), g.get("prompt", gr.update()),
+                tier if tier in policy.tiers else studio.manager.variant, g.get("steps", DEFAULT_STEPS),
+                g.get("guidance", DEFAULT_GUIDANCE), f"**{preset.name}**: {preset.description}")
 
     w.preset_apply.click(apply_preset, [w.preset_menu], [*app.components(*targets), w.preset_status],
                          api_visibility="private").then(**preview_kw)
 
-    @user_facing
-    def store_preset(name, *values):
+    @as_toast(2)
+    def store_preset(name, overwrite, *values):
         if not policy.save_presets:
             raise FluxDepthError("saving presets is off on this shared server")
         form = dict(zip(targets, values))
         n = h.depth_from_form(form).normalize
         save_preset(name, {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far,
                            "long_side": int(form["long_side"])},
-                    {"variant": form["variant"], "steps": int(form["steps"]), "guidance": float(form["guidance"])})
-        names = [p.name for p in list_presets()]
-        return gr.update(choices=names, value=name.strip()), f"Saved preset **{name.strip()}**"
+                    {"prompt": form["prompt"] or "", "variant": form["variant"], "steps": int(form["steps"]),
+                     "guidance": float(form["guidance"])}, overwrite=bool(overwrite))
+        return menu(name.strip()), f"Saved preset **{name.strip()}**"
 
-    w.preset_save.click(store_preset, [w.preset_name, *app.components(*targets)], [w.preset_menu, w.preset_status],
-                        api_visibility="private")
+    w.preset_save.click(store_preset, [w.preset_name, w.preset_overwrite, *app.components(*targets)],
+                        [w.preset_menu, w.preset_status], api_visibility="private")
+
+    @as_toast(2)
+    def remove_preset(name):
+        if not policy.save_presets:
+            raise FluxDepthError("deleting presets is off on this shared server")
+        delete_preset(name)
+        return menu(), f"Deleted preset **{name}**"
+
+    w.preset_delete.click(remove_preset, [w.preset_menu], [w.preset_menu, w.preset_status], api_visibility="private")
+    # The menu is read again on every page load: presets saved in another tab or session show up after a reload.
+    app.demo.load(menu, None, w.preset_menu, api_visibility="private")
 
 
 def wire_sequence(app: Wiring) -> None:
@@ -255,7 +270,7 @@ def wire_sequence(app: Wiring) -> None:
     def seq_settings(mode, invert, side):
         return h.depth_settings(None, mode, invert, long_side=side)
 
-    @user_facing
+    @as_toast(3, status=2)
     def ui_seq_prepare(files, mode, invert, side, request: gr.Request):
         if not files:
             return None, [], ""
@@ -268,7 +283,7 @@ def wire_sequence(app: Wiring) -> None:
         trigger(ui_seq_prepare, [w.seq_files, w.seq_mode, w.seq_invert, w.seq_long],
                 [w.seq_setup, w.seq_previews, w.seq_summary], api_visibility="private", trigger_mode="always_last")
 
-    @user_facing
+    @as_toast(5, status=3)
     def ui_seq_render(setup, mode, invert, side, prompt, variant, steps, guidance, fps, seed, randomize,
                       request: gr.Request, progress=gr.Progress()):
         from dataclasses import replace

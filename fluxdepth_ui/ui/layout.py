@@ -114,9 +114,12 @@ def _presets(w: SimpleNamespace, policy) -> None:
     w.preset_menu = gr.Dropdown([p.name for p in list_presets()], value=None, label="Preset")
     w.preset_apply = gr.Button("Apply preset", size="sm")
     # On a shared server visitors do not write into the host's preset folder.
-    w.preset_name = gr.Textbox(label="Save current settings as", placeholder="My Karma interior",
+    w.preset_name = gr.Textbox(label="Save current settings (and prompt) as", placeholder="My Karma interior",
                                visible=policy.save_presets)
-    w.preset_save = gr.Button("Save preset", size="sm", visible=policy.save_presets)
+    with gr.Row(visible=policy.save_presets):
+        w.preset_overwrite = gr.Checkbox(False, label="Overwrite", info="replace a preset of this name")
+        w.preset_save = gr.Button("Save preset", size="sm")
+        w.preset_delete = gr.Button("Delete preset", size="sm", variant="stop")
     w.preset_status = gr.Markdown()
 
 

@@ -249,6 +249,30 @@ def user_facing(fn):
     return wrapper
 
 
+def as_toast(outputs: int, status: int | None = None):
+    """For page events: an error becomes a toast (gr.Warning) and the outputs stay as they were, so no control is
+    left under a red overlay; `status` (an output index) also gets the message. API endpoints raise instead."""
+    import gradio as gr
+
+    def wrap(fn):
+        guarded = user_facing(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return guarded(*args, **kwargs)
+            except gr.Error as exc:
+                gr.Warning(exc.message)
+                updates = [gr.update() for _ in range(outputs)]
+                if status is not None:
+                    updates[status] = f"⚠ {exc.message}"
+                return tuple(updates) if outputs > 1 else updates[0]
+
+        return wrapper
+
+    return wrap
+
+
 # --- request guard -----------------------------------------------------------------------------------------------
 
 
