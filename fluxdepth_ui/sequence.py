@@ -131,7 +131,7 @@ def check_frames(frames: list[Frame], wanted: tuple[int, int] | None = None) -> 
     if missing:
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise DepthInputError(f"missing frames: {shown} ({len(missing)} of {len(expected)}); render them or pick "
-                              "a range without gaps (--frames)")
+                              "frames without gaps (the CLI's --frames A-B)")
     sizes: dict[tuple[int, int], list[int]] = {}
     for f in frames:
         sizes.setdefault(probe_size(f.path), []).append(f.number)

@@ -121,8 +121,8 @@ def test_gaps_and_mixed_resolutions_reported_before_rendering(tmp_path, capsys):
     (folder / "shot.0003.exr").unlink()
     rc, _, err = run_cli(capsys, "sequence", folder / "shot.####.exr", "--prompt", "x", "--model", "tiny-random",
                          "--out", tmp_path / "o1")
-    assert rc == 2 and err.strip() == "error: missing frames: 3 (1 of 4); render them or pick a range without " \
-                                      "gaps (--frames)"
+    assert rc == 2 and err.strip() == "error: missing frames: 3 (1 of 4); render them or pick frames without " \
+                                      "gaps (the CLI's --frames A-B)"
     assert not list((tmp_path / "o1").glob("frame.*.png"))
     mixed = make_sequence(tmp_path / "mixed", sizes=[(96, 128), (96, 128), (120, 160), (96, 128)])
     with pytest.raises(DepthInputError, match=r"mixed resolutions.*128x96.*160x120"):

@@ -316,7 +316,8 @@ def normalize(
     fixed_range: DepthRange | None = None,
 ) -> ControlMap:
     """Map a depth channel to the control map. `fixed_range` (from `compute_sequence_range`) overrides the ends."""
-    warnings: list[str] = list(depth.notes)
+    # A note that suggests choosing a mode is moot once the artist has chosen one.
+    warnings = [n for n in depth.notes if settings.mode == "auto" or "choose mode" not in n]
     if fixed_range is not None:
         mode = fixed_range.mode
         _check_mode_fits(depth, mode, settings)

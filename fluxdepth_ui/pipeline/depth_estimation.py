@@ -6,6 +6,8 @@ polarity, so the normal `passthrough` normalization min-max stretches it: exactl
 
 from __future__ import annotations
 
+import logging
+
 import threading
 
 import numpy as np
@@ -15,6 +17,8 @@ from PIL import Image
 from ..depth import DepthMap
 from .errors import PipelineError
 from .sources import ModelSource, translate_load_error
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DEPTH_MODEL = "LiheYoung/depth-anything-large-hf"
 
@@ -45,7 +49,10 @@ class DepthEstimator:
         except Exception as exc:  # noqa: BLE001 - translated below when it is a hub problem
             message = translate_load_error(exc, ModelSource(self.model_id))
             if message is None:
-                raise
+                log.warning("loading %s failed", self.model_id, exc_info=True)
+                message = (f"the depth estimator {self.model_id} could not be loaded (not in the local Hugging Face "
+                           "cache, and the Hub cannot be reached): run once with a connection, or drop a rendered "
+                           "depth pass instead")
             raise PipelineError(message) from None
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model = model.to(device).eval()

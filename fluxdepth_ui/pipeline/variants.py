@@ -39,10 +39,11 @@ class Variant:
 
 # Labels carry the numbers measured on an H200 at 1024x1024, 28 steps, whole pipeline (docs/benchmarks.md, "Tiers").
 VARIANTS: dict[str, Variant] = {
-    "bf16": Variant("bf16", None, None, "bf16 · best quality · 33.9 GiB GPU · 5.1 s/image"),
-    "qint8": Variant("qint8", "qint8", "qint8", "qint8 · 18.5 GiB GPU (11.9 offloaded) · 5.4 s/image"),
-    "qint4": Variant("qint4", "qint4", "qint8", "qint4 · 13.3 GiB GPU (6.7 offloaded) · 5.4 s/image"),
-    "fp8": Variant("fp8", None, "qint8", "fp8 · Ada/Hopper GPUs · 18.5 GiB · 3.0 s/image after a one-time compile "
+    # Figures measured on an H200 (docs/benchmarks.md); not measured on the machine the app runs on.
+    "bf16": Variant("bf16", None, None, "bf16 · best quality · H200: 33.9 GiB, 5.1 s/image"),
+    "qint8": Variant("qint8", "qint8", "qint8", "qint8 · H200: 18.5 GiB (11.9 offloaded), 5.4 s/image"),
+    "qint4": Variant("qint4", "qint4", "qint8", "qint4 · H200: 13.3 GiB (6.7 offloaded), 5.4 s/image"),
+    "fp8": Variant("fp8", None, "qint8", "fp8 · Ada/Hopper · H200: 18.5 GiB, 3.0 s/image after a one-time compile "
                                          "of minutes", fp8=True),
 }
 

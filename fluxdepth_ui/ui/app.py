@@ -32,6 +32,14 @@ from .sharing import DAY, UploadGate, as_toast, user_facing
 PREVIEW_SLOTS = 4
 PREVIEW_WAIT_S = 30.0
 PREVIEW_OUTPUTS = ("preview_img", "raw_plot", "control_plot", "stats", "channel")
+GENERATE_SHORTCUT_JS = """() => {
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
+      const button = document.querySelector("#generate");
+      if (button && !button.disabled) { event.preventDefault(); button.click(); }
+    }
+  });
+}"""
 
 
 @dataclass
@@ -105,6 +113,8 @@ def build_app(studio: h.Studio) -> gr.Blocks:
             studio.end_session(request.session_hash)
 
         demo.unload(end_session)
+        # Ctrl/Cmd+Enter generates from anywhere on the page (as in a DCC's render shortcut).
+        demo.load(None, None, None, js=GENERATE_SHORTCUT_JS)
     return demo
 
 
@@ -293,8 +303,8 @@ def wire_sequence(app: Wiring) -> None:
         setup = replace(setup, stats=replace(setup.stats, seed=h.seed_value(seed, bool(randomize))))
         report, video, control_video, seed, stats_file = h.run_sequence(
             studio, request.session_hash, setup, seq_settings(mode, invert, side), prompt, variant, steps, guidance,
-            float(fps or 24), on_frame=lambda i, n, frame, status: progress((i, n), desc=f"frame {frame.number} "
-                                                                                          f"{status}"))
+            float(fps or 24), on_frame=lambda i, n, frame, status: progress((i, n), unit="frames",
+                                                                            desc=f"frame {frame.number} {status}"))
         message = (f"Done: {len(report.rendered)} frames rendered, {len(report.skipped)} unchanged and kept · seed "
                    f"**{seed}** · {report.seconds:.1f} s")
         return ([(app.serve(p), f"frame {os.path.basename(p).split('.')[1]}") for p in report.outputs],

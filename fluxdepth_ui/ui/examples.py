@@ -16,9 +16,9 @@ W, H = 480, 272
 FOCAL = 420.0
 
 EXAMPLES = {
-    "room_karma_depth.exr": "Interior, half-float EXR with a Karma-style `depth` AOV and alpha (metric, near = small)",
-    "sphere_export_near_dark_16bit.png": "16-bit PNG export: Z remapped to [0, 1], near = dark, empty sky white",
-    "room_near_white_8bit.png": "8-bit map already in the model's convention (near = white)",
+    "room_karma_depth.exr": "Karma depth AOV (EXR)",
+    "sphere_export_near_dark_16bit.png": "16-bit PNG, near = dark",
+    "room_near_white_8bit.png": "8-bit map, near = white",
 }
 
 

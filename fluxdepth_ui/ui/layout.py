@@ -151,6 +151,7 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
     with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
         w.variant = gr.Radio([(VARIANT_HINTS[v], v) for v in tiers], value=studio.manager.variant,
                              label="Precision (switching reloads the model for everyone)",
+                             info="only the tiers this machine can run; figures measured on an H200, not here yet",
                              interactive=len(tiers) > 1)
         w.steps, w.guidance = _steps_and_guidance()
         with gr.Row():
@@ -182,7 +183,8 @@ def _sequence_tab(w: SimpleNamespace) -> None:
                 w.seq_long = _long_side_slider()
             w.seq_summary = gr.Markdown(elem_id="seq-summary")
             w.seq_previews = gr.Gallery(label="First · middle · last control map (shared range)", columns=3,
-                                        height=200, allow_preview=True, elem_id="seq-previews")
+                                        height=200, allow_preview=True, object_fit="contain",
+                                        elem_id="seq-previews")
         with gr.Column(scale=1):
             w.seq_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="seq-prompt")
             w.seq_steps, w.seq_guidance = _steps_and_guidance()
