@@ -90,13 +90,12 @@ def preview_server_side(path: str, outputs: str, n: int) -> dict:
 def preview_round_trip(path: str, outputs: str, n: int) -> dict:
     from gradio_client import Client, handle_file
 
-    from fluxdepth_ui.ui.app import allowed_paths
-    from fluxdepth_ui.ui.launch import build_parser, create
+    from fluxdepth_ui.ui.launch import build_parser, create, launch_options
 
     studio, demo = create(build_parser().parse_args(["--model", "tiny-random", "--outputs", outputs]))
     demo.queue()
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                allowed_paths=allowed_paths(studio))
+                **launch_options(studio))
     try:
         client = Client(demo.local_url, verbose=False)
         times = []
