@@ -158,12 +158,15 @@ def test_desktop_loop_on_one_1280x720_screen(app_url, browser):
     page.locator("#generate").click()
     page.wait_for_selector("#result img", timeout=120_000)
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=30_000)
-    page.evaluate("window.scrollTo(0, 0)")
-    for selector in ("#preview", "#generate", "#result"):
-        assert in_viewport(page, selector), f"{selector} is not on the first 1280x720 screen"
-    assert page.locator("#generate").is_enabled()  # re-enabled after the job
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "desktop-1280x720.png"))
+    for width, height in ((1920, 1080), (1440, 900), (1280, 720)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)
+        page.evaluate("window.scrollTo(0, 0)")
+        for selector in ("#preview", "#generate", "#result"):
+            assert in_viewport(page, selector), f"{selector} is not on the first {width}x{height} screen"
+        page.screenshot(path=str(ARTIFACTS / f"desktop-{width}x{height}.png"))
+    assert page.locator("#generate").is_enabled()  # re-enabled after the job
 
     # Log scale on and off: the raw histogram keeps many bars.
     page.get_by_text("Histograms", exact=True).click()
