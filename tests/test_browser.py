@@ -218,3 +218,24 @@ def test_presets_survive_a_reload_and_errors_leave_controls_usable(app_url, brow
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "desktop-presets.png"))
     page.close()
+
+
+def test_a_batch_of_seeds_fills_the_gallery(app_url, browser):
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(app_url)
+    upload(page, DEPTH_SYN)
+    page.wait_for_selector("#preview img", timeout=30_000)
+    page.get_by_text("Generation settings", exact=True).click()
+    images = page.locator("input[aria-label='number input for Images']")
+    images.fill("3")
+    images.press("Enter")
+    page.locator("#prompt textarea").fill("a statue")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('3 images, seeds')",
+                           timeout=120_000)
+    seeds = page.locator("#status").inner_text().split("seeds ")[1].split(" ·")[0].split(", ")
+    assert len(set(seeds)) == 3
+    page.get_by_text("Compare, download, this session", exact=True).click()
+    page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 3", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "desktop-batch.png"))
+    page.close()

@@ -82,6 +82,16 @@ def test_photo_depth_keeps_its_polarity(studio, tmp_path):
         h.estimate_photo_depth(studio, "s4", None)
 
 
+def test_a_batch_gives_one_image_per_seed(studio):
+    fixed = h.generate_batch_from_form(studio, "s5", form(batch=3, seed=40))
+    assert [o.metadata["seed"] for o in fixed] == [40, 41, 42]  # reproducible from the first seed
+    assert len({o.png for o in fixed}) == 3 and all(Image.open(o.png).size == (256, 192) for o in fixed)
+    drawn = h.generate_batch_from_form(studio, "s5", form(batch=2, randomize=True))
+    assert len({o.metadata["seed"] for o in drawn}) == 2
+    with pytest.raises(FluxDepthError, match="images 9 is out of range"):
+        h.generate_batch_from_form(studio, "s5", form(batch=9))
+
+
 def test_seed_values():
     assert h.seed_value(None) is None and h.seed_value(-1) is None and h.seed_value("12") == 12
     assert h.seed_value(5, randomize=True) is None

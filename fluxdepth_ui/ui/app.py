@@ -86,14 +86,15 @@ def _gpu(fn):
     def duration(studio, session, form, *rest, **kwargs):
         try:
             steps = min(100, int(float(form.get("steps", DEFAULT_STEPS))))
+            images = min(h.MAX_BATCH, max(1, int(float(form.get("batch") or 1))))
         except (TypeError, ValueError):
-            steps = DEFAULT_STEPS
-        return int(20 + 1.0 * steps)
+            steps, images = DEFAULT_STEPS, 1
+        return int(20 + 1.0 * steps * images)
 
     return spaces.GPU(duration=duration)(fn)
 
 
-generate_on_gpu = _gpu(h.generate_from_form)
+generate_on_gpu = _gpu(h.generate_batch_from_form)
 
 
 def build_app(studio: h.Studio) -> gr.Blocks:
@@ -186,17 +187,25 @@ def wire_generate(app: Wiring) -> None:
         from ..pipeline.errors import GenerationCancelled
 
         try:
-            outcome = generate_on_gpu(studio, request.session_hash, form,
-                                      lambda step, total: progress((step, total), desc="denoising"),
-                                      lambda fraction, message: progress(fraction, desc=message))
+            outcomes = generate_on_gpu(studio, request.session_hash, form,
+                                       lambda step, total: progress((step, total), desc="denoising"),
+                                       lambda fraction, message: progress(fraction, desc=message))
         except GenerationCancelled as exc:  # the artist's own choice: a status line, not an error
             keep = gr.update()
             return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep
-        record["seed"] = outcome.metadata["seed"]
-        png, control = app.serve(outcome.png), app.serve(outcome.control_png)
-        history = [*history, {**h.history_entry(outcome, record), "png": png}]
-        return (png, (control, png), [png, app.serve(outcome.sidecar)], [(e["png"], e["caption"]) for e in history],
-                history, outcome.message, outcome.metadata["seed"])
+        files = []
+        for outcome in outcomes:  # every image of a batch joins the session gallery with its own seed
+            png = app.serve(outcome.png)
+            history = [*history, {**h.history_entry(outcome, {**record, "seed": outcome.metadata["seed"],
+                                                              "batch": 1}), "png": png}]
+            files += [png, app.serve(outcome.sidecar)]
+        first = outcomes[0]
+        png, control = files[0], app.serve(first.control_png)
+        message = first.message if len(outcomes) == 1 else (
+            f"{len(outcomes)} images, seeds " + ", ".join(str(o.metadata["seed"]) for o in outcomes)
+            + " · click one in the gallery to continue from it")
+        return (png, (control, png), files, [(e["png"], e["caption"]) for e in history], history, message,
+                first.metadata["seed"])
 
     # Generate is disabled while this session's job runs (a second click would queue a second image).
     w.generate_btn.click(lambda: gr.update(interactive=False, value="Generating…"), None, w.generate_btn,
@@ -360,12 +369,13 @@ def wire_api(app: Wiring) -> None:
         if variant and not isinstance(variant, str):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
         form = dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, variant=variant, channel=channel,
+                    batch=1,
                     mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near, far=far,
                     long_side=long_side, strength=strength, edges=edges, polarity=polarity)
         h.depth_from_form(form)  # bad depth values are refused before the files are looked at
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
-        outcome = generate_on_gpu(studio, request.session_hash if request else None, form, None, None)
+        outcome = generate_on_gpu(studio, request.session_hash if request else None, form, None, None)[0]
         return FileData(path=app.serve(outcome.png)), outcome.metadata
 
     gr.api(api_preview, api_name="preview", queue=False)

@@ -26,6 +26,7 @@ from ..depth.normalize import DEFAULT_EDGES
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
+from ..settings import MAX_SEED, check_number
 from .sharing import HostPolicy, Workspace
 
 from ..depth import (
@@ -352,6 +353,30 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
                         form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
                         init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
                         on_step, load_progress)
+
+
+MAX_BATCH = 8
+
+
+def batch_seeds(form: dict) -> list[int | None]:
+    """The seeds of a batch ("Images" > 1): from a fixed seed, that seed and the next ones (reproducible);
+    with "Random seed", a fresh draw for each image."""
+    count = int(check_number("images", form.get("batch") or 1, 1, MAX_BATCH, whole=True))
+    seed = seed_value(form.get("seed"), form.get("randomize"))
+    if seed is None:
+        return [None] * count
+    check_number("seed", seed, 0, MAX_SEED, whole=True)
+    return [(seed + i) % (MAX_SEED + 1) for i in range(count)]  # past the last seed, on from 0
+
+
+def generate_batch_from_form(studio: Studio, session: str | None, form: dict, on_step=None,
+                             load_progress=None) -> list[GenerationOutcome]:
+    """One image per seed of `batch_seeds`; the model loads once and the depth map is normalized once."""
+    outcomes = []
+    for seed in batch_seeds(form):
+        outcomes.append(generate_from_form(studio, session, {**form, "seed": seed, "randomize": seed is None},
+                                           on_step, load_progress))
+    return outcomes
 
 
 def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:

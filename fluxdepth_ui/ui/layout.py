@@ -19,7 +19,7 @@ from ..depth.readers import DEPTH_SUFFIXES
 from ..pipeline.variants import VARIANTS
 from ..presets import list_presets, packaged_folder
 from .examples import EXAMPLES, example_paths
-from .handlers import AUTO_CHANNEL
+from .handlers import AUTO_CHANNEL, MAX_BATCH
 
 DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
 # Each label carries the tier's measured memory and speed (docs/benchmarks.md).
@@ -30,7 +30,8 @@ DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 # The single-frame form: the names handlers read a settings record by (handlers.generate_from_form).
 DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
                 "edges")
-GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "init_image", "strength")
+GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
+                     "strength")
 
 
 # Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
@@ -157,6 +158,8 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         with gr.Row():
             w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
             w.randomize = gr.Checkbox(True, label="Random seed")
+            w.batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Images",
+                                info="one seed each; pick one in the gallery to continue")
         w.init_image = gr.Image(type="filepath", label="Start from an image (img2img)",
                                 sources=["upload", "clipboard"], height=160)
         w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
