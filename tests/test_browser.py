@@ -209,6 +209,10 @@ def test_presets_survive_a_reload_and_errors_leave_controls_usable(app_url, brow
 
     page.reload()
     page.wait_for_selector("#generate")
+    # The browser remembers the settings: the prompt typed before the reload is back.
+    page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a loft at dusk'",
+                           timeout=30_000)
+    page.locator("#prompt textarea").fill("")
     page.get_by_text("Presets", exact=True).click()
     page.get_by_label("Preset", exact=True).click()
     page.get_by_role("option", name="Loft").click()

@@ -24,7 +24,7 @@ from ..errors import FluxDepthError
 from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
-from .layout import DEPTH_FIELDS, GENERATION_FIELDS, build_layout, form_components
+from .layout import DEPTH_FIELDS, GENERATION_FIELDS, REMEMBERED_FIELDS, build_layout, form_components
 from .sharing import DAY, UploadGate, as_toast, user_facing
 
 # Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
@@ -109,6 +109,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         wire_presets(app, preview_kw)
         wire_sequence(app)
         wire_api(app)
+        wire_memory(app)
 
         def end_session(request: gr.Request):
             studio.end_session(request.session_hash)
@@ -324,6 +325,31 @@ def wire_sequence(app: Wiring) -> None:
                         w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random],
                        [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
                        concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
+
+
+def wire_memory(app: Wiring) -> None:
+    """Settings survive a reload: each change is stored in the browser (gr.BrowserState) and restored on load."""
+    w, tiers = app.w, app.studio.policy.tiers
+    controls = app.components(*REMEMBERED_FIELDS)
+
+    def remember(data: dict) -> dict:
+        return app.record(data)
+
+    for control in controls:
+        # Queued (a BrowserState is written back through the queue), never waiting on a generation.
+        control.change(remember, inputs=set(controls), outputs=w.remembered, api_visibility="private",
+                       trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
+
+    def recall(saved: dict):
+        saved = saved if isinstance(saved, dict) else {}
+        values = []
+        for name in REMEMBERED_FIELDS:
+            value = saved.get(name)
+            usable = value is not None and not (name == "variant" and value not in tiers)
+            values.append(value if usable else gr.update())
+        return tuple(values)
+
+    app.demo.load(recall, [w.remembered], controls, api_visibility="private")
 
 
 def wire_api(app: Wiring) -> None:

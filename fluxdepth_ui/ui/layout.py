@@ -32,6 +32,9 @@ DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_hig
                 "edges")
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
                      "strength")
+# What the browser remembers across reloads: every setting but the files and the channel of one file.
+REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS if n not in ("depth_file", "init_image",
+                                                                                      "channel"))
 
 
 # Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
@@ -50,6 +53,8 @@ def build_layout(studio, delete_cache) -> tuple[gr.Blocks, SimpleNamespace]:
     with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False, delete_cache=delete_cache,
                    fill_width=True) as demo:
         w.history = gr.State([])
+        # The artist's last settings, kept in this browser (not on the server) across reloads.
+        w.remembered = gr.BrowserState({}, storage_key="fluxdepth-studio-settings")
         _header(studio)
         with gr.Tabs():
             with gr.Tab("Single frame", elem_id="single-tab"):
