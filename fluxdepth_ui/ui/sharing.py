@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import logging
@@ -147,6 +148,9 @@ class Workspace:
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fluxdepth-sessions-")))
     _staged: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        atexit.register(self.close)  # scratch files never outlive the server process
 
     def folder(self, session: str | None, *parts: str) -> Path:
         path = self.root.joinpath(_safe_session(session), *parts)
