@@ -279,12 +279,14 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
     t0 = time.perf_counter()
     for i, frame in enumerate(frames):
         png, sidecar, control_png = output_paths(out_dir, frame)
-        if frame_is_done(png, sidecar, control_png, expected_key(manager, frame.path, shot)):
+        key = expected_key(manager, frame.path, shot)
+        if frame_is_done(png, sidecar, control_png, key):
             status = "skipped"
         else:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"cancelled before frame {frame.number}")
-            render_shot(manager, frame.path, shot, png, control_png=control_png, on_step=on_step, cancel=cancel)
+            render_shot(manager, frame.path, shot, png, key=key, control_png=control_png, on_step=on_step,
+                        cancel=cancel)
             status = "rendered"
         (report.skipped if status == "skipped" else report.rendered).append(frame.number)
         report.outputs.append(png)

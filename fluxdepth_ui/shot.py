@@ -53,14 +53,16 @@ def expected_key(manager, depth_path: str, settings: ShotSettings) -> str:
 
 
 def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, *,
-                preview: DepthPreview | None = None, control_png: str | None = None, init_image=None,
+                preview: DepthPreview | None = None, key: str | None = None, control_png: str | None = None,
+                init_image=None,
                 init_image_name: str | None = None, fallback_dir: str | None = None, on_step=None, cancel=None,
                 load_progress=None) -> ShotResult:
     """Render one shot and write its files.
 
     1. The control map: `preview` when the caller already made it with these settings (the artist saw it),
        else read and normalized here.
-    2. The seed is settled (drawn when unset) before anything is keyed on it.
+    2. The seed is settled (drawn when unset) before anything is keyed on it; `key` is the `expected_key` when the
+       caller computed it already (a sequence checks it to skip finished frames), so the depth file is hashed once.
     3. Generate.
     4. Write the control PNG, then the image PNG and its sidecar. When the outputs folder fails after the image
        exists, the files go to `fallback_dir` (if given) and `saved` is False: the image is never lost.
@@ -68,7 +70,7 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
     if preview is None:
         preview = prepare_depth(depth_path, settings.depth)
     settings = replace(settings, generation=settings.generation.settled())
-    key = expected_key(manager, depth_path, settings)
+    key = key or expected_key(manager, depth_path, settings)
     result = manager.generate(preview.control, settings.generation, init_image=init_image,
                               init_image_name=init_image_name, depth=preview.stats, on_step=on_step, cancel=cancel,
                               load_progress=load_progress)

@@ -82,8 +82,12 @@ def test_photo_depth_keeps_its_polarity(studio, tmp_path):
         h.estimate_photo_depth(studio, "s4", None)
 
 
-def test_a_batch_gives_one_image_per_seed(studio):
+def test_a_batch_gives_one_image_per_seed(studio, monkeypatch):
+    calls = []
+    real = h.prepare_loaded
+    monkeypatch.setattr(h, "prepare_loaded", lambda *a, **k: calls.append(1) or real(*a, **k))
     fixed = h.generate_batch_from_form(studio, "s5", form(batch=3, seed=40))
+    assert len(calls) == 1  # the depth map is normalized once for the whole batch
     assert [o.metadata["seed"] for o in fixed] == [40, 41, 42]  # reproducible from the first seed
     assert len({o.png for o in fixed}) == 3 and all(Image.open(o.png).size == (256, 192) for o in fixed)
     drawn = h.generate_batch_from_form(studio, "s5", form(batch=2, randomize=True))

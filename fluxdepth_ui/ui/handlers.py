@@ -291,7 +291,8 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
                                     strength=strength).settled()
     variant = variant or manager.variant
     studio.policy.check_tier(variant)
-    preview = recall_preview(studio, session, path, settings) or run_preview(studio, path, settings)
+    # Kept for the session too, so the next image of a batch (or a second Generate) reuses it.
+    preview = recall_preview(studio, session, path, settings) or run_preview(studio, path, settings, session=session)
     if isinstance(init_image, str):
         init_image = read_rgb_image(init_image)
     check_free_space(studio)
