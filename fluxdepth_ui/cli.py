@@ -138,6 +138,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
     g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                    help=f"img2img strength (default {DEFAULT_STRENGTH:g})")
+    g.add_argument("--also-save", metavar="FORMATS", default="",
+                   help="also write these from the float decode: png16 (16-bit PNG, sRGB), exr (half float, linear "
+                        "Rec.709); comma-separated")
 
 
 def load_init_image(path: str | None):
@@ -158,6 +161,14 @@ def _step_printer():
     return show
 
 
+def _load_printer():
+    """Loading the model takes a while: say what is loading and where, on stderr (a farm log shows it too)."""
+    def show(fraction: float, message: str) -> None:
+        print(f"{message}", file=sys.stderr, flush=True)
+
+    return show
+
+
 def pipeline_spec(args: argparse.Namespace):
     from .settings import PipelineSpec
 
@@ -172,6 +183,7 @@ def _manager(spec):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from .image_files import check_formats
     from .settings import GenerationSettings, ShotSettings
     from .shot import render_shot
 
@@ -185,13 +197,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                guidance=args.guidance, strength=args.strength))
     spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
+    formats = check_formats(args.also_save)
     init = load_init_image(args.init_image)
     shot = render_shot(_manager(spec), args.depth, settings, args.out, init_image=init,
                        init_image_name=os.path.basename(args.init_image) if args.init_image else None,
-                       on_step=_step_printer())
+                       on_step=_step_printer(), load_progress=_load_printer(), formats=formats)
     meta, stats = shot.metadata, shot.preview.stats
     print(json.dumps({
-        "out": shot.png, "json": shot.sidecar, "control": shot.control_png, "seed": meta.seed,
+        "out": shot.png, "json": shot.sidecar, "control": shot.control_png, "also_saved": shot.extras,
+        "seed": meta.seed,
         "seconds": meta.seconds, "variant": meta.variant, "model": meta.model, "width": meta.width,
         "height": meta.height, "steps": meta.steps, "guidance": meta.guidance,
         "depth_warnings": list(stats.warnings), "notes": list(meta.notes),
@@ -207,6 +221,7 @@ def _progress_bar(total: int, desc: str):
 
 
 def cmd_sequence(args: argparse.Namespace) -> int:
+    from .image_files import check_formats
     from .sequence import (
         check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
         settle_seed, stats_match, write_video,
@@ -218,6 +233,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
     spec = pipeline_spec(args)
+    formats = check_formats(args.also_save)
     settings = _plain_depth_settings(args)
     wanted = parse_frame_range(args.frames)
     frames = find_frames(args.depth)
@@ -239,8 +255,8 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     generation = generation.with_seed(stats.seed)
     manager = _manager(spec)
     with _progress_bar(len(selected), "frames (pass 2)") as bar:
-        report = render_sequence(manager, selected, stats, settings, generation, args.out,
-                                 on_frame=lambda i, n, frame, status: (bar.set_postfix_str(f"{frame.number} "
+        report = render_sequence(manager, selected, stats, settings, generation, args.out, formats=formats,
+                                 load_progress=_load_printer(), on_frame=lambda i, n, frame, status: (bar.set_postfix_str(f"{frame.number} "
                                                                                            f"{status}"),
                                                                        bar.update(1)))
     videos = []

@@ -7,3 +7,5 @@ DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ defaul
 DEFAULT_STRENGTH = 0.6  # img2img
 PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
 VARIANT_NAMES = ("bf16", "qint8", "qint4", "fp8")  # the tiers, in the order the app lists them
+# Files written beside the 8-bit PNG, from the VAE's float decode (docs/outputs.md).
+EXTRA_FORMATS = {"png16": "16-bit PNG (sRGB)", "exr": "half-float EXR (linear Rec.709)"}

@@ -263,7 +263,8 @@ def output_paths(out_dir: str, frame: Frame, stem: str = "frame") -> tuple[str, 
 
 def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: DepthSettings, generation,
                     out_dir: str, on_frame: Callable[[int, int, Frame, str], None] | None = None,
-                    on_step=None, cancel=None) -> SequenceReport:
+                    on_step=None, cancel=None, formats: tuple[str, ...] = (),
+                    load_progress=None) -> SequenceReport:
     """Render `frames` with the sequence's fixed range and seed. Frames already done with the same settings are kept.
 
     Each frame is one shot (`shot.render_shot`), so a frame's files equal what `fluxdepth generate --stats` makes
@@ -280,13 +281,13 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
     for i, frame in enumerate(frames):
         png, sidecar, control_png = output_paths(out_dir, frame)
         key = expected_key(manager, frame.path, shot)
-        if frame_is_done(png, sidecar, control_png, key):
+        if frame_is_done(png, sidecar, control_png, key, formats):
             status = "skipped"
         else:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"cancelled before frame {frame.number}")
             render_shot(manager, frame.path, shot, png, key=key, control_png=control_png, on_step=on_step,
-                        cancel=cancel)
+                        cancel=cancel, formats=formats, load_progress=load_progress)
             status = "rendered"
         (report.skipped if status == "skipped" else report.rendered).append(frame.number)
         report.outputs.append(png)
@@ -307,10 +308,15 @@ def _sidecar_key(path: str) -> str | None:
 
 
 def _decodes(path: str) -> bool:
-    """The whole PNG decodes (a truncated file fails here, not in the video writer)."""
+    """The whole file decodes (a truncated file fails here, not in the video writer)."""
     from PIL import Image
 
     try:
+        if path.endswith(".exr"):
+            from .image_files import read_extra
+
+            read_extra(path)
+            return True
         with Image.open(path) as img:
             img.load()
         return True
@@ -318,9 +324,13 @@ def _decodes(path: str) -> bool:
         return False
 
 
-def frame_is_done(png: str, sidecar: str, control_png: str, key: str) -> bool:
-    """A frame counts as finished only when its sidecar carries this key and both of its images decode."""
-    return _sidecar_key(sidecar) == key and _decodes(png) and _decodes(control_png)
+def frame_is_done(png: str, sidecar: str, control_png: str, key: str, formats: tuple[str, ...] = ()) -> bool:
+    """A frame counts as finished only when its sidecar carries this key and all of its images decode (the 8-bit
+    PNG, the control map and each of `formats`)."""
+    from .image_files import extra_path
+
+    files = [png, control_png, *(extra_path(png, f) for f in formats)]
+    return _sidecar_key(sidecar) == key and all(_decodes(f) for f in files)
 
 
 # --- video -------------------------------------------------------------------------------------------------------

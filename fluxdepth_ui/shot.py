@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .depth import DepthPreview, prepare_depth, write_preview_png
 from .errors import FluxDepthError
@@ -26,6 +26,7 @@ class ShotResult:
     sidecar: str
     control_png: str
     saved: bool = True  # False: the outputs folder failed; the files are in the fallback folder instead
+    extras: dict = field(default_factory=dict)  # format -> path of the 16-bit PNG / EXR copies (image_files.py)
 
 
 def file_digest(path: str) -> str:
@@ -56,7 +57,7 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
                 preview: DepthPreview | None = None, key: str | None = None, control_png: str | None = None,
                 init_image=None,
                 init_image_name: str | None = None, fallback_dir: str | None = None, on_step=None, cancel=None,
-                load_progress=None) -> ShotResult:
+                load_progress=None, formats: tuple[str, ...] = ()) -> ShotResult:
     """Render one shot and write its files.
 
     1. The control map: `preview` when the caller already made it with these settings (the artist saw it),
@@ -64,9 +65,13 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
     2. The seed is settled (drawn when unset) before anything is keyed on it; `key` is the `expected_key` when the
        caller computed it already (a sequence checks it to skip finished frames), so the depth file is hashed once.
     3. Generate.
-    4. Write the control PNG, then the image PNG and its sidecar. When the outputs folder fails after the image
-       exists, the files go to `fallback_dir` (if given) and `saved` is False: the image is never lost.
+    4. Write the control PNG, the image PNG, the `formats` copies from the float decode (png16, exr), then the
+       sidecar. When the outputs folder fails after the image exists, the files go to `fallback_dir` (if given)
+       and `saved` is False: the image is never lost.
     """
+    from .image_files import check_formats
+
+    formats = check_formats(formats)
     if preview is None:
         preview = prepare_depth(depth_path, settings.depth)
     settings = replace(settings, generation=settings.generation.settled())
@@ -78,21 +83,27 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
                        depth_edges=preview.stats.edges)
     control_png = control_png or default_control_path(out_png)
     try:
-        png, sidecar = _write(result.image, metadata, preview, out_png, control_png)
-        return ShotResult(result.image, metadata, preview, png, sidecar, control_png)
+        png, sidecar, extras = _write(result, metadata, preview, out_png, control_png, formats)
+        return ShotResult(result.image, metadata, preview, png, sidecar, control_png, extras=extras)
     except OSError as exc:
         if fallback_dir is None:
             raise FluxDepthError(f"cannot write {os.path.basename(out_png)} ({exc.strerror or 'write failed'}); "
                                  "free disk space or choose another output folder") from None
     png = os.path.join(fallback_dir, os.path.basename(out_png))
     control_png = os.path.join(fallback_dir, os.path.basename(control_png))
-    png, sidecar = _write(result.image, metadata, preview, png, control_png)
-    return ShotResult(result.image, metadata, preview, png, sidecar, control_png, saved=False)
+    png, sidecar, extras = _write(result, metadata, preview, png, control_png, formats)
+    return ShotResult(result.image, metadata, preview, png, sidecar, control_png, saved=False, extras=extras)
 
 
-def _write(image, metadata, preview: DepthPreview, png: str, control_png: str) -> tuple[str, str]:
+def _write(result, metadata, preview: DepthPreview, png: str, control_png: str,
+           formats: tuple[str, ...]) -> tuple[str, str, dict]:
+    from .image_files import write_extras
     from .pipeline import save_result
 
     os.makedirs(os.path.dirname(os.path.abspath(control_png)), exist_ok=True)
     write_preview_png(preview.control, control_png)
-    return save_result(image, metadata, png)
+    extras = write_extras(result.pixels, png, formats, metadata.file_dict())
+    # The sidecar names the copies, so a resume knows which files a finished shot has.
+    named = {"extra_files": {f: os.path.basename(p) for f, p in extras.items()}} if extras else None
+    png, sidecar = save_result(result.image, metadata, png, extra=named)
+    return png, sidecar, extras

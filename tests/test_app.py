@@ -1,6 +1,7 @@
 """The Gradio app in-process on loopback with tiny-random: API endpoints, sessions, auth, uploads, presets."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from PIL import Image
 
 from conftest import BEACHBALL, DEPTH_SYN, NOZ_EXR, launch_app
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
+from fluxdepth_ui.image_files import linear_to_srgb, read_extra
 from fluxdepth_ui.pipeline import read_metadata
 from fluxdepth_ui.ui.launch import parse_auth
 
@@ -46,9 +48,17 @@ def test_preview_endpoint_exr_options_and_errors(app):
 def test_generate_endpoint_returns_png_with_metadata(app):
     studio, demo = app
     client = Client(demo.local_url, verbose=False)
-    png, meta = client.predict(handle_file(str(BEACHBALL)), "a beach ball", seed=4, steps=2, long_side=256,
-                               api_name="/generate")
+    png, meta, extras = client.predict(handle_file(str(BEACHBALL)), "a beach ball", seed=4, steps=2,
+                                       long_side=256, also_save=["exr", "png16"], api_name="/generate")
     saved = read_metadata(png)
+    # The float copies come back too, decoding to the same picture as the PNG.
+    assert sorted(os.path.splitext(e)[1] for e in extras) == [".exr", ".png"]
+    eight = np.asarray(Image.open(png), dtype=np.float32) / 255.0
+    for extra in extras:
+        decoded = read_extra(extra)
+        if extra.endswith(".exr"):
+            decoded = linear_to_srgb(decoded)
+        assert decoded.shape == eight.shape and np.abs(decoded - eight).max() < 2.5 / 255
     assert saved is not None and saved.seed == 4 and saved.steps == 2 and saved.prompt == "a beach ball"
     assert meta["seed"] == 4 and meta["depth_channel"] == "Z" and meta["model"] == "tiny-random-seed0"
     assert Image.open(png).size == (256, 192)

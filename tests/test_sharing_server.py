@@ -60,7 +60,7 @@ def raw_generate(demo, data: list) -> str | None:
 def generate_args(depth, prompt="a hall", **kw) -> list:
     values = dict(seed=1, steps=1, guidance=10.0, variant="", channel="auto", mode="auto", invert="auto",
                   clip_low=0.5, clip_high=99.5, near=0.0, far=0.0, long_side=256, init_image=None, strength=0.6,
-                  edges="snap", polarity="auto")
+                  edges="snap", polarity="auto", also_save=[])
     values.update(kw)
     return [depth, prompt, *values.values()]
 
@@ -138,6 +138,11 @@ def _refusals(tmp):
         ("tier the host did not allow", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN),
                                                                                    variant="qint4")),
          "offers only bf16"),
+        ("unknown output format", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN),
+                                                                             also_save=["../../etc/passwd"])),
+         "unknown output format"),
+        ("output formats as a number", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), also_save=7)),
+         "output formats must be a list"),
         ("unknown tier", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), variant="fp4")),
          "offers only bf16"),
         ("another session's result by path", lambda d, s: raw_preview(d, _someone_elses_result(d, s)), "as a file"),

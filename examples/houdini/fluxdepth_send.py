@@ -68,8 +68,9 @@ def send(depth: str, frames: list[int], prompt: str, out: str, url: str = DEFAUL
         depth_path = expand(depth, frame)
         if not os.path.exists(depth_path):
             raise SystemExit(f"error: frame {frame}: {depth_path} does not exist; render the depth AOV first")
-        png, meta = client.predict(handle_file(depth_path), prompt, seed=seed, steps=steps, guidance=guidance,
-                                   mode=mode, long_side=long_side, api_name="/generate")
+        # /generate returns the PNG, its metadata and the also_save files (16-bit PNG / EXR) when asked for.
+        png, meta, _ = client.predict(handle_file(depth_path), prompt, seed=seed, steps=steps, guidance=guidance,
+                                      mode=mode, long_side=long_side, api_name="/generate")
         target = expand(out, frame)
         os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
         shutil.copyfile(png, target)

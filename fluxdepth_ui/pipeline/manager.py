@@ -49,6 +49,9 @@ Loader = Callable[[Variant, LoadProgress], LoadedModel]
 class GenerationResult:
     image: Image.Image
     metadata: GenerationMetadata
+    # The VAE's float decode, (H, W, 3) float32 in [0, 1]: `image` is it rounded to 8 bits exactly as diffusers'
+    # output_type="pil" rounds it; 16-bit PNG and EXR copies are written from it (image_files.py).
+    pixels: np.ndarray | None = None
 
 
 def control_tensor(control: ControlImage) -> torch.Tensor:
@@ -193,7 +196,8 @@ class PipelineManager:
         if variant.fp8:
             check_fp8(device)  # before reading 30 GB of weights
         t0 = time.perf_counter()
-        progress(0.0, f"loading {self.source.label} ({variant.name})")
+        # The artist waits here on the first Generate: say what loads, in which tier, and where it is meant to go.
+        progress(0.0, f"loading model {self.source.label} ({variant.name}, placement {self.placement} on {device})")
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
@@ -212,7 +216,7 @@ class PipelineManager:
             fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE)
         pipe = FluxControlPipeline(**loaded.components)
         pipe.set_progress_bar_config(disable=True)
-        progress(0.97, f"placing on {device} ({choice.placement})")
+        progress(0.97, f"placing {variant.name} on {device}: {choice.placement} ({choice.reason})")
         apply_placement(pipe, choice, device)
         decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
         if decision.enabled:
@@ -273,7 +277,7 @@ class PipelineManager:
                 guidance_scale=float(settings.guidance),
                 generator=generator,
                 max_sequence_length=int(settings.max_sequence_length),
-                output_type="pil",
+                output_type="np",
             )
             pipe = self._pipe
             if init_image is not None:
@@ -297,7 +301,7 @@ class PipelineManager:
             failure = None
             try:
                 with torch.no_grad():
-                    image = pipe(**kwargs, callback_on_step_end=step_end).images[0]
+                    pixels = pipe(**kwargs, callback_on_step_end=step_end).images[0]
             except GenerationCancelled as exc:
                 failure = GenerationCancelled(str(exc))
             except Exception as exc:
@@ -313,6 +317,7 @@ class PipelineManager:
                 kwargs = None
                 self._after_failure(pipe)
                 raise failure
+            image = pipe.image_processor.numpy_to_pil(pixels[None])[0]  # what output_type="pil" returns
             seconds = time.perf_counter() - t0
             if self._compiled:
                 self._compiled_shapes.add(shape)
@@ -340,7 +345,7 @@ class PipelineManager:
                 seconds=round(seconds, 3),
                 notes=(self.source.label,) if self.source.kind == "tiny" else (),
             )
-            return GenerationResult(image, meta)
+            return GenerationResult(image, meta, pixels)
 
     def _after_failure(self, pipe) -> None:
         """Leave the manager usable: drop offload hooks' stale state and free what the failed call held."""

@@ -21,6 +21,7 @@ from ..depth import DEFAULT_CLIP
 from ..depth.control import DEFAULT_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES
 from ..errors import FluxDepthError
+from ..image_files import check_formats
 from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
@@ -199,7 +200,7 @@ def wire_generate(app: Wiring) -> None:
             png = app.serve(outcome.png)
             history = [*history, {**h.history_entry(outcome, {**record, "seed": outcome.metadata["seed"],
                                                               "batch": 1}), "png": png}]
-            files += [png, app.serve(outcome.sidecar)]
+            files += [png, app.serve(outcome.sidecar), *(app.serve(p) for p in outcome.extras.values())]
         first = outcomes[0]
         png, control = files[0], app.serve(first.control_png)
         message = first.message if len(outcomes) == 1 else (
@@ -353,7 +354,16 @@ def wire_memory(app: Wiring) -> None:
 
 
 def wire_api(app: Wiring) -> None:
-    """`/preview` and `/generate`: the same handlers as the page, taking files sent with handle_file()."""
+    """`/preview` and `/generate`: the same handlers as the page, taking files sent with handle_file().
+
+    The endpoints' docstrings are what the "Use via API" page and the MCP tool list show (gradio reads "Args:" and
+    "Returns:"), so they are written for someone calling from a script or an assistant.
+    """
+    gr.api(preview_endpoint(app), api_name="preview", queue=False)
+    gr.api(generate_endpoint(app), api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+
+
+def preview_endpoint(app: Wiring):
     studio = app.studio
 
     @user_facing
@@ -361,12 +371,25 @@ def wire_api(app: Wiring) -> None:
                     clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float = 0.0,
                     far: float = 0.0, long_side: int = DEFAULT_LONG_SIDE, edges: str = DEFAULT_EDGES,
                     polarity: str = "auto", request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
-        """Normalize a depth file the way the model needs it.
+        """Normalize a depth file into the control map FLUX.1-Depth-dev is fed (near = white), without generating.
 
-        Returns the control map as a 16-bit greyscale PNG (near = white, background 0) and its stats (channel,
-        mode, inverted, width, height, valid_fraction, range, crop, edge_pixels, warnings, ...). near/far of 0
-        mean unset; edges: snap, near, far or off; polarity (made images with near/far): auto, near-white or
-        near-black.
+        Args:
+            depth: the depth pass, sent as a file (gradio_client.handle_file): EXR (Mantra Pz, Karma depth AOV),
+                16/8-bit PNG, TIFF, PFM, NPY or JPEG.
+            channel: channel to read, e.g. "Z" or "depth.Z"; "auto" searches Pz, depth, Z, ... in every part.
+            mode: normalization: auto, linear, inverse or log ("auto" picks by the kind of file).
+            invert: flip near/far: auto, on or off.
+            clip_low: far-end percentile of the valid depths (0-100).
+            clip_high: near-end percentile of the valid depths (0-100).
+            near: distance that maps to white, in scene units; 0 = from the percentiles.
+            far: distance that maps to the far end, in scene units; 0 = from the percentiles.
+            long_side: control map long side in pixels (multiples of 16).
+            edges: anti-aliased pixels between surfaces: snap, near, far or off.
+            polarity: for rendered images with no units: auto, near-white or near-black.
+
+        Returns:
+            the control map as a 16-bit greyscale PNG (near = white, background 0).
+            its stats: channel, mode, inverted, width, height, valid_fraction, range, crop, edge_pixels, warnings.
         """
         form = dict(channel=channel, mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near,
                     far=far, long_side=long_side, edges=edges, polarity=polarity)
@@ -377,6 +400,12 @@ def wire_api(app: Wiring) -> None:
             png = h.write_control_png(studio, request.session_hash if request else None, result)
         return FileData(path=app.serve(png)), result.stats.to_dict()
 
+    return api_preview
+
+
+def generate_endpoint(app: Wiring):
+    studio = app.studio
+
     @user_facing
     def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS,
                      guidance: float = DEFAULT_GUIDANCE, variant: str = "", channel: str = "auto",
@@ -384,28 +413,53 @@ def wire_api(app: Wiring) -> None:
                      clip_high: float = DEFAULT_CLIP[1], near: float = 0.0, far: float = 0.0,
                      long_side: int = DEFAULT_LONG_SIDE, init_image: FileData | None = None,
                      strength: float = DEFAULT_STRENGTH, edges: str = DEFAULT_EDGES,
-                     polarity: str = "auto", request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
-        """Generate an image from a depth file and a prompt.
+                     polarity: str = "auto", also_save: list[str] | None = None,
+                     request: gr.Request = None) -> tuple[FileData, dict[str, Any], list[FileData]]:
+        """Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.
 
-        seed -1 draws one (it is reported); variant "" keeps the loaded tier (bf16, qint8, qint4 or fp8).
-        Returns the PNG (settings in its text chunks) and the metadata record.
+        Args:
+            depth: the depth pass, sent as a file (gradio_client.handle_file); the same formats as /preview.
+            prompt: what the image shows.
+            seed: random seed; -1 draws one (the one used is in the returned metadata).
+            steps: denoising steps (28 is the model's default).
+            guidance: guidance scale (10 suits FLUX.1-Depth-dev).
+            variant: precision tier: bf16, qint8, qint4 or fp8; "" keeps the loaded one.
+            channel: depth channel, as for /preview.
+            mode: normalization, as for /preview.
+            invert: flip near/far, as for /preview.
+            clip_low: far-end percentile, as for /preview.
+            clip_high: near-end percentile, as for /preview.
+            near: near distance in scene units (0 = from the percentiles).
+            far: far distance in scene units (0 = from the percentiles).
+            long_side: output long side in pixels (multiples of 16).
+            init_image: optional image to start from (img2img), sent as a file.
+            strength: img2img strength, 0-1 (how far from the init image).
+            edges: anti-aliased pixels between surfaces: snap, near, far or off.
+            polarity: for rendered images with no units: auto, near-white or near-black.
+            also_save: extra files from the float decode: "png16" (16-bit PNG, sRGB), "exr" (half float, linear).
+
+        Returns:
+            the image as an 8-bit PNG with its settings in the text chunks.
+            the metadata record: prompt, seed, steps, guidance, size, variant, model, depth channel/mode/range.
+            the also_save files (16-bit PNG, EXR), empty when none were asked for.
         """
         if not isinstance(prompt, str):
             raise FluxDepthError("prompt must be text")
         if variant and not isinstance(variant, str):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
         form = dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, variant=variant, channel=channel,
-                    batch=1,
+                    batch=1, also_save=also_save or (),
                     mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near, far=far,
                     long_side=long_side, strength=strength, edges=edges, polarity=polarity)
         h.depth_from_form(form)  # bad depth values are refused before the files are looked at
+        check_formats(form["also_save"])
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
         outcome = generate_on_gpu(studio, request.session_hash if request else None, form, None, None)[0]
-        return FileData(path=app.serve(outcome.png)), outcome.metadata
+        extras = [FileData(path=app.serve(p)) for p in outcome.extras.values()]
+        return FileData(path=app.serve(outcome.png)), outcome.metadata, extras
 
-    gr.api(api_preview, api_name="preview", queue=False)
-    gr.api(api_generate, api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+    return api_generate
 
 
 def allowed_paths(studio: h.Studio) -> list[str]:

@@ -276,17 +276,20 @@ class GenerationOutcome:
     control_png: str
     metadata: dict
     message: str
+    extras: dict = field(default_factory=dict)  # format -> path: 16-bit PNG / EXR copies
 
 
 def run_generate(studio: Studio, session: str | None, path: str, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
                  init_image_name: str | None = None, strength: float = DEFAULT_STRENGTH, on_step=None,
-                 load_progress=None) -> GenerationOutcome:
+                 load_progress=None, formats=()) -> GenerationOutcome:
     from ..depth.readers import read_rgb_image
+    from ..image_files import check_formats
     from ..settings import GenerationSettings, ShotSettings
     from ..shot import render_shot
 
     manager = studio.manager
+    formats = check_formats(formats)
     generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=steps, guidance=guidance,
                                     strength=strength).settled()
     variant = variant or manager.variant
@@ -310,7 +313,8 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
         folder = fallback
     shot = render_shot(manager, path, ShotSettings(settings, generation), str(folder / f"{stem}.png"),
                        preview=preview, init_image=init_image, init_image_name=init_image_name,
-                       fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress)
+                       fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
+                       formats=formats)
     meta = shot.metadata.to_dict()
     message = (f"seed **{meta['seed']}** · {meta['width']}×{meta['height']} · {meta['steps']} steps · "
                f"guidance {meta['guidance']:g} · {meta['variant']} · {meta['seconds']:.1f} s")
@@ -320,7 +324,7 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
         message += "\n\n⚠ The results folder could not be written: **download this image now**, it is not kept."
     if meta["notes"]:
         message += "\n\n⚠ " + " · ".join(meta["notes"])
-    return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message)
+    return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message, dict(shot.extras))
 
 
 _DEPTH_KEYS = ("channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "edges", "polarity")
@@ -353,7 +357,7 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
                         form.get("variant") or studio.manager.variant, form.get("steps", DEFAULT_STEPS),
                         form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
                         init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
-                        on_step, load_progress)
+                        on_step, load_progress, form.get("also_save") or ())
 
 
 MAX_BATCH = 8

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import limits
-from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
+from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, EXTRA_FORMATS
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
 from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
@@ -31,7 +31,7 @@ DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
                 "edges")
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
-                     "strength")
+                     "strength", "also_save")
 # What the browser remembers across reloads: every setting but the files and the channel of one file.
 REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS if n not in ("depth_file", "init_image",
                                                                                       "channel"))
@@ -168,9 +168,10 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         w.init_image = gr.Image(type="filepath", label="Start from an image (img2img)",
                                 sources=["upload", "clipboard"], height=160)
         w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
+        w.also_save = _also_save(elem_id="also-save")
     with gr.Accordion("Compare, download, this session", open=False):
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
-        w.downloads = gr.File(label="Download: PNG (settings inside) + JSON", file_count="multiple",
+        w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
                               interactive=False)
         w.gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
                                allow_preview=False, elem_id="gallery")
@@ -208,6 +209,11 @@ def _sequence_tab(w: SimpleNamespace) -> None:
             w.seq_video = gr.Video(label="Result video", elem_id="seq-video")
             w.seq_downloads = gr.File(label="Downloads (videos, stats)", file_count="multiple", interactive=False)
     w.seq_setup = gr.State(None)
+
+
+def _also_save(**kw) -> gr.CheckboxGroup:
+    return gr.CheckboxGroup([(label, name) for name, label in EXTRA_FORMATS.items()], value=[],
+                            label="Also save (from the float decode, for grading)", **kw)
 
 
 def _long_side_slider(**kw) -> gr.Slider:
