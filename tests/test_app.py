@@ -150,3 +150,20 @@ def test_houdini_send_script_against_the_running_app(app, tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         send_mod.main(["--depth", str(tmp_path / "nope.$F4.exr"), "--frames", "1", "--prompt", "x",
                        "--out", str(tmp_path / "x.png"), "--url", demo.local_url])
+
+
+def test_api_page_documents_every_parameter_and_typed_returns(app):
+    import httpx
+
+    _, demo = app
+    info = httpx.get(demo.local_url + "gradio_api/info").json()["named_endpoints"]
+    for name, returns in (("/preview", ["control_map", "stats"]), ("/generate", ["image", "metadata", "also_saved"])):
+        endpoint = info[name]
+        assert endpoint["description"] and not endpoint["description"].startswith("Args")
+        for parameter in endpoint["parameters"]:
+            assert parameter["label"] == parameter["parameter_name"]
+            assert parameter["python_type"]["description"], f"{name} {parameter['parameter_name']} undocumented"
+        assert [r["label"] for r in endpoint["returns"]] == returns
+        assert all(r["python_type"]["description"] for r in endpoint["returns"])
+    types = [r["python_type"]["type"] for r in info["/generate"]["returns"]]
+    assert types == ["filepath", "dict(str, Any)", "list[filepath]"]

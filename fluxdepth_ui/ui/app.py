@@ -7,6 +7,7 @@ settings record, so it is tested without a browser (tests/test_handlers.py).
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import threading
 from dataclasses import dataclass
@@ -77,6 +78,11 @@ class Wiring:
         return {names[id(component)]: value for component, value in data.items()}
 
 
+def session_of(request) -> str | None:
+    """The browser session of a request; API clients have one, an MCP tool call has none (shared "local")."""
+    return getattr(request, "session_hash", None) if request is not None else None
+
+
 def _gpu(fn):
     """On ZeroGPU Spaces, reserve the GPU for about as long as the steps need; elsewhere a no-op."""
     try:
@@ -103,7 +109,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
     # gradio's own cache (uploads, served results) ages out with the session folders.
     delete_cache = (3600, int(policy.keep_days * DAY)) if policy.keep_days else None
     demo, w = build_layout(studio, delete_cache)
-    app = Wiring(studio, demo, w, UploadGate(demo, example_paths()), threading.BoundedSemaphore(PREVIEW_SLOTS))
+    app = Wiring(studio, demo, w, UploadGate(demo, example_paths(), trust_cache=policy.mcp), threading.BoundedSemaphore(PREVIEW_SLOTS))
     with demo:
         preview_kw = wire_preview(app)
         wire_generate(app)
@@ -359,23 +365,45 @@ def wire_api(app: Wiring) -> None:
     The endpoints' docstrings are what the "Use via API" page and the MCP tool list show (gradio reads "Args:" and
     "Returns:"), so they are written for someone calling from a script or an assistant.
     """
-    gr.api(preview_endpoint(app), api_name="preview", queue=False)
-    gr.api(generate_endpoint(app), api_name="generate", concurrency_limit=1, concurrency_id="gpu")
+    endpoints = ((preview_endpoint(app), ("control_map", "stats"), dict(api_name="preview", queue=False)),
+                 (generate_endpoint(app), ("image", "metadata", "also_saved"),
+                  dict(api_name="generate", concurrency_limit=1, concurrency_id="gpu")))
+    for fn, returned, options in endpoints:
+        # Type hints as objects (this module postpones them): gradio derives the typed returns from them.
+        fn.__signature__ = inspect.signature(fn, eval_str=True)
+        gr.api(fn, **options)
+        document_endpoint(app.demo, options["api_name"], fn, returned)
+
+
+def document_endpoint(demo: gr.Blocks, api_name: str, fn, returned: tuple[str, ...]) -> None:
+    """Give each parameter and return value of a gr.api endpoint its name and its line of the docstring, parsed
+    by gradio's own docstring reader, on the "Use via API" page (gr.api itself labels them "1st", "2nd", ...)."""
+    from gradio.utils import get_function_description
+
+    _, parameters, returns = get_function_description(fn)
+    block_fn = next(f for f in demo.fns.values() if f.api_name == api_name)
+    names = [n for n in inspect.signature(fn).parameters if n != "request"]
+    for name, component in zip(names, block_fn.inputs):
+        component.label = name
+        component._api_info = {**component._api_info, "additional_description": parameters.get(name, "")}
+    for index, component in enumerate(block_fn.outputs):
+        component.label = returned[index]
+        component._api_info = {**component._api_info,
+                               "description": returns[index] if index < len(returns) else ""}
 
 
 def preview_endpoint(app: Wiring):
     studio = app.studio
 
     @user_facing
-    def api_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
+    def fluxdepth_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
                     clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float = 0.0,
                     far: float = 0.0, long_side: int = DEFAULT_LONG_SIDE, edges: str = DEFAULT_EDGES,
                     polarity: str = "auto", request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
         """Normalize a depth file into the control map FLUX.1-Depth-dev is fed (near = white), without generating.
 
         Args:
-            depth: the depth pass, sent as a file (gradio_client.handle_file): EXR (Mantra Pz, Karma depth AOV),
-                16/8-bit PNG, TIFF, PFM, NPY or JPEG.
+            depth: the depth pass as a file (handle_file): EXR (Mantra Pz, Karma depth), PNG, TIFF, PFM, NPY, JPEG.
             channel: channel to read, e.g. "Z" or "depth.Z"; "auto" searches Pz, depth, Z, ... in every part.
             mode: normalization: auto, linear, inverse or log ("auto" picks by the kind of file).
             invert: flip near/far: auto, on or off.
@@ -397,17 +425,17 @@ def preview_endpoint(app: Wiring):
         source = app.gate.resolve(depth, record_only=True)
         with app.preview_slot():
             result = h.run_preview(studio, source, settings)
-            png = h.write_control_png(studio, request.session_hash if request else None, result)
+            png = h.write_control_png(studio, session_of(request), result)
         return FileData(path=app.serve(png)), result.stats.to_dict()
 
-    return api_preview
+    return fluxdepth_preview
 
 
 def generate_endpoint(app: Wiring):
     studio = app.studio
 
     @user_facing
-    def api_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS,
+    def fluxdepth_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS,
                      guidance: float = DEFAULT_GUIDANCE, variant: str = "", channel: str = "auto",
                      mode: str = "auto", invert: str = "auto", clip_low: float = DEFAULT_CLIP[0],
                      clip_high: float = DEFAULT_CLIP[1], near: float = 0.0, far: float = 0.0,
@@ -418,7 +446,7 @@ def generate_endpoint(app: Wiring):
         """Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.
 
         Args:
-            depth: the depth pass, sent as a file (gradio_client.handle_file); the same formats as /preview.
+            depth: the depth pass as a file (handle_file); the same formats as /preview.
             prompt: what the image shows.
             seed: random seed; -1 draws one (the one used is in the returned metadata).
             steps: denoising steps (28 is the model's default).
@@ -455,11 +483,11 @@ def generate_endpoint(app: Wiring):
         check_formats(form["also_save"])
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
-        outcome = generate_on_gpu(studio, request.session_hash if request else None, form, None, None)[0]
+        outcome = generate_on_gpu(studio, session_of(request), form, None, None)[0]
         extras = [FileData(path=app.serve(p)) for p in outcome.extras.values()]
         return FileData(path=app.serve(outcome.png)), outcome.metadata, extras
 
-    return api_generate
+    return fluxdepth_generate
 
 
 def allowed_paths(studio: h.Studio) -> list[str]:

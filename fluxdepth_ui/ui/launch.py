@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -53,8 +54,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-days", type=float, default=_env("KEEP_DAYS"), metavar="N",
                    help="remove session folders and uploads older than N days, at start and hourly (env "
                         "FLUXDEPTH_KEEP_DAYS; default 7 with --share or on a Space, keep forever locally; 0 = keep)")
+    p.add_argument("--mcp", action="store_true", default=_env("MCP", "") in ("1", "true", "True"),
+                   help="also serve /preview and /generate as MCP tools at /gradio_api/mcp/ for assistants and DCC "
+                        "tools (env FLUXDEPTH_MCP=1; needs pip install -e \".[mcp]\"; local studios only)")
     limits.add_arguments(p)
     return p
+
+
+def check_mcp(args: argparse.Namespace) -> None:
+    """MCP tools take files as URLs that the server downloads itself: fine on a workstation, not for strangers."""
+    if not args.mcp:
+        return
+    if is_shared(args):
+        raise ValueError("--mcp is for a local studio: its tools make the server download file URLs, so it is not "
+                         "offered with --share or on a Space")
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        raise ValueError('--mcp needs the MCP extra: pip install -e ".[mcp]"') from None
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -78,6 +95,7 @@ def create(args: argparse.Namespace):
     from .sharing import make_policy
 
     limits.configure(limits.from_arguments(args))
+    check_mcp(args)
     outputs = check_outputs_writable(Path(args.outputs))
     source = parse_model_source(args.model)
     manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
@@ -85,7 +103,7 @@ def create(args: argparse.Namespace):
     manager.check_variant(args.variant)
     keep = None if args.keep_days in (None, "") else float(args.keep_days)
     policy = make_policy(is_shared(args), args.variant, manager.runnable_variants(), args.allow_tiers, keep)
-    studio = Studio(manager=manager, outputs=outputs, policy=policy)
+    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)))
     return studio, build_app(studio)
 
 
@@ -123,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 **launch_options(studio, auth))
+    # (an MCP client connects to http://HOST:PORT/gradio_api/mcp/, listed on the page's "Use via API")
 
 
 def launch_options(studio, auth=None) -> dict:
@@ -138,4 +157,5 @@ def launch_options(studio, auth=None) -> dict:
         allowed_paths=allowed_paths(studio),
         show_error=False,  # errors reach visitors only as our own one-line messages (sharing.user_facing)
         app_kwargs={"middleware": [guard_middleware(bound)]},
+        mcp_server=studio.policy.mcp,
     )

@@ -44,6 +44,7 @@ class HostPolicy:
     keep_days: float | None = None  # session folders and uploads older than this are removed; None keeps them
     save_presets: bool = True  # visitors may write presets into the host's preset folder
     min_free_mb: int = 200  # refuse a generation before it starts when the outputs disk is this full
+    mcp: bool = False  # local only (launch.check_mcp): MCP tools hand files in through gradio's cache folder
 
     def check_tier(self, variant: str) -> None:
         if variant not in self.tiers:
@@ -86,8 +87,11 @@ class UploadGate:
     outputs folder, system files), anything that is not a regular file.
     """
 
-    def __init__(self, demo, example_files: list[str]):
+    def __init__(self, demo, example_files: list[str], trust_cache: bool = False):
         self._demo = demo
+        # MCP tools (a local studio only) save the files an assistant sends into gradio's cache, not through the
+        # upload route: with --mcp, a file in that cache folder is taken as sent by the client.
+        self._trust_cache = trust_cache
         self._made: set[str] = set()
         self._examples = {_sha256(p): os.path.basename(p) for p in example_files}
 
@@ -107,7 +111,7 @@ class UploadGate:
             raise DepthInputError(f"no {what} yet: upload one")
         path = str(path)
         real = os.path.realpath(path)
-        if not (real in self._uploaded() or self._is_example_copy(real)):
+        if not (real in self._uploaded() or self._is_example_copy(real) or self._in_cache(real)):
             raise DepthInputError(f"that {what} was not uploaded to this server; upload the file itself")
         if not os.path.isfile(real):
             raise DepthInputError(f"the uploaded {what} is gone (removed after the retention period); upload it "
@@ -121,6 +125,12 @@ class UploadGate:
 
     def _uploaded(self) -> set[str]:
         return {os.path.realpath(p) for p in getattr(self._demo, "upload_file_set", ())} | self._made
+
+    def _in_cache(self, real: str) -> bool:
+        if not self._trust_cache:
+            return False
+        cache = os.path.realpath(self._demo.GRADIO_CACHE)
+        return os.path.commonpath([cache, real]) == cache
 
     def _is_example_copy(self, real: str) -> bool:
         name = os.path.basename(real)
