@@ -112,3 +112,27 @@ def test_no_ui_function_is_longer_than_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, long
+
+
+def test_tier_labels_show_what_this_machine_measured(tmp_path):
+    from fluxdepth_ui.ui.layout import tier_choices
+
+    manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path / "cache"))
+    studio = h.Studio(manager=manager, outputs=tmp_path / "outputs",
+                      policy=make_policy(False, "bf16", manager.runnable_variants(), None, None))
+    # A CPU runs no fp8: it is not offered at all; nothing has been measured yet.
+    assert [t for _, t in tier_choices(studio)] == ["bf16", "qint8", "qint4"]
+    assert all(label.endswith("not measured here yet") for label, _ in tier_choices(studio))
+    messages = []
+    outcome = h.generate_from_form(studio, "t", form(steps=2), load_progress=lambda f, m: messages.append(m))
+    # The load is announced with the model, tier, placement and device, then where it went and why.
+    assert messages[0] == "loading model tiny-random (bf16, placement auto on cpu)"
+    assert any(m.startswith("placing bf16 on cpu: cpu (no GPU found") for m in messages)
+    labels = dict((t, label) for label, t in tier_choices(studio))
+    per_step = outcome.metadata["seconds"] / 2
+    assert labels["bf16"].startswith("bf16 · best quality") and "s/step at 256×192 here (1 image)" in labels["bf16"]
+    assert abs(float(labels["bf16"].split("· ")[-1].split(" s/step")[0]) - per_step) <= 0.006
+    assert labels["qint8"].endswith("not measured here yet")  # per tier, never borrowed from another
+    # Another model on the same machine has its own figures.
+    other = PipelineManager(ModelSource("tiny-random", seed=1), cache_root=str(tmp_path / "cache"))
+    assert other.tier_labels()["bf16"].endswith("not measured here yet")

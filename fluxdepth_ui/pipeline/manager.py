@@ -33,6 +33,7 @@ from .placement import (
     release_device_memory,
 )
 from .sources import LoadedModel, ModelSource, load_model
+from .timings import TimingLog
 from .speed import check_fp8, compile_transformer, decide_compile, fp8_quantize_transformer
 from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
 
@@ -83,6 +84,7 @@ class PipelineManager:
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._device_request = device
         self.cache = QuantizedCache(cache_root or default_cache_root())
+        self.timings = TimingLog(self.cache.root)
         self._token = token
         self._loader = loader
         self._lock = threading.RLock()
@@ -157,6 +159,22 @@ class PipelineManager:
             runnable.append(name)
         return runnable
 
+    def device_name(self) -> str:
+        """The accelerator's model name ("NVIDIA GeForce RTX 4090"), or "cpu" / "mps": what timings are kept by."""
+        device = self._device or pick_device(self._device_request)
+        if device.type == "cuda":
+            return torch.cuda.get_device_name(device)
+        return device.type
+
+    def tier_labels(self) -> dict[str, str]:
+        """Each tier this machine runs, labelled with the step time measured here (or "not measured here yet")."""
+        labels = {}
+        device = self.device_name()
+        for name in self.runnable_variants():
+            figure = self.timings.figure(self.source.key, device, name) or "not measured here yet"
+            labels[name] = f"{get_variant(name).label} · {figure}"
+        return labels
+
     def unload(self) -> None:
         with self._lock:
             pipe, self._pipe, self._img2img = self._pipe, None, None
@@ -197,7 +215,7 @@ class PipelineManager:
             check_fp8(device)  # before reading 30 GB of weights
         t0 = time.perf_counter()
         # The artist waits here on the first Generate: say what loads, in which tier, and where it is meant to go.
-        progress(0.0, f"loading model {self.source.label} ({variant.name}, placement {self.placement} on {device})")
+        progress(0.0, f"loading model {self.source.short_name} ({variant.name}, placement {self.placement} on {device})")
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
@@ -319,6 +337,9 @@ class PipelineManager:
                 raise failure
             image = pipe.image_processor.numpy_to_pil(pixels[None])[0]  # what output_type="pil" returns
             seconds = time.perf_counter() - t0
+            if not self._compiled or shape in self._compiled_shapes:  # a first compiled call times the compiler
+                self.timings.record(self.source.key, self.device_name(), self.variant, width, height,
+                                    total, seconds)
             if self._compiled:
                 self._compiled_shapes.add(shape)
             # 6. Record what made it.

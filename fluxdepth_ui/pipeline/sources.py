@@ -58,6 +58,13 @@ class ModelSource:
         return base
 
     @property
+    def short_name(self) -> str:
+        """For messages visitors see: a Hub id, a local folder's own name (never its path), or tiny-random."""
+        if self.kind == "tiny":
+            return TINY
+        return os.path.basename(self.model.rstrip("/")) if self.kind == "local" else self.model
+
+    @property
     def label(self) -> str:
         if self.kind == "tiny":
             from .tiny import TINY_NOTICE

@@ -37,14 +37,13 @@ class Variant:
     fp8: bool = False  # transformer in fp8 through torchao, quantized on the GPU at load (Ada / Hopper only)
 
 
-# Labels carry the numbers measured on an H200 at 1024x1024, 28 steps, whole pipeline (docs/benchmarks.md, "Tiers").
+# Labels say what each tier is for; the app adds the step time measured on the machine it runs on
+# (pipeline/timings.py). Figures from the lent H100/H200 are in docs/benchmarks.md, "Tiers".
 VARIANTS: dict[str, Variant] = {
-    # Figures measured on an H200 (docs/benchmarks.md); not measured on the machine the app runs on.
-    "bf16": Variant("bf16", None, None, "bf16 · best quality · H200: 33.9 GiB, 5.1 s/image"),
-    "qint8": Variant("qint8", "qint8", "qint8", "qint8 · H200: 18.5 GiB (11.9 offloaded), 5.4 s/image"),
-    "qint4": Variant("qint4", "qint4", "qint8", "qint4 · H200: 13.3 GiB (6.7 offloaded), 5.4 s/image"),
-    "fp8": Variant("fp8", None, "qint8", "fp8 · Ada/Hopper · H200: 18.5 GiB, 3.0 s/image after a one-time compile "
-                                         "of minutes", fp8=True),
+    "bf16": Variant("bf16", None, None, "bf16 · best quality, most memory"),
+    "qint8": Variant("qint8", "qint8", "qint8", "qint8 · about half the memory"),
+    "qint4": Variant("qint4", "qint4", "qint8", "qint4 · least memory"),
+    "fp8": Variant("fp8", None, "qint8", "fp8 · fastest (Ada/Hopper), compiles once", fp8=True),
 }
 
 # Modules kept in full precision: the input/output projections and the final modulation are small and sensitive.

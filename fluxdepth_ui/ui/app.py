@@ -26,7 +26,7 @@ from ..image_files import check_formats
 from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
-from .layout import DEPTH_FIELDS, GENERATION_FIELDS, REMEMBERED_FIELDS, build_layout, form_components
+from .layout import DEPTH_FIELDS, GENERATION_FIELDS, REMEMBERED_FIELDS, build_layout, form_components, tier_choices
 from .sharing import DAY, UploadGate, as_toast, user_facing
 
 # Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
@@ -357,6 +357,8 @@ def wire_memory(app: Wiring) -> None:
         return tuple(values)
 
     app.demo.load(recall, [w.remembered], controls, api_visibility="private")
+    # Tier labels carry the step times measured on this machine: re-read on each page load (after images ran).
+    app.demo.load(lambda: gr.update(choices=tier_choices(app.studio)), None, w.variant, api_visibility="private")
 
 
 def wire_api(app: Wiring) -> None:

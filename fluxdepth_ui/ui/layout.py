@@ -16,14 +16,11 @@ from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
 from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
 from ..depth.readers import DEPTH_SUFFIXES
-from ..pipeline.variants import VARIANTS
 from ..presets import list_presets, packaged_folder
 from .examples import EXAMPLES, example_paths
 from .handlers import AUTO_CHANNEL, MAX_BATCH
 
 DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
-# Each label carries the tier's measured memory and speed (docs/benchmarks.md).
-VARIANT_HINTS = {name: variant.label for name, variant in VARIANTS.items()}
 # What `auto` does for each kind of file, shown in the depth panel (docs/depth.md).
 DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 
@@ -155,10 +152,10 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                             elem_id="result")
     w.status = gr.Markdown(elem_id="status")
     with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
-        w.variant = gr.Radio([(VARIANT_HINTS[v], v) for v in tiers], value=studio.manager.variant,
+        w.variant = gr.Radio(tier_choices(studio), value=studio.manager.variant,
                              label="Precision (switching reloads the model for everyone)",
-                             info="only the tiers this machine can run; figures measured on an H200, not here yet",
-                             interactive=len(tiers) > 1)
+                             info="only the tiers this machine can run, with the step time measured here",
+                             interactive=len(tiers) > 1, elem_id="variant")
         w.steps, w.guidance = _steps_and_guidance()
         with gr.Row():
             w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
@@ -175,6 +172,12 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                               interactive=False)
         w.gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
                                allow_preview=False, elem_id="gallery")
+
+
+def tier_choices(studio) -> list[tuple[str, str]]:
+    """(label, tier) for the tiers visitors may use, labelled with this machine's own measured step time."""
+    labels = studio.manager.tier_labels()
+    return [(labels.get(t, t), t) for t in studio.policy.tiers]
 
 
 def _sequence_tab(w: SimpleNamespace) -> None:
