@@ -76,3 +76,28 @@ def test_examples_normalize_as_described():
     assert white.control_map.mode == "passthrough" and not white.control_map.inverted
     raw = np.array(Image.open(FOLDER / "room_near_white_8bit.png")) / 255.0
     np.testing.assert_allclose(white.control_map.values, raw, atol=1e-6)
+
+
+def test_flat_relief_is_warned_and_the_advice_fixes_it():
+    """The bundled sphere export (plain distance, near dark) reads as an almost flat white disc: the preview says
+    so and how to fix it; following the advice gives relief and no stale warning."""
+    from fluxdepth_ui.depth import DepthSettings, NormalizeSettings, prepare_depth
+    from fluxdepth_ui.depth.preview import FLAT_RELIEF, relief
+    from fluxdepth_ui.ui.examples import FOLDER
+
+    sphere = str(FOLDER / "sphere_export_near_dark_16bit.png")
+    as_is = prepare_depth(sphere)
+    flat = [w for w in as_is.stats.warnings if w.startswith("near objects will come out flat")]
+    assert len(flat) == 1 and "mode disparity" in flat[0] and relief(as_is.control_map) < FLAT_RELIEF
+    fixed = prepare_depth(sphere, DepthSettings(normalize=NormalizeSettings(mode="disparity", near=3.0, far=40.0)))
+    assert relief(fixed.control_map) > 2 * FLAT_RELIEF  # 0.25: six times the relief of the file read as is
+    assert not [w for w in fixed.stats.warnings if "flat" in w or "mode disparity" in w], fixed.stats.warnings
+
+
+@pytest.mark.parametrize("name", ["openexr_beachball_singlepart_0001.exr", "open3d_TUM_depth.png",
+                                  "open3d_depth_syn.png"])
+def test_real_depth_files_are_not_called_flat(name):
+    from conftest import FIXTURES
+    from fluxdepth_ui.depth import prepare_depth
+
+    assert not [w for w in prepare_depth(str(FIXTURES / name)).stats.warnings if "come out flat" in w]

@@ -371,8 +371,8 @@ def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
     flat_top = np.count_nonzero(nonzero >= top) >= 0.005 * nonzero.size
     if full_scale and flat_top and np.count_nonzero(values == 0) < 0.005 * values.size:
         return "image", ["a flat region at full scale and no 0 pixels: read as a made depth image whose empty "
-                         "background is white (flipped so near is white); give near and far (mode disparity) to "
-                         "convert it to true inverse depth"]
+                         "background is white (flipped so near is white); choose mode disparity with near and far "
+                         "to convert it to true inverse depth"]
     as_distances = (f"16-bit values {int(nonzero.min())}..{int(top)} read as raw distances (near = small, 0 = no "
                     "data)")
     if vote > 0:

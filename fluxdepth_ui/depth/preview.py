@@ -136,6 +136,9 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
     if levels < BANDING_LEVELS:
         source = {"half": "half-float", "uint8": "8-bit"}.get(depth.sample_type, "quantized")
         warnings.append(f"only {levels} distinct depth levels ({source} source): expect banding")
+    flat = flat_relief_warning(cmap, depth.kind)
+    if flat:
+        warnings.append(flat)
     stats = DepthStats(
         file=depth.name,
         format=depth.source_format,
@@ -161,6 +164,39 @@ def prepare_loaded(depth: DepthMap, settings: DepthSettings, log_histogram: bool
         edges=settings.normalize.edges,
     )
     return DepthPreview(depth, cmap, control, stats, log_histogram)
+
+
+# Below this spread of the nearer half of the picture, near objects come out as flat cut-outs (docs/depth.md,
+# "Flat relief"): measured 0.22-0.64 on real renders and photos, 0.04 on a plain-distance export read as is.
+FLAT_RELIEF = 0.10
+RELIEF_SAMPLES = 1 << 20
+
+
+def relief(cmap: ControlMap) -> float | None:
+    """How much of the control range the nearer half of the picture spans (5th-95th percentile of the pixels above
+    the median, the far end left out). None when too little is in front of the background to say."""
+    step = max(1, int(np.sqrt(cmap.values.size / RELIEF_SAMPLES)))
+    values = cmap.values[::step, ::step][cmap.valid[::step, ::step]]
+    values = values[values > 0.02]  # the far end and the background are not the subject
+    if values.size < 64:
+        return None
+    nearer = values[values >= np.median(values)]
+    low, high = np.percentile(nearer, (5, 95))
+    return float(high - low)
+
+
+def flat_relief_warning(cmap: ControlMap, kind: str) -> str | None:
+    spread = relief(cmap)
+    if spread is None or spread >= FLAT_RELIEF:
+        return None
+    message = (f"near objects will come out flat: the nearer half of the picture spans only {spread:.0%} of the "
+               "control range")
+    if kind == "image" and cmap.inverted:
+        return message + ("; this looks like plain distance (near dark): give the export's near and far distances "
+                          "with mode disparity to turn it into inverse depth")
+    if kind == "image":
+        return message + "; if this image holds distances, give near and far with mode disparity"
+    return message + "; lower the far clip or set near and far so the subject fills more of the range"
 
 
 def _hist(values: np.ndarray, bins: int, rng: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
