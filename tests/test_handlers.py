@@ -136,3 +136,34 @@ def test_tier_labels_show_what_this_machine_measured(tmp_path):
     # Another model on the same machine has its own figures.
     other = PipelineManager(ModelSource("tiny-random", seed=1), cache_root=str(tmp_path / "cache"))
     assert other.tier_labels()["bf16"].endswith("not measured here yet")
+
+
+def test_sequence_takes_the_single_frame_depth_controls_and_zips_everything(studio, tmp_path):
+    import zipfile
+
+    from conftest import write_exr
+    from fluxdepth_ui.depth import prepare_depth
+    from test_sequence import make_sequence
+
+    # Frames whose depth sits in a channel no name search finds: the Channel menu is the rescue, as on one frame.
+    src = make_sequence(tmp_path / "src")
+    frames = []
+    for path in sorted(src.glob("*.exr")):
+        z = prepare_depth(str(path)).depth.values
+        frames.append(write_exr(tmp_path / path.name, {"dist": z}))
+    with pytest.raises(DepthInputError, match="no depth channel"):
+        h.gather_sequence(studio, "q", frames, h.depth_settings(long_side=256), None)
+    assert "dist" in h.sequence_channels(studio, "q", frames)
+    # The same fields as the single frame (channel, clip, near/far, edges, long side) make the sequence's settings.
+    record = form(channel="dist", near=4.0, far=60.0, long_side=256, edges="near")
+    settings = h.depth_from_form(record)
+    setup = h.gather_sequence(studio, "q", frames, settings, None)
+    assert setup.stats.range.low == pytest.approx(1 / 60) and setup.stats.range.high == pytest.approx(1 / 4)
+    assert "dist" in setup.channels and len(setup.previews) == 3
+    done = h.run_sequence(studio, "q", setup, settings, "a hall", "bf16", 1, 10.0, 24.0, formats=["exr"])
+    assert done.report.rendered == [1, 2, 3, 4]
+    with zipfile.ZipFile(done.archive) as archive:
+        names = {name.split("/", 1)[1] for name in archive.namelist() if not name.endswith("/")}
+    assert {f"frame.000{i}{ext}" for i in range(1, 5) for ext in (".png", ".json", ".exr")} <= names
+    assert {f"control/frame.000{i}.png" for i in range(1, 5)} <= names
+    assert {"sequence.mp4", "sequence_control.mp4", "sequence_stats.json"} <= names

@@ -177,7 +177,7 @@ def _served_result_record(demo) -> dict:
     r = httpx.post(base(demo) + "/gradio_api/call/generate", json={"data": generate_args(upload(demo, DEPTH_SYN),
                                                                                         seed=79)})
     stream = httpx.get(base(demo) + f"/gradio_api/call/generate/{r.json()['event_id']}", timeout=60).text
-    record = json.loads(stream.split("event: complete", 1)[1].split("data:", 1)[1].strip().splitlines()[0])[0][0]
+    record = json.loads(stream.split("event: complete", 1)[1].split("data:", 1)[1].strip().splitlines()[0])[0]
     assert Path(record["path"]).is_file()
     return {"path": record["path"], "meta": {"_type": "gradio.FileData"}}
 

@@ -104,11 +104,18 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
     elif kind == "image" and integer and chosen.data.dtype.itemsize >= 2:
         kind, extra = _classify_integer_grey(values)
         notes += extra
-    elif kind == "image" and chosen.data.dtype.kind == "f" and chosen.name == "Y" and raster.format != "exr":
-        # Single-channel float rasters (PFM, float TIFF, NPY) hold depth unless they are a [0, 1] made map.
+    elif kind == "image" and chosen.data.dtype.kind == "f" and (
+            (chosen.name == "Y" and raster.format != "exr")
+            or (channel and chosen.name.split(".")[-1].upper() not in ("R", "G", "B", "A", "Y"))):
+        # Single-channel float rasters (PFM, float TIFF, NPY), and a float channel that is not a colour the artist
+        # picked by hand (the Channel menu's rescue: "dist", "range"), hold depth unless they are a [0, 1] made map.
+        # A colour channel picked by hand stays a made image (a grey map saved as RGB).
         finite = values[np.isfinite(values)]
         if finite.size and not (finite.min() == 0.0 and finite.max() == 1.0):
             kind = "metric"
+            if channel:
+                notes.append(f"{chosen.label} holds floats {finite.min():.4g}..{finite.max():.4g}: read as distances "
+                             "(near = small); choose mode passthrough if it is a made depth image")
     if kind == "metric":
         values, extra = _fix_sign(values)
         notes += extra

@@ -181,6 +181,8 @@ def relief(cmap: ControlMap) -> float | None:
     if values.size < 64:
         return None
     nearer = values[values >= np.median(values)]
+    if np.unique(nearer).size < 16:
+        return None  # a few flat planes (a box before a wall) are flat in the scene too: nothing squeezed them
     low, high = np.percentile(nearer, (5, 95))
     return float(high - low)
 

@@ -21,12 +21,15 @@ from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
 from ..depth import DEFAULT_CLIP
 from ..depth.control import DEFAULT_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES
-from ..errors import FluxDepthError
+from ..errors import FluxDepthError, one_line
 from ..image_files import check_formats
 from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
-from .layout import DEPTH_FIELDS, GENERATION_FIELDS, REMEMBERED_FIELDS, build_layout, form_components, tier_choices
+from .layout import (
+    DEPTH_FIELDS, GENERATION_FIELDS, REMEMBERED_FIELDS, SEQUENCE_DEPTH_FIELDS, build_layout, form_components,
+    tier_choices,
+)
 from .sharing import DAY, UploadGate, as_toast, user_facing
 
 # Previews are cheap and must answer while generations wait: they bypass the queue (whose size bounds only the
@@ -292,44 +295,66 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
 
 
 def wire_sequence(app: Wiring) -> None:
+    """The Sequence tab: the same depth controls as the single frame, one shared range, one seed, one zip."""
     studio, w = app.studio, app.w
+    depth_names = SEQUENCE_DEPTH_FIELDS
 
-    def seq_settings(mode, invert, side):
-        return h.depth_settings(None, mode, invert, long_side=side)
+    def depth_of(form: dict):
+        return h.depth_from_form({name[len("seq_"):]: form[name] for name in depth_names})
 
-    @as_toast(3, status=2)
-    def ui_seq_prepare(files, mode, invert, side, request: gr.Request):
-        if not files:
-            return None, [], ""
-        uploads = [app.gate.resolve(f, "frame") for f in files]
-        setup = h.gather_sequence(studio, request.session_hash, uploads, seq_settings(mode, invert, side), None)
+    @as_toast(4, status=2)
+    def ui_seq_prepare(data: dict, request: gr.Request):
+        form = app.record(data)
+        if not form["seq_files"]:
+            return None, [], "", gr.update(choices=[h.AUTO_CHANNEL], value=h.AUTO_CHANNEL)
+        settings = depth_of(form)
+        uploads = [app.gate.resolve(f, "frame") for f in form["seq_files"]]
+        try:
+            setup = h.gather_sequence(studio, request.session_hash, uploads, settings, None)
+        except FluxDepthError as exc:
+            # As on the single frame: the error where the artist looks, and every channel of the first frame in
+            # the Channel menu (the rescue when no depth channel is found by name).
+            channels = h.sequence_channels(studio, request.session_hash, uploads)
+            return None, [], f"⚠ **{one_line(str(exc))}**", gr.update(choices=channels)
         labels = ["first", "middle", "last"]
-        return setup, [(p, labels[i]) for i, p in enumerate(setup.previews)], setup.summary
+        value = form["seq_channel"] if form["seq_channel"] in setup.channels else h.AUTO_CHANNEL
+        return (setup, [(p, labels[i]) for i, p in enumerate(setup.previews)], setup.summary,
+                gr.update(choices=list(setup.channels), value=value))
 
-    for trigger in (w.seq_files.change, w.seq_mode.input, w.seq_invert.input, w.seq_long.release):
-        trigger(ui_seq_prepare, [w.seq_files, w.seq_mode, w.seq_invert, w.seq_long],
-                [w.seq_setup, w.seq_previews, w.seq_summary], api_visibility="private", trigger_mode="always_last")
+    inputs = {w.seq_files, *app.components(*depth_names)}
+    outputs = [w.seq_setup, w.seq_previews, w.seq_summary, w.seq_channel]
+    w.seq_files.change(ui_seq_prepare, inputs, outputs, api_visibility="private", trigger_mode="always_last")
+    for name in depth_names:
+        control = getattr(w, name)
+        trigger = control.release if name == "seq_long_side" else control.input
+        trigger(ui_seq_prepare, inputs, outputs, api_visibility="private", trigger_mode="always_last")
 
     @as_toast(5, status=3)
-    def ui_seq_render(setup, mode, invert, side, prompt, variant, steps, guidance, fps, seed, randomize,
-                      request: gr.Request, progress=gr.Progress()):
+    def ui_seq_render(data: dict, request: gr.Request, progress=gr.Progress()):
         from dataclasses import replace
 
+        form = app.record(data)
+        setup = form["seq_setup"]
         if setup is None:
             raise FluxDepthError("add the sequence's frames first")
-        setup = replace(setup, stats=replace(setup.stats, seed=h.seed_value(seed, bool(randomize))))
-        report, video, control_video, seed, stats_file = h.run_sequence(
-            studio, request.session_hash, setup, seq_settings(mode, invert, side), prompt, variant, steps, guidance,
-            float(fps or 24), on_frame=lambda i, n, frame, status: progress((i, n), unit="frames",
-                                                                            desc=f"frame {frame.number} {status}"))
+        setup = replace(setup, stats=replace(setup.stats, seed=h.seed_value(form["seq_seed"],
+                                                                             bool(form["seq_random"]))))
+        done = h.run_sequence(
+            studio, request.session_hash, setup, depth_of(form), form["seq_prompt"], form["variant"],
+            form["seq_steps"], form["seq_guidance"], float(form["seq_fps"] or 24), formats=form["seq_also_save"],
+            on_frame=lambda i, n, frame, status: progress((i, n), unit="frames",
+                                                          desc=f"frame {frame.number} {status}"),
+            load_progress=lambda fraction, message: progress(fraction, desc=message))
+        report = done.report
         message = (f"Done: {len(report.rendered)} frames rendered, {len(report.skipped)} unchanged and kept · seed "
-                   f"**{seed}** · {report.seconds:.1f} s")
+                   f"**{done.seed}** · {report.seconds:.1f} s · everything in one zip under Downloads")
         return ([(app.serve(p), f"frame {os.path.basename(p).split('.')[1]}") for p in report.outputs],
-                app.serve(video), [app.serve(video), app.serve(control_video), app.serve(stats_file)], message, seed)
+                app.serve(done.video), [app.serve(done.archive), app.serve(done.video),
+                                        app.serve(done.control_video)], message, done.seed)
 
     w.seq_render.click(ui_seq_render,
-                       [w.seq_setup, w.seq_mode, w.seq_invert, w.seq_long, w.seq_prompt, w.variant, w.seq_steps,
-                        w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random],
+                       {w.seq_setup, *app.components(*depth_names), w.seq_prompt, w.variant, w.seq_steps,
+                        w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save},
                        [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
                        concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
 

@@ -400,6 +400,7 @@ class SequenceSetup:
     stats: object  # SequenceStats
     previews: list[str]  # control PNGs of the first, middle and last frame under the shared range
     summary: str
+    channels: tuple[str, ...] = (AUTO_CHANNEL,)  # the Channel menu: "auto" and every channel of the first frame
 
 
 def stage_sequence(studio: Studio, session: str | None, files: list) -> tuple[str, tuple[str, ...]]:
@@ -463,15 +464,41 @@ def gather_sequence(studio: Studio, session: str | None, files: list, settings: 
     if skipped:
         shown = ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
         summary += f"\n\n⚠ left out {len(skipped)} file(s) that are not depth maps: {shown}"
-    return SequenceSetup(folder, frames, stats, previews, summary)
+    return SequenceSetup(folder, frames, stats, previews, summary, tuple(file_channels(frames[0].path)))
+
+
+def sequence_channels(studio: Studio, session: str | None, files: list) -> list[str]:
+    """Every channel of the upload's first frame, for the Channel menu when the sequence cannot be read as is."""
+    from ..sequence import find_frames
+
+    try:
+        folder, _ = stage_sequence(studio, session, files)
+        frames = find_frames(folder)
+    except FluxDepthError:
+        return [AUTO_CHANNEL]
+    return file_channels(frames[0].path) if frames else [AUTO_CHANNEL]
+
+
+@dataclass(frozen=True)
+class SequenceDone:
+    report: object  # sequence.SequenceReport
+    video: str
+    control_video: str
+    seed: int
+    stats_file: str
+    archive: str  # one zip of the whole output folder: "download all"
 
 
 def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, settings: DepthSettings, prompt: str,
-                 variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None):
-    """Render every frame with the shared range and seed, then the result and control-map videos."""
+                 variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None, formats=(),
+                 load_progress=None) -> SequenceDone:
+    """Render every frame with the shared range and seed, then the result and control-map videos and one zip of
+    everything (frames, sidecars, control maps, the formats asked for, videos, stats)."""
+    from ..image_files import check_formats
     from ..sequence import render_sequence, save_stats, settle_seed, write_video
     from ..settings import GenerationSettings
 
+    formats = check_formats(formats)
     stats = settle_seed(setup.stats)
     generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance)
     studio.policy.check_tier(variant)
@@ -481,8 +508,12 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
     cancel.clear()
     out_dir = str(studio.session_dir(session) / f"sequence-{time.strftime('%Y%m%d-%H%M%S')}")
     report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
-                             on_frame=on_frame, on_step=on_step, cancel=cancel)
+                             on_frame=on_frame, on_step=on_step, cancel=cancel, formats=formats,
+                             load_progress=load_progress)
     video = write_video(report.outputs, os.path.join(out_dir, "sequence.mp4"), fps)
     control_video = write_video(report.controls, os.path.join(out_dir, "sequence_control.mp4"), fps)
-    save_stats(stats, os.path.join(out_dir, "sequence_stats.json"))
-    return report, video, control_video, stats.seed, os.path.join(out_dir, "sequence_stats.json")
+    stats_file = os.path.join(out_dir, "sequence_stats.json")
+    save_stats(stats, stats_file)
+    archive = shutil.make_archive(out_dir, "zip", root_dir=os.path.dirname(out_dir),
+                                  base_dir=os.path.basename(out_dir))
+    return SequenceDone(report, video, control_video, stats.seed, stats_file, archive)

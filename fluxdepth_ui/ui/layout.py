@@ -29,6 +29,8 @@ DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_hig
                 "edges")
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
                      "strength", "also_save")
+# The Sequence tab's depth controls: the same fields, prefixed (layout._depth_controls).
+SEQUENCE_DEPTH_FIELDS = tuple("seq_" + n for n in DEPTH_FIELDS if n != "depth_file")
 # What the browser remembers across reloads: every setting but the files and the channel of one file.
 REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS if n not in ("depth_file", "init_image",
                                                                                       "channel"))
@@ -85,21 +87,7 @@ def _depth_panel(w: SimpleNamespace, studio) -> None:
     """Left: the depth file and how it is read."""
     w.depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
                            type="filepath", elem_id="depth-file", height=110)
-    with gr.Row():
-        w.channel = gr.Dropdown([AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel", elem_id="channel",
-                                allow_custom_value=True)
-        w.mode = gr.Dropdown(list(MODES), value="auto", label="Mode", elem_id="mode")
-    w.invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", elem_id="invert")
-    with gr.Accordion("Range, size and edges", open=False):
-        with gr.Row():
-            w.clip_low = gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100)
-            w.clip_high = gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100)
-        with gr.Row():
-            w.near = gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0)
-            w.far = gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0)
-        w.long_side = _long_side_slider(elem_id="long-side")
-        w.edges = gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", elem_id="edges",
-                              info="anti-aliased pixels between surfaces")
+    _depth_controls(w, "", elem_ids=True)
     with gr.Accordion("Examples", open=False):
         gr.Examples(examples=[[p] for p in example_paths()], inputs=[w.depth_file], label=None,
                     example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
@@ -111,6 +99,32 @@ def _depth_panel(w: SimpleNamespace, studio) -> None:
     if DEPTH_DOC.is_file():
         with gr.Accordion("How auto reads your file", open=False, elem_id="depth-doc"):
             gr.Markdown(DEPTH_DOC.read_text(encoding="utf-8"))
+
+
+def _depth_controls(w: SimpleNamespace, prefix: str, elem_ids: bool = False) -> None:
+    """How a depth file is read: the same controls on the Single frame and the Sequence tabs (w.<prefix>channel,
+    w.<prefix>mode, ...; the names of DEPTH_FIELDS)."""
+    def ids(name):
+        return {"elem_id": name.replace("_", "-")} if elem_ids else {}
+
+    def put(name, component):
+        setattr(w, prefix + name, component)
+
+    with gr.Row():
+        put("channel", gr.Dropdown([AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel", allow_custom_value=True,
+                                   **ids("channel")))
+        put("mode", gr.Dropdown(list(MODES), value="auto", label="Mode", **ids("mode")))
+    put("invert", gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", **ids("invert")))
+    with gr.Accordion("Range, size and edges", open=False):
+        with gr.Row():
+            put("clip_low", gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100))
+            put("clip_high", gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100))
+        with gr.Row():
+            put("near", gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0))
+            put("far", gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0))
+        put("long_side", _long_side_slider(**ids("long_side")))
+        put("edges", gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", info="anti-aliased "
+                                 "pixels between surfaces", **ids("edges")))
 
 
 def _presets(w: SimpleNamespace, policy) -> None:
@@ -189,10 +203,7 @@ def _sequence_tab(w: SimpleNamespace) -> None:
         with gr.Column(scale=1):
             w.seq_files = gr.File(label="Frames (depth.0001.exr, ... or a zip)", file_count="multiple",
                                   file_types=DEPTH_FILE_TYPES + [".zip"], type="filepath", elem_id="seq-files")
-            with gr.Row():
-                w.seq_mode = gr.Dropdown(list(MODES), value="auto", label="Mode")
-                w.seq_invert = gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert")
-                w.seq_long = _long_side_slider()
+            _depth_controls(w, "seq_")
             w.seq_summary = gr.Markdown(elem_id="seq-summary")
             w.seq_previews = gr.Gallery(label="First · middle · last control map (shared range)", columns=3,
                                         height=200, allow_preview=True, object_fit="contain",
@@ -204,13 +215,16 @@ def _sequence_tab(w: SimpleNamespace) -> None:
                 w.seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0, minimum=0)
                 w.seq_random = gr.Checkbox(True, label="Random seed")
                 w.seq_fps = gr.Number(24, label="Video fps", minimum=1, maximum=120)
+            w.seq_also_save = _also_save()
             with gr.Row():
                 w.seq_render = gr.Button("Render all frames", variant="primary", elem_id="seq-render")
                 w.seq_cancel = gr.Button("Cancel")
             w.seq_status = gr.Markdown(elem_id="seq-status")
             w.seq_gallery = gr.Gallery(label="Rendered frames", columns=6, height=220, elem_id="seq-gallery")
             w.seq_video = gr.Video(label="Result video", elem_id="seq-video")
-            w.seq_downloads = gr.File(label="Downloads (videos, stats)", file_count="multiple", interactive=False)
+            w.seq_downloads = gr.File(label="Downloads: everything in one zip (frames, sidecars, control maps, "
+                                            "videos, stats), then the videos", file_count="multiple",
+                                      interactive=False, elem_id="seq-downloads")
     w.seq_setup = gr.State(None)
 
 
