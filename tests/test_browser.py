@@ -135,6 +135,15 @@ def test_sequence_tab_renders_all_frames_with_one_range(app_url, browser, tmp_pa
                            timeout=120_000)
     assert page.locator("#seq-gallery img").count() == 3
     page.wait_for_selector("#seq-video video", state="attached", timeout=30_000)
+    # "Download all": the first download is one zip of the whole sequence, and it really downloads.
+    links = page.locator("#seq-downloads a")
+    with page.expect_download() as download:
+        links.first.click()
+    assert download.value.suggested_filename.endswith(".zip")
+    import zipfile
+
+    with zipfile.ZipFile(download.value.path()) as archive:
+        assert sum(n.endswith(".png") and "/control/" not in n for n in archive.namelist()) == 3
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-sequence.png"), full_page=True)
     page.close()
