@@ -135,6 +135,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the transformer (CUDA GPUs): the first image compiles, later ones run 15-25%% "
                         "faster; worth it for sequences. fp8 always compiles")
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
+    g.add_argument("--vram-budget", metavar="GiB|auto", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
+                   help="never use more GPU memory than this (auto = free memory minus a margin); what does not fit "
+                        "streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
     g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
                    help=f"img2img strength (default {DEFAULT_STRENGTH:g})")
@@ -173,7 +176,8 @@ def pipeline_spec(args: argparse.Namespace):
     from .settings import PipelineSpec
 
     return PipelineSpec(model=args.model, variant=args.variant, placement=args.placement, compile=args.compile,
-                        device=args.device, revision=args.revision, lora=args.lora, lora_scale=args.lora_scale)
+                        device=args.device, revision=args.revision, lora=args.lora, lora_scale=args.lora_scale,
+                        vram_budget=args.vram_budget)
 
 
 def _manager(spec):

@@ -135,6 +135,7 @@ class PipelineSpec:
     revision: str | None = None
     lora: str | None = None  # depth LoRA fused into a FLUX.1-dev base
     lora_scale: float = 0.85
+    vram_budget: str | None = None  # GiB ("12"), "auto", or None: pipeline/budget.py
 
     def __post_init__(self):
         if self.variant not in VARIANT_NAMES:
@@ -142,6 +143,10 @@ class PipelineSpec:
         if self.placement not in PLACEMENTS:
             raise SettingsError(f"unknown placement {self.placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         check_number("lora_scale", self.lora_scale, -10.0, 10.0)
+        if self.vram_budget is not None:
+            budget = str(self.vram_budget).strip().lower().removesuffix("gib").removesuffix("gb").strip()
+            if budget != "auto":
+                check_number("vram_budget", budget, 1.0, 4096.0, hint="GiB, or auto")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,6 +23,7 @@ from ..depth import ControlImage, DepthStats
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
 from .metadata import GenerationMetadata
 from .placement import (
+    ACTIVATION_BYTES_PER_MEGAPIXEL,
     PLACEMENTS,
     PlacementChoice,
     apply_placement,
@@ -33,8 +34,12 @@ from .placement import (
     release_device_memory,
 )
 from .sources import LoadedModel, ModelSource, load_model
+from .budget import (
+    MemoryPlan, apply_memory_plan, enforce_budget, parse_budget, plan_memory, resolve_budget,
+    transformer_block_sizes,
+)
 from .timings import TimingLog
-from .speed import check_fp8, compile_transformer, decide_compile, fp8_quantize_transformer
+from .speed import CompileDecision, check_fp8, compile_transformer, decide_compile, fp8_quantize_transformer
 from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
 
 log = logging.getLogger(__name__)
@@ -72,7 +77,7 @@ class PipelineManager:
 
     def __init__(self, source: ModelSource | None = None, variant: str = "bf16", placement: str = "auto",
                  device: str | None = None, cache_root: str | None = None, token: str | None = None,
-                 loader: Loader | None = None, compile: bool = False):
+                 loader: Loader | None = None, compile: bool = False, vram_budget: float | str | None = None):
         get_variant(variant)
         if placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
@@ -80,6 +85,11 @@ class PipelineManager:
         self.variant = variant
         self.placement = placement
         self.compile = bool(compile)
+        # GiB, "auto" (free memory minus a margin) or None (the placement option alone decides): budget.py
+        self.vram_budget = parse_budget(vram_budget)
+        self._plan: MemoryPlan | None = None
+        # Prompt -> (prompt_embeds, pooled_prompt_embeds): a seed batch, a sequence or a re-run never re-encodes.
+        self._prompt_cache: dict = {}
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._device_request = device
@@ -102,7 +112,7 @@ class PipelineManager:
 
         source = parse_model_source(spec.model, spec.revision, spec.lora, spec.lora_scale)
         return cls(source, variant=spec.variant, placement=spec.placement, device=spec.device, token=token,
-                   cache_root=cache_root, loader=loader, compile=spec.compile)
+                   cache_root=cache_root, loader=loader, compile=spec.compile, vram_budget=spec.vram_budget)
 
     # --- state -----------------------------------------------------------------------------------------------------
 
@@ -120,12 +130,15 @@ class PipelineManager:
             "placement_reason": self._choice.reason if self._choice else None,
             "compile": self.compile,
             "compiled": self._compiled,
+            "vram_budget": self.vram_budget,
+            "memory_plan": self._plan.summary() if self._plan else None,
             "revision": self._revision,
             "notes": list(self._notes),
         }
 
     def configure(self, source: ModelSource | None = None, variant: str | None = None,
-                  placement: str | None = None, compile: bool | None = None) -> bool:
+                  placement: str | None = None, compile: bool | None = None,
+                  vram_budget: float | str | None = False) -> bool:
         """Change model, variant or placement. The old pipeline is released at once; the new one loads lazily.
 
         Returns True when something changed.
@@ -134,13 +147,14 @@ class PipelineManager:
             self.check_variant(variant)  # before the loaded model is dropped: a refusal leaves it in place
         if placement is not None and placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
+        budget = self.vram_budget if vram_budget is False else parse_budget(vram_budget)
         with self._lock:
             new = (source or self.source, variant or self.variant, placement or self.placement,
-                   self.compile if compile is None else bool(compile))
-            if new == (self.source, self.variant, self.placement, self.compile):
+                   self.compile if compile is None else bool(compile), budget)
+            if new == (self.source, self.variant, self.placement, self.compile, self.vram_budget):
                 return False
             self.unload()
-            self.source, self.variant, self.placement, self.compile = new
+            self.source, self.variant, self.placement, self.compile, self.vram_budget = new
             return True
 
     def check_variant(self, variant: str) -> None:
@@ -185,6 +199,8 @@ class PipelineManager:
                     setattr(pipe, name, None)
                 del pipe
             self._choice = None
+            self._plan = None
+            self._prompt_cache = {}
             self._compiled = False
             self._compiled_shapes = set()
             release_device_memory()
@@ -221,27 +237,45 @@ class PipelineManager:
         else:
             loaded = load_model(self.source, variant, self.cache, progress, self._token)
         sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
+        blocks = transformer_block_sizes(loaded.components["transformer"])
         if variant.fp8:
             sizes["transformer"] //= 2  # what it will hold once in fp8
-        choice = choose_placement(self.placement, device, sizes, 1.0, free_memory(device),
-                                  quantized=variant.transformer is not None or variant.fp8)
+            blocks = [b // 2 for b in blocks]
+        budget = resolve_budget(self.vram_budget, device)
+        plan = None
+        if budget is not None and self.placement == "auto":
+            plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
+            choice = PlacementChoice("budget", plan.summary())
+        else:
+            choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device),
+                                      quantized=variant.transformer is not None or variant.fp8)
         notes = loaded.notes + [choice.reason]
         if variant.fp8:
-            if choice.placement != "gpu":
-                raise PipelineError(f"the fp8 tier keeps the whole pipeline on the GPU, but {choice.reason}: choose "
-                                    "qint8 or qint4, which can offload")
+            streamed = plan is not None and "transformer" in plan.streamed
+            if plan is None and choice.placement != "gpu":
+                raise PipelineError(f"the fp8 tier keeps its transformer on the GPU, but {choice.reason}: set a VRAM "
+                                    "budget (--vram-budget) to stream it, or choose qint8 or qint4")
             progress(0.9, "quantizing the transformer to fp8 on the GPU")
-            fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE)
+            fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE,
+                                     keep_on_gpu=not streamed)
+        enforce_budget(budget, device)  # from here on, this process never holds more than the budget
         pipe = FluxControlPipeline(**loaded.components)
         pipe.set_progress_bar_config(disable=True)
         progress(0.97, f"placing {variant.name} on {device}: {choice.placement} ({choice.reason})")
-        apply_placement(pipe, choice, device)
+        if plan is not None:
+            apply_memory_plan(pipe, plan, device)
+        else:
+            apply_placement(pipe, choice, device)
         decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
+        if decision.enabled and plan is not None and "transformer" in plan.streamed:
+            decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
+                                              "on every block)")
         if decision.enabled:
             compile_transformer(pipe.transformer, self.cache.root)
         if decision.reason:
             notes.append(decision.reason)
         self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
+        self._plan = plan
         self._compiled = decision.enabled
         self._notes = notes
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
@@ -286,8 +320,10 @@ class PipelineManager:
             seed = draw_seed() if settings.seed is None else int(settings.seed)
             generator = torch.Generator("cpu").manual_seed(seed)
             # 4. Inputs in the form diffusers passes through untouched.
+            prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
             kwargs = dict(
-                prompt=settings.prompt,
+                prompt_embeds=prompt_embeds,
+                pooled_prompt_embeds=pooled,
                 control_image=control_tensor(control),
                 height=height,
                 width=width,
@@ -361,12 +397,29 @@ class PipelineManager:
                 depth_inverted=depth.inverted if depth else None,
                 depth_range=depth.range if depth else None,
                 placement=self._choice.placement if self._choice else None,
+                memory_plan=self._plan.summary() if self._plan else None,
                 compiled=self._compiled,
                 device=str(self._device),
                 seconds=round(seconds, 3),
                 notes=(self.source.label,) if self.source.kind == "tiny" else (),
             )
             return GenerationResult(image, meta, pixels)
+
+    def _encode_prompt(self, prompt: str, max_sequence_length: int):
+        """T5 and CLIP run once per prompt: a seed batch, a sequence or a re-run reuses the embeddings, so under a
+        budget the text encoders never come back to the GPU for them. Exactly what the pipeline computes itself
+        from `prompt` (diffusers' own encode_prompt, same arguments): images are unchanged (tests/test_pipeline.py)."""
+        key = (prompt, max_sequence_length)
+        if key not in self._prompt_cache:
+            with torch.no_grad():
+                embeds, pooled, _ = self._pipe.encode_prompt(prompt=prompt, prompt_2=None,
+                                                             device=self._pipe._execution_device,
+                                                             num_images_per_prompt=1,
+                                                             max_sequence_length=max_sequence_length)
+            while len(self._prompt_cache) >= 16:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            self._prompt_cache[key] = (embeds, pooled)
+        return self._prompt_cache[key]
 
     def _after_failure(self, pipe) -> None:
         """Leave the manager usable: drop offload hooks' stale state and free what the failed call held."""

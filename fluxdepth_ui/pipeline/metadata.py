@@ -41,6 +41,7 @@ class GenerationMetadata:
     depth_crop: tuple[int, int, int, int] | None = None  # px cut from the control map to keep the aspect
     depth_edges: str | None = None
     shot_key: str | None = None  # the depth file's bytes + every setting + model + tier (shot.shot_key)
+    memory_plan: str | None = None  # under a VRAM budget: what was resident, what streamed (pipeline/budget.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)

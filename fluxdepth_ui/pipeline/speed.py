@@ -85,11 +85,12 @@ def check_fp8(device: torch.device) -> None:
 
 
 def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
-                             exclude: tuple[str, ...]) -> torch.nn.Module:
+                             exclude: tuple[str, ...], keep_on_gpu: bool = True) -> torch.nn.Module:
     """fp8 (e4m3) weights with a scale per output row, activations quantized per token at run time (torchao).
 
     Block by block on the GPU, so the bf16 transformer is never whole on the card: the peak is the fp8 weights plus
-    one bf16 block.
+    one bf16 block. With `keep_on_gpu=False` (a VRAM budget streams the transformer) each quantized block goes back
+    to host memory, and the peak is one block.
     """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
@@ -104,6 +105,10 @@ def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
         for number, block in enumerate(getattr(transformer, blocks)):
             block.to(device)
             quantize_(block, config, filter_fn=lambda m, n, p=f"{blocks}.{number}.": wanted(m, p + n))
+            if not keep_on_gpu:
+                block.to("cpu")
     transformer.to(device)
     quantize_(transformer, config, filter_fn=lambda m, n: wanted(m, n) and "transformer_blocks" not in n)
+    if not keep_on_gpu:
+        transformer.to("cpu")
     return transformer

@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", default=_env("PLACEMENT", "gpu" if on_space else "auto"),
                    choices=["auto", "gpu", "model_offload", "sequential_offload"], help="env FLUXDEPTH_PLACEMENT")
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:N, mps or cpu (env FLUXDEPTH_DEVICE)")
+    p.add_argument("--vram-budget", default=_env("VRAM_BUDGET"), metavar="GiB|auto",
+                   help="never use more GPU memory than this; auto = free memory minus a margin (env "
+                        "FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
                    help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=int(_env("PORT", "7860")), help="env FLUXDEPTH_PORT")
@@ -99,7 +102,7 @@ def create(args: argparse.Namespace):
     outputs = check_outputs_writable(Path(args.outputs))
     source = parse_model_source(args.model)
     manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
-                              token=os.environ.get("HF_TOKEN"), compile=args.compile)
+                              token=os.environ.get("HF_TOKEN"), compile=args.compile, vram_budget=args.vram_budget)
     manager.check_variant(args.variant)
     keep = None if args.keep_days in (None, "") else float(args.keep_days)
     policy = make_policy(is_shared(args), args.variant, manager.runnable_variants(), args.allow_tiers, keep)

@@ -1,0 +1,238 @@
+"""A VRAM budget: what stays on the GPU, what streams from pinned host memory, and the cap that enforces it.
+
+Artists' cards (8-24 GB) are shared with Houdini, so "never use more than this" is the contract (docs/vram.md):
+
+1. `plan_memory` decides from the component sizes, the working memory of one image and the budget. The denoiser
+   runs every step, so it stays resident whenever it fits with its working memory; the VAE and CLIP (small) next;
+   T5 (large) runs only when a prompt is new (the manager caches prompt embeddings), so it is the first to stream.
+   When even the denoiser does not fit, as many of its blocks as the budget allows stay resident, spread evenly, and
+   the rest stream each step with prefetch.
+2. `apply_memory_plan` places the pipeline: resident modules move to the GPU; streamed ones get diffusers' group
+   offloading with CUDA streams (pinned host copies, the next group copied while the current one computes).
+3. `enforce_budget` caps this process's CUDA allocator at the budget (torch.cuda.set_per_process_memory_fraction),
+   so a wrong estimate fails as an out-of-memory message instead of taking memory Houdini holds.
+
+No pure-Python weight shuffling here: the streaming is diffusers' own (hooks/group_offloading.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+# Left free under "auto": the display, the driver's own use and another program's next allocation.
+AUTO_MARGIN = 1.5 * GIB
+# The order in which components give up their place on the GPU (first = streamed first).
+STREAM_ORDER = ("text_encoder_2", "text_encoder", "vae", "transformer")
+BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
+NAMES = {"transformer": "transformer", "text_encoder_2": "T5", "text_encoder": "CLIP", "vae": "VAE"}
+
+
+def parse_budget(text) -> float | str | None:
+    """'auto', a size in GiB ('12', '12.5', '12GiB'), or None (no budget: the placement option decides)."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    if isinstance(text, str):
+        value = text.strip().lower()
+        if value == "auto":
+            return "auto"
+        for suffix in ("gib", "gb", "g"):
+            if value.endswith(suffix):
+                value = value[: -len(suffix)].strip()
+                break
+    else:
+        value = text
+    try:
+        gib = float(value)
+    except (TypeError, ValueError):
+        raise PipelineError(f"VRAM budget {str(text)[:20]!r} is not a size; give GiB (e.g. 12) or auto") from None
+    if not (1.0 <= gib <= 4096.0):
+        raise PipelineError(f"VRAM budget {gib:g} GiB is out of range; give 1..4096 GiB or auto")
+    return gib
+
+
+def budget_from_env() -> float | str | None:
+    return parse_budget(os.environ.get("FLUXDEPTH_VRAM_BUDGET"))
+
+
+def resolve_budget(budget: float | str | None, device: torch.device) -> int | None:
+    """The budget in bytes on this device: 'auto' = free memory now minus a margin; None off a CUDA device."""
+    if budget is None or device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    if budget == "auto":
+        return max(int(free - AUTO_MARGIN), GIB)
+    wanted = int(float(budget) * GIB)
+    if wanted > total:
+        raise PipelineError(f"VRAM budget {float(budget):g} GiB is more than this GPU has ({total / GIB:.1f} GiB); "
+                            "give a smaller one or auto")
+    return wanted
+
+
+def enforce_budget(budget_bytes: int | None, device: torch.device) -> None:
+    """Cap this process's CUDA allocator at the budget: peaks above it fail as out-of-memory, never spill over."""
+    if budget_bytes is None or device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    budget: int
+    resident: tuple[str, ...]  # components wholly on the GPU
+    streamed: tuple[str, ...]  # components streamed from pinned host memory (group offloading with streams)
+    resident_blocks: tuple[int, ...] = ()  # indices (over both block lists) kept on the GPU when the denoiser streams
+    total_blocks: int = 0
+    streamed_bytes_per_step: int = 0  # denoiser bytes copied to the GPU each step
+    variant: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def summary(self) -> str:
+        """'qint4 transformer resident, T5 on demand, 6.9 GiB budget'"""
+        parts = []
+        if "transformer" in self.resident:
+            parts.append(f"{self.variant} transformer resident".strip())
+        else:
+            parts.append(f"{self.variant} transformer {len(self.resident_blocks)}/{self.total_blocks} blocks resident, "
+                         f"{self.streamed_bytes_per_step / GIB:.1f} GiB streamed per step".strip())
+        on_demand = [NAMES[c] for c in STREAM_ORDER if c in self.streamed and c != "transformer"]
+        if on_demand:
+            parts.append(" and ".join(on_demand) + " on demand")
+        parts.append(f"{self.budget / GIB:.1f} GiB budget")
+        return ", ".join(parts)
+
+
+def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list[int] | None = None,
+                variant: str = "") -> MemoryPlan:
+    """Decide residency under `budget` bytes.
+
+    sizes: bytes per component (transformer, text_encoder, text_encoder_2, vae); work: the working memory of one
+    image (activations, the VAE decode); block_sizes: bytes of each transformer block in execution order (the
+    rest of the transformer, embedders and norms, is sizes["transformer"] - sum(block_sizes)).
+    """
+    components = [c for c in STREAM_ORDER if sizes.get(c)]
+    resident = set(components)
+    # A streamed component needs room for the group being used and the one being copied in.
+    def slack(streamed):
+        return sum(2 * _largest_group(c, sizes, block_sizes) for c in streamed)
+
+    streamed: list[str] = []
+    for name in STREAM_ORDER[:-1]:  # give up T5, then CLIP, then the VAE, until the rest fits
+        if sum(sizes.get(c, 0) for c in resident) + work + slack(streamed) <= budget:
+            break
+        if name in resident:
+            resident.discard(name)
+            streamed.append(name)
+    used = sum(sizes.get(c, 0) for c in resident) + work + slack(streamed)
+    if used <= budget:
+        return MemoryPlan(budget, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed), variant=variant)
+
+    # The denoiser itself streams: keep as many blocks as fit, spread evenly so copies overlap resident compute.
+    blocks = list(block_sizes or [])
+    if not blocks:
+        raise PipelineError(_too_small(budget, work + sizes.get("transformer", 0)))
+    resident.discard("transformer")
+    streamed.append("transformer")
+    others = sizes["transformer"] - sum(blocks)  # embedders, norms, projections: onloaded with the first group
+    fixed = sum(sizes.get(c, 0) for c in resident) + work + slack(streamed) + others
+    room = budget - fixed
+    if room < 0:
+        raise PipelineError(_too_small(budget, fixed - budget + budget))
+    keep = _spread(blocks, room)
+    streamed_bytes = sum(b for i, b in enumerate(blocks) if i not in keep) + others
+    return MemoryPlan(budget, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed),
+                      resident_blocks=tuple(sorted(keep)), total_blocks=len(blocks),
+                      streamed_bytes_per_step=streamed_bytes, variant=variant)
+
+
+def _largest_group(component: str, sizes: dict[str, int], block_sizes: list[int] | None) -> int:
+    if component == "transformer" and block_sizes:
+        return max(block_sizes)
+    # Encoders and the VAE stream leaf by leaf (one layer at a time): a generous bound is a twentieth of the model.
+    return sizes.get(component, 0) // 20
+
+
+def _spread(blocks: list[int], room: int) -> set[int]:
+    """The most blocks that fit in `room`, spread evenly over the execution order."""
+    count = 0
+    ordered = sorted(blocks)
+    total = 0
+    for size in ordered:
+        if total + size > room:
+            break
+        total += size
+        count += 1
+    if count == 0:
+        return set()
+    n = len(blocks)
+    picks = {int(round(i * n / count + (n / count - 1) / 2)) for i in range(count)}
+    picks = {min(n - 1, p) for p in picks}
+    while sum(blocks[i] for i in picks) > room and picks:
+        picks.discard(max(picks, key=lambda i: blocks[i]))
+    return picks
+
+
+def _too_small(budget: int, needed: int) -> str:
+    return (f"a VRAM budget of {budget / GIB:.1f} GiB is too small for this size and tier (about {needed / GIB:.1f} "
+            "GiB needed even when streaming); raise --vram-budget, choose qint4, or lower the long side")
+
+
+def transformer_block_sizes(transformer) -> list[int]:
+    from .placement import module_bytes
+
+    sizes = []
+    for name in BLOCK_LISTS:
+        for block in getattr(transformer, name, ()):
+            sizes.append(module_bytes(block))
+    return sizes
+
+
+def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
+    """Resident modules to the GPU; streamed ones get diffusers' group offloading with CUDA streams."""
+    from diffusers.hooks import apply_group_offloading
+
+    use_stream = device.type == "cuda"
+    for name in plan.resident:
+        getattr(pipe, name).to(device)
+    for name in plan.streamed:
+        module = getattr(pipe, name)
+        if name == "transformer":
+            apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
+                                   use_stream=use_stream, record_stream=use_stream, non_blocking=use_stream)
+            _pin_resident_blocks(module, plan.resident_blocks, device)
+        else:
+            apply_group_offloading(module, device, offload_type="leaf_level", use_stream=use_stream,
+                                   record_stream=use_stream, non_blocking=use_stream)
+
+
+def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.device) -> None:
+    """Take the chosen blocks out of the streaming: their offload hook is removed before the first forward (which
+    is when diffusers links the prefetch chain), and they move to the GPU for good."""
+    from diffusers.hooks import HookRegistry
+
+    named = [(f"{name}.{i}", b) for name in BLOCK_LISTS for i, b in enumerate(getattr(transformer, name, ()))]
+    lazy = HookRegistry.check_if_exists_or_initialize(transformer).get_hook("lazy_prefetch_group_offloading")
+    for index in keep:
+        name, block = named[index]
+        registry = HookRegistry.check_if_exists_or_initialize(block)
+        hook = registry.get_hook("group_offloading")
+        if hook is None:
+            continue
+        cpu_copies = hook.group.cpu_param_dict
+        registry.remove_hook("group_offloading", recurse=False)
+        # With streams, the execution-order tracker was attached too: a resident block is no link of the chain.
+        registry.remove_hook("layer_execution_tracker", recurse=False)
+        if lazy is not None:
+            lazy._layer_execution_tracker_module_names.discard(name)
+        for tensor in [*block.parameters(), *block.buffers()]:
+            source = cpu_copies.get(tensor, tensor.data) if cpu_copies else tensor.data
+            tensor.data = source.to(device)

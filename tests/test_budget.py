@@ -1,0 +1,158 @@
+"""VRAM budget: parsing, the residency plan on FLUX.1-Depth-dev sizes, streaming applied on tiny-random (CPU, same
+pixels as resident), and the prompt-embedding cache. GPU peaks and times: benchmarks/vram_budget.py."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxControlPipeline
+
+from conftest import DEPTH_SYN
+from fluxdepth_ui.cli import main
+from fluxdepth_ui.depth import DepthSettings, prepare_depth
+from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineError, PipelineManager, control_tensor
+from fluxdepth_ui.pipeline.budget import (
+    GIB, apply_memory_plan, parse_budget, plan_memory, transformer_block_sizes,
+)
+from fluxdepth_ui.pipeline.placement import module_bytes
+from fluxdepth_ui.pipeline.tiny import build_tiny_components
+from fluxdepth_ui.settings import PipelineSpec, SettingsError
+
+# FLUX.1-Depth-dev component sizes (bytes held), measured on the lent GPU (docs/benchmarks.md): 19 double blocks of
+# 0.6 GiB and 38 single blocks of 0.28 GiB in bf16; qint4 holds about a quarter of it.
+DOUBLE, SINGLE = int(0.6 * GIB), int(0.28 * GIB)
+BF16_BLOCKS = [DOUBLE] * 19 + [SINGLE] * 38
+BF16 = {"transformer": sum(BF16_BLOCKS) + int(0.2 * GIB), "text_encoder_2": int(9.5 * GIB),
+        "text_encoder": int(0.25 * GIB), "vae": int(0.16 * GIB)}
+QINT4_BLOCKS = [b // 4 for b in BF16_BLOCKS]
+QINT4 = {**BF16, "transformer": sum(QINT4_BLOCKS) + int(0.2 * GIB), "text_encoder_2": int(4.8 * GIB)}
+WORK = 3 * GIB
+
+
+@pytest.mark.parametrize("text, value", [("12", 12.0), (" 7.5GiB", 7.5), ("16gb", 16.0), ("auto", "auto"),
+                                         ("AUTO", "auto"), (None, None), ("", None), (24, 24.0)])
+def test_parse_budget(text, value):
+    assert parse_budget(text) == value
+
+
+@pytest.mark.parametrize("text, fragment", [("lots", "is not a size"), ("0.5", "out of range"),
+                                            ("-3", "out of range"), ("nan", "out of range")])
+def test_bad_budgets_are_one_line(text, fragment):
+    with pytest.raises(PipelineError, match=fragment):
+        parse_budget(text)
+
+
+def test_bad_budget_on_the_command_line_is_exit_2(tmp_path, capsys):
+    rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--model", "tiny-random", "--vram-budget", "lots",
+               "--out", str(tmp_path / "a.png")])
+    assert rc == 2 and "vram_budget must be a number" in capsys.readouterr().err
+    with pytest.raises(SettingsError):
+        PipelineSpec(vram_budget="0.2")
+
+
+def test_everything_resident_when_it_fits():
+    plan = plan_memory(80 * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+    assert plan.resident == ("text_encoder_2", "text_encoder", "vae", "transformer") and plan.streamed == ()
+    assert plan.summary() == "bf16 transformer resident, 80.0 GiB budget"
+
+
+def test_t5_gives_way_first_and_the_denoiser_stays():
+    plan = plan_memory(12 * GIB, QINT4, WORK, QINT4_BLOCKS, "qint4")
+    assert "transformer" in plan.resident and plan.streamed[0] == "text_encoder_2"
+    assert plan.summary().startswith("qint4 transformer resident, T5 on demand")
+    needed = sum(QINT4[c] for c in plan.resident) + WORK
+    assert needed <= 12 * GIB
+
+
+@pytest.mark.parametrize("budget", [24, 16, 12, 8])
+def test_the_denoiser_streams_only_what_does_not_fit(budget):
+    plan = plan_memory(budget * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+    assert "transformer" in plan.streamed and plan.total_blocks == 57
+    kept = sum(BF16_BLOCKS[i] for i in plan.resident_blocks)
+    streamed = sum(BF16_BLOCKS) - kept
+    # Every byte the budget can hold beyond the fixed part holds blocks: less than one more block of room is left.
+    fixed = sum(BF16[c] for c in plan.resident) + WORK + 0.2 * GIB + sum(2 * max(BF16[c] // 20, 0)
+                                                                        for c in plan.streamed if c != "transformer")
+    room = budget * GIB - fixed - 2 * DOUBLE
+    assert kept <= room < kept + DOUBLE
+    assert plan.streamed_bytes_per_step == streamed + int(0.2 * GIB)
+    # Spread over the whole run of blocks, not bunched at one end, so copies overlap resident compute.
+    if len(plan.resident_blocks) > 4:
+        gaps = np.diff(plan.resident_blocks)
+        assert gaps.max() <= 3 * max(1, 57 // len(plan.resident_blocks))
+    # Smaller budgets stream more.
+    if budget < 24:
+        bigger = plan_memory((budget + 4) * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+        assert bigger.streamed_bytes_per_step < plan.streamed_bytes_per_step
+
+
+def test_a_budget_too_small_says_what_to_do():
+    with pytest.raises(PipelineError, match="raise --vram-budget, choose qint4, or lower the long side"):
+        plan_memory(4 * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+
+
+@pytest.fixture(scope="module")
+def control():
+    return prepare_depth(str(DEPTH_SYN), DepthSettings(long_side=256)).control
+
+
+def run(pipe, control, seed=5):
+    out = pipe(prompt="a hall", control_image=control_tensor(control), height=control.height, width=control.width,
+               num_inference_steps=2, guidance_scale=10.0, generator=torch.Generator("cpu").manual_seed(seed),
+               output_type="np")
+    return out.images[0]
+
+
+def test_streaming_a_partly_resident_denoiser_gives_the_same_pixels(control):
+    """The plan applied (diffusers' group offloading on the streamed blocks, chosen blocks kept) computes exactly
+    what the resident pipeline computes. On the CPU the "device" is the CPU itself: this checks the wiring; the
+    GPU run (benchmarks/vram_budget.py) checks peaks and speed."""
+    import copy
+
+    from diffusers import FluxTransformer2DModel
+
+    from fluxdepth_ui.pipeline.tiny import tiny_transformer_config
+
+    components = build_tiny_components(0)
+    torch.manual_seed(0)  # more blocks than the smallest tiny model, so some can stay and some stream
+    components["transformer"] = FluxTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 4,
+                                                          "num_single_layers": 6})
+    resident = run(FluxControlPipeline(**copy.deepcopy(components)), control)
+    blocks = transformer_block_sizes(components["transformer"])
+    sizes = {"transformer": module_bytes(components["transformer"])}
+    others = sizes["transformer"] - sum(blocks)
+    budget = others + 2 * max(blocks) + sum(blocks) // 2  # room for about half of the blocks: the rest stream
+    assert sum(blocks) > others
+    plan = plan_memory(budget, sizes, 0, blocks, "bf16")
+    assert "transformer" in plan.streamed and 0 < len(plan.resident_blocks) < len(blocks)
+    pipe = FluxControlPipeline(**components)
+    apply_memory_plan(pipe, plan, torch.device("cpu"))
+    streamed = run(pipe, control)
+    np.testing.assert_array_equal(resident, streamed)
+
+
+def test_prompt_embeddings_are_computed_once_per_prompt(tmp_path, control):
+    manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path))
+    manager.load()
+    calls = []
+    for name in ("text_encoder", "text_encoder_2"):
+        getattr(manager._pipe, name).register_forward_hook(lambda *a, n=name: calls.append(n))
+    first = manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    for seed in (2, 3):  # a seed batch
+        manager.generate(control, GenerationSettings("a hall", seed=seed, steps=1))
+    assert calls == ["text_encoder", "text_encoder_2"]
+    manager.generate(control, GenerationSettings("a cave", seed=1, steps=1))
+    assert calls.count("text_encoder_2") == 2
+    again = manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    np.testing.assert_array_equal(first.pixels, again.pixels)  # cached embeddings: the same image
+    assert first.metadata.memory_plan is None  # no budget on the CPU: nothing planned
+
+
+def test_budget_travels_with_the_spec_and_reloads_on_change(tmp_path):
+    manager = PipelineManager.from_spec(PipelineSpec(model="tiny-random", vram_budget="12"),
+                                        cache_root=str(tmp_path))
+    assert manager.vram_budget == 12.0 and manager.status()["vram_budget"] == 12.0
+    manager.load()
+    assert manager.configure(vram_budget="auto") and not manager.loaded and manager.vram_budget == "auto"
+    assert not manager.configure(vram_budget="auto")
+
+
