@@ -81,8 +81,9 @@ def enforce_budget(budget_bytes: int | None, device: torch.device) -> None:
     """Cap this process's CUDA allocator at the budget: peaks above it fail as out-of-memory, never spill over."""
     if budget_bytes is None or device.type != "cuda":
         return
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), index)
 
 
 @dataclass(frozen=True)
