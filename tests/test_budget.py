@@ -11,7 +11,7 @@ from fluxdepth_ui.cli import main
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineError, PipelineManager, control_tensor
 from fluxdepth_ui.pipeline.budget import (
-    GIB, apply_memory_plan, parse_budget, plan_memory, transformer_block_sizes,
+    GIB, HEADROOM, apply_memory_plan, parse_budget, plan_memory, transformer_block_sizes,
 )
 from fluxdepth_ui.pipeline.placement import module_bytes
 from fluxdepth_ui.pipeline.tiny import build_tiny_components
@@ -60,19 +60,19 @@ def test_t5_gives_way_first_and_the_denoiser_stays():
     assert "transformer" in plan.resident and plan.streamed[0] == "text_encoder_2"
     assert plan.summary().startswith("qint4 transformer resident, T5 on demand")
     needed = sum(QINT4[c] for c in plan.resident) + WORK
-    assert needed <= 12 * GIB
+    assert needed <= 12 * GIB * (1 - HEADROOM)
 
 
-@pytest.mark.parametrize("budget", [24, 16, 12, 8])
+@pytest.mark.parametrize("budget", [24, 16, 12])
 def test_the_denoiser_streams_only_what_does_not_fit(budget):
     plan = plan_memory(budget * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
     assert "transformer" in plan.streamed and plan.total_blocks == 57
     kept = sum(BF16_BLOCKS[i] for i in plan.resident_blocks)
     streamed = sum(BF16_BLOCKS) - kept
     # Every byte the budget can hold beyond the fixed part holds blocks: less than one more block of room is left.
-    fixed = sum(BF16[c] for c in plan.resident) + WORK + 0.2 * GIB + sum(2 * max(BF16[c] // 20, 0)
+    fixed = sum(BF16[c] for c in plan.resident) + WORK + 0.2 * GIB + sum(3 * max(BF16[c] // 20, 0)
                                                                         for c in plan.streamed if c != "transformer")
-    room = budget * GIB - fixed - 2 * DOUBLE
+    room = int(budget * GIB * (1 - HEADROOM)) - fixed - 3 * DOUBLE
     assert kept <= room < kept + DOUBLE
     assert plan.streamed_bytes_per_step == streamed + int(0.2 * GIB)
     # Spread over the whole run of blocks, not bunched at one end, so copies overlap resident compute.
@@ -87,7 +87,7 @@ def test_the_denoiser_streams_only_what_does_not_fit(budget):
 
 def test_a_budget_too_small_says_what_to_do():
     with pytest.raises(PipelineError, match="raise --vram-budget, choose qint4, or lower the long side"):
-        plan_memory(4 * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+        plan_memory(5 * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_streaming_a_partly_resident_denoiser_gives_the_same_pixels(control):
     blocks = transformer_block_sizes(components["transformer"])
     sizes = {"transformer": module_bytes(components["transformer"])}
     others = sizes["transformer"] - sum(blocks)
-    budget = others + 2 * max(blocks) + sum(blocks) // 2  # room for about half of the blocks: the rest stream
+    budget = int((others + 3 * max(blocks) + sum(blocks) // 2) / (1 - HEADROOM))  # about half the blocks fit
     assert sum(blocks) > others
     plan = plan_memory(budget, sizes, 0, blocks, "bf16")
     assert "transformer" in plan.streamed and 0 < len(plan.resident_blocks) < len(blocks)

@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 GIB = 2**30
 # Left free under "auto": the display, the driver's own use and another program's next allocation.
 AUTO_MARGIN = 1.5 * GIB
+# Of the budget, kept free for the allocator's own overhead: streaming allocates and frees block-sized tensors every
+# step, and the cap counts reserved memory, not only live tensors (measured 1.2-1.7 GiB over the live peak on the
+# H100, docs/benchmarks.md "VRAM budget").
+HEADROOM = 0.12
 # The order in which components give up their place on the GPU (first = streamed first).
 STREAM_ORDER = ("text_encoder_2", "text_encoder", "vae", "transformer")
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
@@ -81,6 +85,10 @@ def enforce_budget(budget_bytes: int | None, device: torch.device) -> None:
     """Cap this process's CUDA allocator at the budget: peaks above it fail as out-of-memory, never spill over."""
     if budget_bytes is None or device.type != "cuda":
         return
+    try:  # fewer, growable segments: block-sized allocations every step do not fragment the capped pool
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (AttributeError, RuntimeError):
+        log.info("expandable segments are not available in this torch build")
     index = device.index if device.index is not None else torch.cuda.current_device()
     total = torch.cuda.get_device_properties(index).total_memory
     torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), index)
@@ -122,9 +130,11 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     """
     components = [c for c in STREAM_ORDER if sizes.get(c)]
     resident = set(components)
-    # A streamed component needs room for the group being used and the one being copied in.
+    budget_full, budget = budget, int(budget * (1 - HEADROOM))
+    # A streamed component needs room for the group being used, the one being copied in, and one whose memory is
+    # still held until the compute stream has passed it (record_stream).
     def slack(streamed):
-        return sum(2 * _largest_group(c, sizes, block_sizes) for c in streamed)
+        return sum(3 * _largest_group(c, sizes, block_sizes) for c in streamed)
 
     streamed: list[str] = []
     for name in STREAM_ORDER[:-1]:  # give up T5, then CLIP, then the VAE, until the rest fits
@@ -135,22 +145,23 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
             streamed.append(name)
     used = sum(sizes.get(c, 0) for c in resident) + work + slack(streamed)
     if used <= budget:
-        return MemoryPlan(budget, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed), variant=variant)
+        return MemoryPlan(budget_full, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed),
+                          variant=variant)
 
     # The denoiser itself streams: keep as many blocks as fit, spread evenly so copies overlap resident compute.
     blocks = list(block_sizes or [])
     if not blocks:
-        raise PipelineError(_too_small(budget, work + sizes.get("transformer", 0)))
+        raise PipelineError(_too_small(budget_full, work + sizes.get("transformer", 0)))
     resident.discard("transformer")
     streamed.append("transformer")
     others = sizes["transformer"] - sum(blocks)  # embedders, norms, projections: onloaded with the first group
     fixed = sum(sizes.get(c, 0) for c in resident) + work + slack(streamed) + others
     room = budget - fixed
     if room < 0:
-        raise PipelineError(_too_small(budget, fixed - budget + budget))
+        raise PipelineError(_too_small(budget_full, fixed / (1 - HEADROOM)))
     keep = _spread(blocks, room)
     streamed_bytes = sum(b for i, b in enumerate(blocks) if i not in keep) + others
-    return MemoryPlan(budget, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed),
+    return MemoryPlan(budget_full, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed),
                       resident_blocks=tuple(sorted(keep)), total_blocks=len(blocks),
                       streamed_bytes_per_step=streamed_bytes, variant=variant)
 
@@ -198,7 +209,12 @@ def transformer_block_sizes(transformer) -> list[int]:
 
 
 def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
-    """Resident modules to the GPU; streamed ones get diffusers' group offloading with CUDA streams."""
+    """Resident modules to the GPU; streamed ones get diffusers' group offloading with CUDA streams.
+
+    Without record_stream: each offload waits for the compute stream, so the CPU cannot queue copies of every block
+    ahead of the compute and hold them all on the card at once (measured: with record_stream the streamed blocks
+    piled up past the budget).
+    """
     from diffusers.hooks import apply_group_offloading
 
     use_stream = device.type == "cuda"
@@ -208,11 +224,11 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
         module = getattr(pipe, name)
         if name == "transformer":
             apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
-                                   use_stream=use_stream, record_stream=use_stream, non_blocking=use_stream)
+                                   use_stream=use_stream, non_blocking=use_stream)
             _pin_resident_blocks(module, plan.resident_blocks, device)
         else:
             apply_group_offloading(module, device, offload_type="leaf_level", use_stream=use_stream,
-                                   record_stream=use_stream, non_blocking=use_stream)
+                                   non_blocking=use_stream)
 
 
 def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.device) -> None:
