@@ -109,10 +109,14 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
         row["plan"] = manager.status()["memory_plan"] or manager.status()["placement_reason"]
         plan = manager._plan
         row["streamed_gib_per_step"] = round(plan.streamed_bytes_per_step / GIB, 2) if plan else 0.0
+        row["after_load_gib"] = round(torch.cuda.memory_allocated() / GIB, 2)
+        trace = row.setdefault("step_gib", [])  # live memory at each step's end: growth means a pile-up
         images = []
         for seed in (1, 2):
             t = time.perf_counter()
-            result = manager.generate(control, GenerationSettings(PROMPT, seed=seed, steps=28, guidance=10.0))
+            result = manager.generate(control, GenerationSettings(PROMPT, seed=seed, steps=28, guidance=10.0),
+                                      on_step=lambda i, n: trace.append(round(torch.cuda.memory_allocated() / GIB,
+                                                                              2)))
             torch.cuda.synchronize()
             row[f"image{seed}_s"] = round(time.perf_counter() - t, 2)
             images.append(result.pixels)
@@ -125,6 +129,7 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
         row["ok"] = False
         row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     finally:
         manager.unload()
         del manager, components
