@@ -34,8 +34,10 @@ AUTO_MARGIN = 1.5 * GIB
 # step, and the cap counts reserved memory, not only live tensors (measured 1.2-1.7 GiB over the live peak on the
 # H100, docs/benchmarks.md "VRAM budget").
 HEADROOM = 0.12
-# The order in which components give up their place on the GPU (first = streamed first).
+# Components, in the order in which they give up their place on the GPU (first = streamed first). CLIP and the VAE
+# (0.4 GiB together) are not worth streaming: they always stay.
 STREAM_ORDER = ("text_encoder_2", "text_encoder", "vae", "transformer")
+STREAMABLE = ("text_encoder_2", "transformer")
 BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 NAMES = {"transformer": "transformer", "text_encoder_2": "T5", "text_encoder": "CLIP", "vae": "VAE"}
 
@@ -137,7 +139,7 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
         return sum(3 * _largest_group(c, sizes, block_sizes) for c in streamed)
 
     streamed: list[str] = []
-    for name in STREAM_ORDER[:-1]:  # give up T5, then CLIP, then the VAE, until the rest fits
+    for name in STREAMABLE[:-1]:  # give up T5 (CLIP and the VAE, 0.4 GiB together, always stay)
         if sum(sizes.get(c, 0) for c in resident) + work + slack(streamed) <= budget:
             break
         if name in resident:
@@ -169,7 +171,7 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
 def _largest_group(component: str, sizes: dict[str, int], block_sizes: list[int] | None) -> int:
     if component == "transformer" and block_sizes:
         return max(block_sizes)
-    # Encoders and the VAE stream leaf by leaf (one layer at a time): a generous bound is a twentieth of the model.
+    # T5 streams block by block (24 blocks): a generous bound is a twentieth of the model.
     return sizes.get(component, 0) // 20
 
 
@@ -226,9 +228,9 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
             apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
                                    use_stream=use_stream, non_blocking=use_stream)
             _pin_resident_blocks(module, plan.resident_blocks, device)
-        else:
-            apply_group_offloading(module, device, offload_type="leaf_level", use_stream=use_stream,
-                                   non_blocking=use_stream)
+        else:  # T5: its encoder's blocks, one group each (measured: leaf-level groups stayed on the card)
+            apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
+                                   block_modules=["encoder"], use_stream=use_stream, non_blocking=use_stream)
 
 
 def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.device) -> None:
