@@ -229,8 +229,8 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
                                    use_stream=use_stream, non_blocking=use_stream)
             _pin_resident_blocks(module, plan.resident_blocks, device)
         else:  # T5: its encoder's blocks, one group each (measured: leaf-level groups stayed on the card)
-            apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
-                                   block_modules=["encoder"], use_stream=use_stream, non_blocking=use_stream)
+            apply_group_offloading(getattr(module, "encoder", module), device, offload_type="block_level",
+                                   num_blocks_per_group=1, use_stream=use_stream, non_blocking=use_stream)
 
 
 def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.device) -> None:
