@@ -126,6 +126,10 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
         row["pixels"] = images[1]
         row["ok"] = True
     except Exception as exc:  # noqa: BLE001 - a failed plan is a result row
+        import traceback
+
+        row["where"] = [f"{f.filename.split('/')[-1]}:{f.lineno} {f.name}"
+                        for f in traceback.extract_tb(exc.__traceback__)][-8:]
         row["ok"] = False
         row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
@@ -145,8 +149,13 @@ def main() -> None:
     ap.add_argument("--variant", required=True, choices=["bf16", "qint8", "qint4", "fp8"])
     ap.add_argument("--budgets", nargs="+", default=["24", "16", "12", "8"])
     ap.add_argument("--no-resident", action="store_true", help="skip the resident reference run")
+    ap.add_argument("--raw-oom", action="store_true", help="let torch's own out-of-memory text through")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
+    if args.raw_oom:
+        import fluxdepth_ui.pipeline.manager as manager_module
+
+        manager_module._is_oom = lambda exc: False
 
     report = {"variant": args.variant, **versions(), "size": "1024x1024", "steps": 28,
               "bandwidth_gb_s": copy_bandwidth()}
