@@ -19,6 +19,13 @@ from torch import nn
 from .dequant import dequant_int4, dequant_int8
 
 
+def _frozen(tensor: torch.Tensor) -> nn.Parameter:
+    """Quantized weights are parameters (never trained), not buffers: diffusers' group offloading moves a group's
+    buffers to the GPU but puts back only its parameters, so buffers piled up on the card when a VRAM budget streams
+    the transformer (docs/benchmarks.md, "VRAM budget")."""
+    return nn.Parameter(tensor, requires_grad=False)
+
+
 class DenseInt8Linear(nn.Module):
     """int8 weight with one scale per output row."""
 
@@ -26,8 +33,8 @@ class DenseInt8Linear(nn.Module):
                  device=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("qweight", torch.empty(out_features, in_features, dtype=torch.int8, device=device))
-        self.register_buffer("scale", torch.empty(out_features, 1, dtype=dtype, device=device))
+        self.qweight = _frozen(torch.empty(out_features, in_features, dtype=torch.int8, device=device))
+        self.scale = _frozen(torch.empty(out_features, 1, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
 
@@ -64,9 +71,9 @@ class DenseInt4Linear(nn.Module):
             raise ValueError(f"group size {group_size} must be even and divide in_features {in_features}")
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         groups = in_features // group_size
-        self.register_buffer("packed", torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
-        self.register_buffer("scale", torch.empty(out_features, groups, dtype=dtype, device=device))
-        self.register_buffer("shift", torch.empty(out_features, groups, dtype=dtype, device=device))
+        self.packed = _frozen(torch.empty(out_features, in_features // 2, dtype=torch.uint8, device=device))
+        self.scale = _frozen(torch.empty(out_features, groups, dtype=dtype, device=device))
+        self.shift = _frozen(torch.empty(out_features, groups, dtype=dtype, device=device))
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
 
