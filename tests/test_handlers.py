@@ -167,3 +167,35 @@ def test_sequence_takes_the_single_frame_depth_controls_and_zips_everything(stud
     assert {f"frame.000{i}{ext}" for i in range(1, 5) for ext in (".png", ".json", ".exr")} <= names
     assert {f"control/frame.000{i}.png" for i in range(1, 5)} <= names
     assert {"sequence.mp4", "sequence_control.mp4", "sequence_stats.json"} <= names
+
+
+def test_vram_budget_box(tmp_path):
+    from fluxdepth_ui.pipeline.budget import PipelineError
+
+    manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path / "cache"))
+    local = h.Studio(manager=manager, outputs=tmp_path / "o", policy=make_policy(False, "bf16", ["bf16"], None, None))
+    manager.load()
+    assert h.set_vram_budget(local, "12") == "VRAM budget: **12 GiB** · the model reloads with it on the next Generate"
+    assert manager.vram_budget == 12.0 and not manager.loaded
+    assert h.set_vram_budget(local, "12") == "VRAM budget: **12 GiB**"  # unchanged: nothing reloads
+    assert h.set_vram_budget(local, "") == "VRAM budget: **none** · the model reloads with it on the next Generate"
+    with pytest.raises(PipelineError, match="is not a size"):
+        h.set_vram_budget(local, "lots")
+    shared = h.Studio(manager=manager, outputs=tmp_path / "o", policy=make_policy(True, "bf16", ["bf16"], None, None))
+    with pytest.raises(FluxDepthError, match="host's setting"):
+        h.set_vram_budget(shared, "8")
+    assert manager.vram_budget is None
+
+
+def test_quantized_layers_hold_parameters_not_buffers():
+    """diffusers' group offloading puts back a group's parameters only: int8/int4 weights held as buffers stayed on
+    the GPU when a budget streamed the transformer (docs/benchmarks.md, "VRAM budget")."""
+    import torch
+
+    from fluxdepth_ui.pipeline.dense import DenseInt4Linear, DenseInt8Linear
+
+    for layer in (DenseInt8Linear(64, 32, True), DenseInt4Linear(64, 32, True, group_size=32)):
+        assert not list(layer.buffers())
+        names = {n for n, p in layer.named_parameters()}
+        assert names >= {"scale", "bias"} and not any(p.requires_grad for p in layer.parameters())
+        assert any(p.dtype in (torch.int8, torch.uint8) for p in layer.parameters())

@@ -232,6 +232,14 @@ def wire_generate(app: Wiring) -> None:
         return "Cancelling after the current step…"
 
     w.cancel_btn.click(ui_cancel, None, w.status, queue=False, api_visibility="private")
+
+    @as_toast(1)
+    def ui_budget(value):
+        return h.set_vram_budget(studio, value)
+
+    # Serialized with generations: the reload never pulls the model from under a running image.
+    w.vram_budget.submit(ui_budget, [w.vram_budget], [w.status], concurrency_limit=1, concurrency_id="gpu",
+                         api_visibility="private")
     w.seq_cancel.click(ui_cancel, None, w.seq_status, queue=False, api_visibility="private")
 
     restored = [n for n in names if n != "init_image"]

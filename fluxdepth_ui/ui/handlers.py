@@ -327,6 +327,18 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message, dict(shot.extras))
 
 
+def set_vram_budget(studio: Studio, value) -> str:
+    """The app's VRAM budget box: GiB, "auto" or empty (none). Applies from the next Generate (the model reloads)."""
+    from ..pipeline.budget import parse_budget
+
+    if studio.policy.shared:
+        raise FluxDepthError("the VRAM budget is the host's setting on a shared server")
+    budget = parse_budget(value)
+    changed = studio.manager.configure(vram_budget=budget)
+    shown = "none" if budget is None else ("auto" if budget == "auto" else f"{budget:g} GiB")
+    return (f"VRAM budget: **{shown}**" + (" · the model reloads with it on the next Generate" if changed else ""))
+
+
 _DEPTH_KEYS = ("channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "edges", "polarity")
 
 

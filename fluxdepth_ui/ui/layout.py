@@ -170,6 +170,11 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                              label="Precision (switching reloads the model for everyone)",
                              info="only the tiers this machine can run, with the step time measured here",
                              interactive=len(tiers) > 1, elem_id="variant")
+        # The host's GPU: set on a local studio only (docs/vram.md).
+        budget = studio.manager.vram_budget
+        w.vram_budget = gr.Textbox("" if budget is None else str(budget), label="VRAM budget (GiB, auto, or empty)",
+                                   info="never use more GPU memory than this; what does not fit streams (Enter)",
+                                   visible=not studio.policy.shared, elem_id="vram-budget", max_lines=1)
         w.steps, w.guidance = _steps_and_guidance()
         with gr.Row():
             w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
