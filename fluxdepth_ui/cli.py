@@ -256,25 +256,48 @@ def cmd_sequence(args: argparse.Namespace) -> int:
                                   progress=lambda i, n: bar.update(1))
     stats = settle_seed(stats, args.seed)
     save_stats(stats, stats_path)
+    if args.stats_only:  # a farm's first task: the range and the seed every chunk of frames will share
+        print(json.dumps({"stats": stats_path, "seed": stats.seed, "frames": [frames[0].number, frames[-1].number],
+                          "range": stats.range.to_dict(), "depth_warnings": list(stats.warnings)}))
+        warn(stats.warnings)
+        return 0
     generation = generation.with_seed(stats.seed)
-    manager = _manager(spec)
+    failed = {}
     with _progress_bar(len(selected), "frames (pass 2)") as bar:
-        report = render_sequence(manager, selected, stats, settings, generation, args.out, formats=formats,
-                                 load_progress=_load_printer(), on_frame=lambda i, n, frame, status: (bar.set_postfix_str(f"{frame.number} "
-                                                                                           f"{status}"),
-                                                                       bar.update(1)))
+        def on_frame(i, n, frame, status):
+            bar.set_postfix_str(f"{frame.number} {status}")
+            bar.update(1)
+
+        if args.workers:
+            from .farm import render_sequence_ray
+
+            report = render_sequence_ray(spec, selected, stats, settings, generation, args.out, args.workers,
+                                         address=args.ray_address, formats=formats, on_frame=on_frame)
+            failed = report.failed
+            source_key = _manager(spec).source.key
+        else:
+            manager = _manager(spec)
+            report = render_sequence(manager, selected, stats, settings, generation, args.out, formats=formats,
+                                     load_progress=_load_printer(), on_frame=on_frame)
+            source_key = manager.source.key
     videos = []
-    if args.video:
+    if args.video and not failed:
         videos.append(write_video(report.outputs, args.video, args.fps))
         root, ext = os.path.splitext(args.video)
         videos.append(write_video(report.controls, f"{root}_control{ext}", args.fps))
     print(json.dumps({
         "out": args.out, "stats": stats_path, "seed": stats.seed, "frames": [f.number for f in selected],
         "rendered": report.rendered, "skipped": report.skipped, "seconds": round(report.seconds, 3),
-        "range": stats.range.to_dict(), "videos": videos, "variant": args.variant, "model": manager.source.key,
-        "depth_warnings": list(stats.warnings),
+        "range": stats.range.to_dict(), "videos": videos, "variant": args.variant, "model": source_key,
+        "depth_warnings": list(stats.warnings), "failed": {str(k): v for k, v in failed.items()},
+        "workers": args.workers or 1,
     }))
     warn(stats.warnings)
+    if failed:
+        numbers = ", ".join(map(str, sorted(failed)))
+        print(f"error: frame(s) {numbers} failed twice ({next(iter(failed.values()))}); the others are done: run "
+              "the same command again to retry them", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -300,6 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--frames", metavar="A-B", help="render only these frames (the range still covers all)")
     q.add_argument("--video", metavar="OUT.mp4", help="also write a video (mp4/mov/mkv/gif) and OUT_control.*")
     q.add_argument("--fps", type=float, default=24.0, help="video frame rate (default 24)")
+    q.add_argument("--stats-only", action="store_true",
+                   help="compute (or check) the stats file and stop: a farm's first task (docs/farm.md)")
+    q.add_argument("--workers", type=int, metavar="N",
+                   help="render frames on N Ray workers, one per GPU (or per CPU without GPUs); needs "
+                        "pip install -e \".[farm]\" (docs/farm.md)")
+    q.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster instead of starting one here")
     q.set_defaults(func=cmd_sequence)
     return parser
 

@@ -1,0 +1,113 @@
+"""Sequences on Ray (2 local CPU workers, tiny-random): byte-identical to one process, resume after the driver is
+killed, a worker killed mid-frame retried, a frame that fails twice reported while the rest finish."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_exr
+from fluxdepth_ui.cli import main
+
+COMMON = ["--prompt", "a hall", "--model", "tiny-random", "--steps", "1", "--seed", "4", "--long-side", "256"]
+
+
+def make_frames(folder, count=6):
+    """A back wall and a box that moves right and away, one EXR per frame."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        d = np.full((96, 128), 50.0, np.float32)
+        d[30:60, 10 + 12 * i: 40 + 12 * i] = 5.0 + 2 * i
+        write_exr(folder / f"shot.{i + 1:04d}.exr", {"Z": d})
+    return folder / "shot.####.exr"
+
+
+def files(folder):
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                   and not p.name.endswith(".died-once"))
+    return {n: (folder / n).read_bytes() for n in names}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    root = tmp_path_factory.mktemp("single")
+    pattern = make_frames(root / "frames")
+    assert main(["sequence", str(pattern), *COMMON, "--out", str(root / "out")]) == 0
+    return pattern, files(root / "out")
+
+
+def test_two_workers_write_the_same_bytes_as_one_process(single, tmp_path, capsys):
+    pattern, expected = single
+    capsys.readouterr()
+    assert main(["sequence", str(pattern), *COMMON, "--workers", "2", "--out", str(tmp_path / "out")]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["rendered"] == [1, 2, 3, 4, 5, 6] and info["workers"] == 2 and info["failed"] == {}
+    assert files(tmp_path / "out") == expected
+
+
+def test_a_worker_killed_mid_frame_is_retried_elsewhere(single, tmp_path):
+    from fluxdepth_ui.depth import DepthSettings
+    from fluxdepth_ui.farm import render_sequence_ray
+    from fluxdepth_ui.sequence import compute_stats, find_frames, settle_seed
+    from fluxdepth_ui.settings import GenerationSettings, PipelineSpec
+
+    pattern, expected = single
+    frames = find_frames(str(pattern))
+    depth = DepthSettings(long_side=256)
+    stats = settle_seed(compute_stats(frames, depth, str(pattern), seed=4), 4)
+    out = tmp_path / "out"
+    report = render_sequence_ray(PipelineSpec(model="tiny-random"), frames, stats, depth,
+                                 GenerationSettings("a hall", seed=4, steps=1), str(out), 2,
+                                 worker_options={"fail_once_on": 3})
+    assert report.retried == [3] and report.rendered == [1, 2, 3, 4, 5, 6] and not report.failed
+    got = files(out)
+    assert {n: got[n] for n in got if not n.endswith("stats.json")} == \
+        {n: expected[n] for n in expected if not n.endswith("stats.json")}
+
+
+def test_a_frame_that_fails_twice_is_reported_and_the_rest_finish(single, tmp_path, capsys):
+    pattern, expected = single
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for p in pattern.parent.glob("*.exr"):
+        (frames / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "out"
+    stats = out / "sequence_stats.json"
+    assert main(["sequence", str(frames / "shot.####.exr"), *COMMON, "--out", str(out), "--stats", str(stats),
+                 "--stats-only"]) == 0
+    capsys.readouterr()
+    # Frame 4 goes bad after the range was computed (a half-copied file on a farm share): it cannot be rendered.
+    bad = frames / "shot.0004.exr"
+    bad.write_bytes(bad.read_bytes()[:600])
+    run = subprocess.run([sys.executable, "-m", "fluxdepth_ui.cli", "sequence", str(frames / "shot.####.exr"),
+                          *COMMON, "--out", str(out), "--stats", str(stats), "--workers", "2", "--frames", "3-6"],
+                         capture_output=True, text=True, timeout=300)
+    info = json.loads(run.stdout)
+    assert run.returncode == 1 and list(info["failed"]) == ["4"] and info["rendered"] == [3, 5, 6]
+    assert "error: frame(s) 4 failed twice" in run.stderr and "Traceback" not in run.stderr
+    assert "corrupt or truncated" in info["failed"]["4"]
+
+
+def test_resume_after_the_driver_is_killed(single, tmp_path):
+    pattern, expected = single
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "fluxdepth_ui.cli", "sequence", str(pattern), *COMMON, "--workers", "2",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("frame.*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every worker it started
+    proc.wait()
+    done = len(list(out.glob("frame.*.json")))
+    assert done >= 2
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    info = json.loads(again.stdout)
+    assert len(info["skipped"]) >= min(done, 6) - 1 and sorted(info["skipped"] + info["rendered"]) == [1, 2, 3, 4, 5, 6]
+    assert files(out) == expected
