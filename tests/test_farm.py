@@ -133,3 +133,23 @@ def test_openjd_bundle_checks_and_renders_two_chunks_like_one_process(tmp_path):
     assert '"frames": [1, 2, 3]' in run.stdout and '"frames": [4, 5]' in run.stdout, run.stdout[-3000:]
     assert main(["sequence", str(pattern), *COMMON, "--guidance", "10", "--out", str(tmp_path / "one")]) == 0
     assert files(tmp_path / "farm") == files(tmp_path / "one")
+
+
+def test_houdini_pdg_commands_render_like_one_process(tmp_path):
+    """examples/houdini/fluxdepth_pdg.py: the stats item then the chunk items, run as a scheduler would run them."""
+    import shlex
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples", "houdini"))
+    import fluxdepth_pdg
+
+    assert fluxdepth_pdg.chunk_ranges(1001, 1010, 4) == [(1001, 1004), (1005, 1008), (1009, 1010)]
+    pattern = make_frames(tmp_path / "frames", count=5)
+    stats, chunks = fluxdepth_pdg.commands(str(pattern), 1, 5, str(tmp_path / "pdg"), "a hall", chunk=2, seed=4,
+                                           fluxdepth=f"{sys.executable} -m fluxdepth_ui.cli",
+                                           extra=["--model", "tiny-random", "--steps", "1", "--long-side", "256"])
+    assert len(chunks) == 3
+    for line in [stats, *chunks]:
+        done = subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    assert main(["sequence", str(pattern), *COMMON, "--out", str(tmp_path / "one")]) == 0
+    assert files(tmp_path / "pdg") == files(tmp_path / "one")
