@@ -199,3 +199,24 @@ def test_quantized_layers_hold_parameters_not_buffers():
         names = {n for n, p in layer.named_parameters()}
         assert names >= {"scale", "bias"} and not any(p.requires_grad for p in layer.parameters())
         assert any(p.dtype in (torch.int8, torch.uint8) for p in layer.parameters())
+
+
+def test_sequence_tab_on_ray_writes_what_it_writes_here(tmp_path):
+    """With a Ray address (here: 2 local workers) the Sequence tab's frames come from the farm path, byte-identical
+    to rendering them in the app's own process."""
+    from test_farm import files, make_frames
+
+    pattern = make_frames(tmp_path / "frames", count=3)
+    frames = sorted(str(p) for p in pattern.parent.glob("*.exr"))
+    outcomes = []
+    for name, farm in (("here", None), ("ray", {"address": None, "workers": 2})):
+        manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path / "cache"))
+        studio = h.Studio(manager=manager, outputs=tmp_path / name, farm=farm,
+                          policy=make_policy(False, "bf16", ["bf16"], None, None))
+        settings = h.depth_settings(long_side=256)
+        setup = h.gather_sequence(studio, "s", frames, settings, 6)
+        done = h.run_sequence(studio, "s", setup, settings, "a hall", "bf16", 1, 10.0, 24.0)
+        assert done.report.rendered == [1, 2, 3]
+        folder = Path(done.report.outputs[0]).parent
+        outcomes.append({k: v for k, v in files(folder).items() if k.startswith(("frame.", "control/"))})
+    assert outcomes[0] == outcomes[1] and len(outcomes[0]) == 9

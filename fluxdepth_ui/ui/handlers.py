@@ -56,6 +56,8 @@ class Studio:
     policy: HostPolicy = field(default_factory=HostPolicy)
     workspace: Workspace = field(default_factory=Workspace)
     cancels: dict = field(default_factory=dict)
+    # Sequences on Ray (docs/farm.md): {"address": "ray://head:10001" or None, "workers": N}; None renders here.
+    farm: dict | None = None
     previews: dict = field(default_factory=dict)  # session -> (path, settings, DepthPreview) last shown
     made_depths: dict = field(default_factory=dict)  # real path -> DepthMap estimated here (keeps its polarity)
     _depth_cache: OrderedDict = field(default_factory=OrderedDict)
@@ -327,6 +329,25 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message, dict(shot.extras))
 
 
+def _render_on_ray(studio: Studio, setup: SequenceSetup, stats, settings, generation, out_dir: str, formats,
+                   on_frame):
+    """The Sequence tab on the configured Ray cluster: the same frames, through the same shot service."""
+    from ..farm import render_sequence_ray
+    from ..settings import PipelineSpec
+
+    manager = studio.manager
+    spec = PipelineSpec(model=manager.source.model, variant=manager.variant, placement=manager.placement,
+                        revision=manager.source.revision, vram_budget=None if manager.vram_budget is None
+                        else str(manager.vram_budget))
+    report = render_sequence_ray(spec, setup.frames, stats, settings, generation, out_dir, studio.farm["workers"],
+                                 address=studio.farm.get("address"), formats=formats, on_frame=on_frame)
+    if report.failed:
+        numbers = ", ".join(map(str, sorted(report.failed)))
+        raise FluxDepthError(f"frame(s) {numbers} failed twice on the cluster ({next(iter(report.failed.values()))});"
+                             " the other frames are saved: render again to retry only those")
+    return report
+
+
 def set_vram_budget(studio: Studio, value) -> str:
     """The app's VRAM budget box: GiB, "auto" or empty (none). Applies from the next Generate (the model reloads)."""
     from ..pipeline.budget import parse_budget
@@ -519,9 +540,12 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
     cancel = studio.cancel_event(session)
     cancel.clear()
     out_dir = str(studio.session_dir(session) / f"sequence-{time.strftime('%Y%m%d-%H%M%S')}")
-    report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
-                             on_frame=on_frame, on_step=on_step, cancel=cancel, formats=formats,
-                             load_progress=load_progress)
+    if studio.farm:
+        report = _render_on_ray(studio, setup, stats, settings, generation, out_dir, formats, on_frame)
+    else:
+        report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
+                                 on_frame=on_frame, on_step=on_step, cancel=cancel, formats=formats,
+                                 load_progress=load_progress)
     video = write_video(report.outputs, os.path.join(out_dir, "sequence.mp4"), fps)
     control_video = write_video(report.controls, os.path.join(out_dir, "sequence_control.mp4"), fps)
     stats_file = os.path.join(out_dir, "sequence_stats.json")

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-days", type=float, default=_env("KEEP_DAYS"), metavar="N",
                    help="remove session folders and uploads older than N days, at start and hourly (env "
                         "FLUXDEPTH_KEEP_DAYS; default 7 with --share or on a Space, keep forever locally; 0 = keep)")
+    p.add_argument("--ray-address", default=_env("RAY_ADDRESS"), metavar="ADDR",
+                   help="render the Sequence tab's frames on this Ray cluster (env FLUXDEPTH_RAY_ADDRESS; needs "
+                        "pip install -e \".[farm]\"; docs/farm.md)")
+    p.add_argument("--workers", type=int, default=int(_env("WORKERS", "0")), metavar="N",
+                   help="Ray workers for the Sequence tab's frames (env FLUXDEPTH_WORKERS; default 1 with "
+                        "--ray-address; without an address, N workers on this machine)")
     p.add_argument("--mcp", action="store_true", default=_env("MCP", "") in ("1", "true", "True"),
                    help="also serve /preview and /generate as MCP tools at /gradio_api/mcp/ for assistants and DCC "
                         "tools (env FLUXDEPTH_MCP=1; needs pip install -e \".[mcp]\"; local studios only)")
@@ -106,7 +112,10 @@ def create(args: argparse.Namespace):
     manager.check_variant(args.variant)
     keep = None if args.keep_days in (None, "") else float(args.keep_days)
     policy = make_policy(is_shared(args), args.variant, manager.runnable_variants(), args.allow_tiers, keep)
-    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)))
+    farm = None
+    if args.ray_address or args.workers:
+        farm = {"address": args.ray_address or None, "workers": max(1, args.workers or 1)}
+    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)), farm=farm)
     return studio, build_app(studio)
 
 
