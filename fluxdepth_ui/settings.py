@@ -50,6 +50,26 @@ def check_number(name: str, value, low, high, *, whole: bool = False, optional: 
     return int(number) if whole else number
 
 
+def parse_vram_budget(text) -> float | str | None:
+    """A VRAM budget: 'auto', a size in GiB ('12', '12.5', '12GiB', '16gb'), or None (none; docs/vram.md)."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    value = text
+    if isinstance(text, str):
+        value = text.strip().lower()
+        if value == "auto":
+            return "auto"
+        for suffix in ("gib", "gb", "g"):
+            if value.endswith(suffix):
+                value = value[: -len(suffix)].strip()
+                break
+        try:
+            float(value)
+        except ValueError:
+            raise SettingsError(f"VRAM budget {text[:20]!r} is not a size; give GiB (e.g. 12) or auto") from None
+    return check_number("VRAM budget", value, 1.0, 4096.0, hint="GiB, or auto")
+
+
 def draw_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
@@ -143,10 +163,7 @@ class PipelineSpec:
         if self.placement not in PLACEMENTS:
             raise SettingsError(f"unknown placement {self.placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         check_number("lora_scale", self.lora_scale, -10.0, 10.0)
-        if self.vram_budget is not None:
-            budget = str(self.vram_budget).strip().lower().removesuffix("gib").removesuffix("gb").strip()
-            if budget != "auto":
-                check_number("vram_budget", budget, 1.0, 4096.0, hint="GiB, or auto")
+        parse_vram_budget(self.vram_budget)
 
     def to_dict(self) -> dict:
         return asdict(self)

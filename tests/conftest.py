@@ -13,6 +13,12 @@ for _key, _value in {
 }.items():
     os.environ[_key] = _value
 
+import tempfile  # noqa: E402
+
+# Quantized weights, compile caches and measured step times go to a folder of this test session, not the user's
+# ~/.cache/fluxdepth (a developer's own tier labels must not show test timings).
+os.environ.setdefault("FLUXDEPTH_CACHE", tempfile.mkdtemp(prefix="fluxdepth-test-cache-"))
+
 import ipaddress  # noqa: E402
 import socket  # noqa: E402
 from pathlib import Path  # noqa: E402

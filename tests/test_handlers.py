@@ -170,8 +170,6 @@ def test_sequence_takes_the_single_frame_depth_controls_and_zips_everything(stud
 
 
 def test_vram_budget_box(tmp_path):
-    from fluxdepth_ui.pipeline.budget import PipelineError
-
     manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path / "cache"))
     local = h.Studio(manager=manager, outputs=tmp_path / "o", policy=make_policy(False, "bf16", ["bf16"], None, None))
     manager.load()
@@ -179,7 +177,7 @@ def test_vram_budget_box(tmp_path):
     assert manager.vram_budget == 12.0 and not manager.loaded
     assert h.set_vram_budget(local, "12") == "VRAM budget: **12 GiB**"  # unchanged: nothing reloads
     assert h.set_vram_budget(local, "") == "VRAM budget: **none** · the model reloads with it on the next Generate"
-    with pytest.raises(PipelineError, match="is not a size"):
+    with pytest.raises(FluxDepthError, match="is not a size"):
         h.set_vram_budget(local, "lots")
     shared = h.Studio(manager=manager, outputs=tmp_path / "o", policy=make_policy(True, "bf16", ["bf16"], None, None))
     with pytest.raises(FluxDepthError, match="host's setting"):

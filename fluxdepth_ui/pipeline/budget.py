@@ -43,26 +43,10 @@ NAMES = {"transformer": "transformer", "text_encoder_2": "T5", "text_encoder": "
 
 
 def parse_budget(text) -> float | str | None:
-    """'auto', a size in GiB ('12', '12.5', '12GiB'), or None (no budget: the placement option decides)."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None
-    if isinstance(text, str):
-        value = text.strip().lower()
-        if value == "auto":
-            return "auto"
-        for suffix in ("gib", "gb", "g"):
-            if value.endswith(suffix):
-                value = value[: -len(suffix)].strip()
-                break
-    else:
-        value = text
-    try:
-        gib = float(value)
-    except (TypeError, ValueError):
-        raise PipelineError(f"VRAM budget {str(text)[:20]!r} is not a size; give GiB (e.g. 12) or auto") from None
-    if not (1.0 <= gib <= 4096.0):
-        raise PipelineError(f"VRAM budget {gib:g} GiB is out of range; give 1..4096 GiB or auto")
-    return gib
+    """'auto', a size in GiB ('12', '12.5', '12GiB'), or None: the one parser, in settings.py (no torch there)."""
+    from ..settings import parse_vram_budget
+
+    return parse_vram_budget(text)
 
 
 def budget_from_env() -> float | str | None:
