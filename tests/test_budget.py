@@ -130,6 +130,22 @@ def test_streaming_a_partly_resident_denoiser_gives_the_same_pixels(control):
     np.testing.assert_array_equal(resident, streamed)
 
 
+def test_streaming_t5_gives_the_same_embeddings(control):
+    """T5 streamed block by block through its encoder stack (the plan's "T5 on demand") encodes exactly as resident."""
+    resident = FluxControlPipeline(**build_tiny_components(0))
+    streamed = FluxControlPipeline(**build_tiny_components(0))
+    sizes = {k: module_bytes(v) for k, v in build_tiny_components(0).items() if isinstance(v, torch.nn.Module)}
+    budget = int((sum(sizes.values()) - sizes["text_encoder_2"] // 2) / (1 - HEADROOM))  # T5 must give way
+    plan = plan_memory(budget, sizes, 0, None, "bf16")
+    assert plan.streamed == ("text_encoder_2",) and "transformer" in plan.resident
+    apply_memory_plan(streamed, plan, torch.device("cpu"))
+    ours = streamed.encode_prompt("a hall", None, device=torch.device("cpu"), max_sequence_length=32)
+    theirs = resident.encode_prompt("a hall", None, device=torch.device("cpu"), max_sequence_length=32)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    np.testing.assert_array_equal(run(resident, control), run(streamed, control))
+
+
 def test_prompt_embeddings_are_computed_once_per_prompt(tmp_path, control):
     manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path))
     manager.load()

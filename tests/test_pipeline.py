@@ -183,6 +183,7 @@ def test_local_folder_loads_and_equals_direct(tmp_path, depth):
     m = PipelineManager(ModelSource(str(folder)), cache_root=str(tmp_path / "cache"))
     ours = run(m, depth)
     assert m.status()["revision"] == "local"
+    assert ours.metadata.model == "pipe" and str(tmp_path) not in json.dumps(ours.metadata.file_dict())
     pipe = FluxControlPipeline.from_pretrained(folder, dtype=torch.bfloat16, local_files_only=True)
     theirs = direct(pipe.components, depth.control)
     assert np.array_equal(pixels(ours.image), pixels(theirs))

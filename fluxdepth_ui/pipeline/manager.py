@@ -387,7 +387,7 @@ class PipelineManager:
                 width=width,
                 height=height,
                 variant=self.variant,
-                model=self.source.key,
+                model=self.source.public_key,
                 revision=self._revision or "",
                 strength=float(settings.strength) if init_image is not None else None,
                 init_image=init_image_name if init_image is not None else None,

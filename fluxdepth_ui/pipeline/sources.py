@@ -58,6 +58,14 @@ class ModelSource:
         return base
 
     @property
+    def public_key(self) -> str:
+        """The key as results record it: a local folder by its own name, never the host's path (API visitors of a
+        shared server read result metadata). Shot keys and caches keep the full `key`."""
+        if self.kind != "local":
+            return self.key
+        return self.key.replace(self.model.rstrip("/"), os.path.basename(self.model.rstrip("/")), 1)
+
+    @property
     def short_name(self) -> str:
         """For messages visitors see: a Hub id, a local folder's own name (never its path), or tiny-random."""
         if self.kind == "tiny":
