@@ -262,7 +262,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         warn(stats.warnings)
         return 0
     generation = generation.with_seed(stats.seed)
-    failed = {}
+    farm = None
     with _progress_bar(len(selected), "frames (pass 2)") as bar:
         def on_frame(i, n, frame, status):
             bar.set_postfix_str(f"{frame.number} {status}")
@@ -271,9 +271,8 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         if args.workers:
             from .farm import render_sequence_ray
 
-            report = render_sequence_ray(spec, selected, stats, settings, generation, args.out, args.workers,
-                                         address=args.ray_address, formats=formats, on_frame=on_frame)
-            failed = report.failed
+            report = farm = render_sequence_ray(spec, selected, stats, settings, generation, args.out, args.workers,
+                                                address=args.ray_address, formats=formats, on_frame=on_frame)
             source_key = _manager(spec).source.key
         else:
             manager = _manager(spec)
@@ -281,6 +280,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
                                      load_progress=_load_printer(), on_frame=on_frame)
             source_key = manager.source.key
     videos = []
+    failed = farm.failed if farm else {}
     if args.video and not failed:
         videos.append(write_video(report.outputs, args.video, args.fps))
         root, ext = os.path.splitext(args.video)
@@ -294,9 +294,8 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     }))
     warn(stats.warnings)
     if failed:
-        numbers = ", ".join(map(str, sorted(failed)))
-        print(f"error: frame(s) {numbers} failed twice ({next(iter(failed.values()))}); the others are done: run "
-              "the same command again to retry them", file=sys.stderr)
+        print(f"error: {farm.failure_line()}; the others are done: run the same command again to retry them",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -57,6 +57,11 @@ class FarmReport:
     seconds: float = 0.0
     workers: int = 0
 
+    def failure_line(self) -> str:
+        """'frame(s) 4, 9 failed twice (why)': the one message the CLI and the app give."""
+        numbers = ", ".join(map(str, sorted(self.failed)))
+        return f"frame(s) {numbers} failed twice ({next(iter(self.failed.values()))})"
+
 
 def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generation, out_dir: str, workers: int,
                         address: str | None = None, formats: tuple[str, ...] = (),

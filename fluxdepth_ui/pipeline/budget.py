@@ -18,8 +18,7 @@ No pure-Python weight shuffling here: the streaming is diffusers' own (hooks/gro
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -47,10 +46,6 @@ def parse_budget(text) -> float | str | None:
     from ..settings import parse_vram_budget
 
     return parse_vram_budget(text)
-
-
-def budget_from_env() -> float | str | None:
-    return parse_budget(os.environ.get("FLUXDEPTH_VRAM_BUDGET"))
 
 
 def resolve_budget(budget: float | str | None, device: torch.device) -> int | None:
@@ -89,7 +84,6 @@ class MemoryPlan:
     total_blocks: int = 0
     streamed_bytes_per_step: int = 0  # denoiser bytes copied to the GPU each step
     variant: str = ""
-    notes: tuple[str, ...] = field(default=())
 
     def summary(self) -> str:
         """'qint4 transformer resident, T5 on demand, 6.9 GiB budget'"""
@@ -117,8 +111,8 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     components = [c for c in STREAM_ORDER if sizes.get(c)]
     resident = set(components)
     budget_full, budget = budget, int(budget * (1 - HEADROOM))
-    # A streamed component needs room for the group being used, the one being copied in, and one whose memory is
-    # still held until the compute stream has passed it (record_stream).
+    # A streamed component needs room for the group being used, the one being copied in, and one being freed
+    # (three largest groups: measured to hold under the cap, docs/benchmarks.md "VRAM budget").
     def slack(streamed):
         return sum(3 * _largest_group(c, sizes, block_sizes) for c in streamed)
 

@@ -114,6 +114,14 @@ class PipelineManager:
         return cls(source, variant=spec.variant, placement=spec.placement, device=spec.device, token=token,
                    cache_root=cache_root, loader=loader, compile=spec.compile, vram_budget=spec.vram_budget)
 
+    def spec(self) -> PipelineSpec:
+        """What `from_spec` takes: the same pipeline, for another process (a Ray worker, docs/farm.md)."""
+        source = self.source
+        budget = None if self.vram_budget is None else str(self.vram_budget)
+        return PipelineSpec(model=source.model, variant=self.variant, placement=self.placement, compile=self.compile,
+                            device=self._device_request, revision=source.revision, lora=source.lora,
+                            lora_scale=source.lora_scale, vram_budget=budget)
+
     # --- state -----------------------------------------------------------------------------------------------------
 
     @property
@@ -182,12 +190,9 @@ class PipelineManager:
 
     def tier_labels(self) -> dict[str, str]:
         """Each tier this machine runs, labelled with the step time measured here (or "not measured here yet")."""
-        labels = {}
-        device = self.device_name()
-        for name in self.runnable_variants():
-            figure = self.timings.figure(self.source.key, device, name) or "not measured here yet"
-            labels[name] = f"{get_variant(name).label} · {figure}"
-        return labels
+        figures = self.timings.figures(self.source.key, self.device_name(), self.runnable_variants())
+        return {name: f"{get_variant(name).label} · {figure or 'not measured here yet'}"
+                for name, figure in figures.items()}
 
     def unload(self) -> None:
         with self._lock:

@@ -47,12 +47,16 @@ class TimingLog:
             except OSError:
                 pass  # a read-only cache folder costs the labels, never a generation
 
-    def figure(self, model: str, device: str, variant: str) -> str | None:
-        """'0.42 s/step at 1024×1024 here (5 images)' for the size measured most, or None."""
-        sizes = self._read().get(f"{model}|{device}|{variant}") or {}
-        if not sizes:
-            return None
-        size, runs = max(sizes.items(), key=lambda item: len(item[1]))
-        per_step = statistics.median(runs)
-        shown = f"{per_step:.2f}" if per_step < 10 else f"{per_step:.0f}"
-        return f"{shown} s/step at {size.replace('x', '×')} here ({len(runs)} image{'s' if len(runs) > 1 else ''})"
+    def figures(self, model: str, device: str, variants) -> dict[str, str | None]:
+        """Per tier, '0.42 s/step at 1024×1024 here (5 images)' for the size measured most, or None (one read)."""
+        data = self._read()
+        return {v: _figure(data.get(f"{model}|{device}|{v}") or {}) for v in variants}
+
+
+def _figure(sizes: dict) -> str | None:
+    if not sizes:
+        return None
+    size, runs = max(sizes.items(), key=lambda item: len(item[1]))
+    per_step = statistics.median(runs)
+    shown = f"{per_step:.2f}" if per_step < 10 else f"{per_step:.0f}"
+    return f"{shown} s/step at {size.replace('x', '×')} here ({len(runs)} image{'s' if len(runs) > 1 else ''})"

@@ -333,18 +333,12 @@ def _render_on_ray(studio: Studio, setup: SequenceSetup, stats, settings, genera
                    on_frame):
     """The Sequence tab on the configured Ray cluster: the same frames, through the same shot service."""
     from ..farm import render_sequence_ray
-    from ..settings import PipelineSpec
 
-    manager = studio.manager
-    spec = PipelineSpec(model=manager.source.model, variant=manager.variant, placement=manager.placement,
-                        revision=manager.source.revision, vram_budget=None if manager.vram_budget is None
-                        else str(manager.vram_budget))
-    report = render_sequence_ray(spec, setup.frames, stats, settings, generation, out_dir, studio.farm["workers"],
+    report = render_sequence_ray(studio.manager.spec(), setup.frames, stats, settings, generation, out_dir, studio.farm["workers"],
                                  address=studio.farm.get("address"), formats=formats, on_frame=on_frame)
     if report.failed:
-        numbers = ", ".join(map(str, sorted(report.failed)))
-        raise FluxDepthError(f"frame(s) {numbers} failed twice on the cluster ({next(iter(report.failed.values()))});"
-                             " the other frames are saved: render again to retry only those")
+        raise FluxDepthError(f"{report.failure_line()} on the cluster; the other frames are saved: render again to "
+                             "retry only those")
     return report
 
 
