@@ -167,6 +167,10 @@ def test_budget_travels_with_the_spec_and_reloads_on_change(tmp_path):
     manager = PipelineManager.from_spec(PipelineSpec(model="tiny-random", vram_budget="12"),
                                         cache_root=str(tmp_path))
     assert manager.vram_budget == 12.0 and manager.status()["vram_budget"] == 12.0
+    # spec() is from_spec's inverse: a Ray worker gets the same tier, placement, compile, device and budget.
+    spec = PipelineSpec(model="tiny-random", variant="qint8", compile=True, device="cpu", vram_budget="12")
+    again = PipelineManager.from_spec(spec, cache_root=str(tmp_path)).spec()
+    assert again == PipelineSpec(model="tiny-random", variant="qint8", compile=True, device="cpu", vram_budget="12.0")
     manager.load()
     assert manager.configure(vram_budget="auto") and not manager.loaded and manager.vram_budget == "auto"
     assert not manager.configure(vram_budget="auto")
