@@ -91,6 +91,12 @@ def build_master(variant_name: str) -> dict:
 
 
 def run_one(master: dict, variant: str, budget, control) -> dict:
+    """One budget ("12"; "12:sync" = diffusers' default streaming, the CPU waiting after every streamed block)."""
+    import fluxdepth_ui.pipeline.budget as budget_module
+
+    budget, _, mode = (budget or "").partition(":")
+    budget = budget or None
+    budget_module.RUN_AHEAD = None if mode == "sync" else 1
     torch.cuda.set_per_process_memory_fraction(1.0)
     gc.collect()
     torch.cuda.empty_cache()
@@ -100,7 +106,7 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
     manager = PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant,
                               placement="gpu" if budget is None else "auto", vram_budget=budget, loader=loader,
                               cache_root="/tmp/fluxdepth-bench-cache")
-    row: dict = {"budget_gib": budget}
+    row: dict = {"budget_gib": budget, "streaming": "sync" if mode == "sync" else "run-ahead 1"}
     try:
         t = time.perf_counter()
         manager.load()
@@ -111,14 +117,18 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
         row["streamed_gib_per_step"] = round(plan.streamed_bytes_per_step / GIB, 2) if plan else 0.0
         row["after_load_gib"] = round(torch.cuda.memory_allocated() / GIB, 2)
         trace = row.setdefault("step_gib", [])  # live memory at each step's end: growth means a pile-up
+        t5_calls = []  # T5 forwards per image: the second image (same prompt) must need none
+        manager._pipe.text_encoder_2.register_forward_hook(lambda *a: t5_calls.append(1))
         images = []
         for seed in (1, 2):
+            t5_calls.clear()
             t = time.perf_counter()
             result = manager.generate(control, GenerationSettings(PROMPT, seed=seed, steps=28, guidance=10.0),
                                       on_step=lambda i, n: trace.append(round(torch.cuda.memory_allocated() / GIB,
                                                                               2)))
             torch.cuda.synchronize()
             row[f"image{seed}_s"] = round(time.perf_counter() - t, 2)
+            row[f"image{seed}_t5_calls"] = len(t5_calls)
             images.append(result.pixels)
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
         row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
@@ -147,7 +157,8 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", required=True, choices=["bf16", "qint8", "qint4", "fp8"])
-    ap.add_argument("--budgets", nargs="+", default=["24", "16", "12", "8"])
+    ap.add_argument("--budgets", nargs="+", default=["24", "16", "12", "8"],
+                    help="GiB each; '12:sync' streams with diffusers' default (CPU waits after each block)")
     ap.add_argument("--no-resident", action="store_true", help="skip the resident reference run")
     ap.add_argument("--raw-oom", action="store_true", help="let torch's own out-of-memory text through")
     ap.add_argument("--json", required=True)
@@ -173,6 +184,7 @@ def main() -> None:
         rows.append(reference)
     for budget in args.budgets:
         row = run_one(master, args.variant, budget, control)
+        budget = row["budget_gib"]
         if row.get("ok") and reference and reference.get("ok"):
             row["same_pixels_as_resident"] = bool(np.array_equal(row["pixels"], reference["pixels"]))
             row["max_abs_diff"] = float(np.abs(row["pixels"] - reference["pixels"]).max())
@@ -182,9 +194,9 @@ def main() -> None:
     report["rows"] = [{k: v for k, v in r.items() if k != "pixels"} for r in rows]
     with open(args.json, "w") as fh:
         json.dump(report, fh, indent=1)
-    print("\nbudget | plan | peak GiB (reserved) | image 1 / 2 s | x resident | GiB/step | host GiB | same px")
+    print("\nbudget | streaming | plan | peak GiB (reserved) | image 1 / 2 s | x resident | GiB/step | host GiB | same px")
     for r in report["rows"]:
-        print(f"{r['budget_gib']} | {r.get('plan', r.get('error'))} | {r.get('peak_gib')} ({r.get('peak_reserved_gib')})"
+        print(f"{r['budget_gib']} | {r.get('streaming')} | {r.get('plan', r.get('error'))} | {r.get('peak_gib')} ({r.get('peak_reserved_gib')})"
               f" | {r.get('image1_s')} / {r.get('image2_s')} | {r.get('x_resident')} | "
               f"{r.get('streamed_gib_per_step')} | {r.get('host_rss_gib')} | {r.get('same_pixels_as_resident')}")
 

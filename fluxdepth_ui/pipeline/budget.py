@@ -29,10 +29,17 @@ log = logging.getLogger(__name__)
 GIB = 2**30
 # Left free under "auto": the display, the driver's own use and another program's next allocation.
 AUTO_MARGIN = 1.5 * GIB
-# Of the budget, kept free for the allocator's own overhead: streaming allocates and frees block-sized tensors every
-# step, and the cap counts reserved memory, not only live tensors (measured 1.2-1.7 GiB over the live peak on the
-# H100, docs/benchmarks.md "VRAM budget").
+# Of the budget, kept free for the allocator's own overhead: the cap counts reserved memory, not only live tensors
+# (measured 1.2-2.0 GiB of reserved over live at the peak on the H100, docs/benchmarks.md "VRAM budget"), so the
+# larger of a share of the budget and a fixed floor.
 HEADROOM = 0.12
+MIN_HEADROOM = 2 * GIB
+# The measured peak of one image (2.4 GiB over the weights at 1 MP) is the VAE decode, when no block streams; the
+# denoiser's own activations, beside which streamed blocks sit, are taken as at most half of it.
+DENOISER_SHARE = 0.5
+# Streamed groups on the card at once with the bounded run-ahead (`_RunAhead`): the one computing, the one queued
+# behind it, the one being copied in, and one whose memory is waiting to be released.
+STREAM_GROUPS = 4
 # Components, in the order in which they give up their place on the GPU (first = streamed first). CLIP and the VAE
 # (0.4 GiB together) are not worth streaming: they always stay.
 STREAM_ORDER = ("text_encoder_2", "text_encoder", "vae", "transformer")
@@ -110,11 +117,15 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     """
     components = [c for c in STREAM_ORDER if sizes.get(c)]
     resident = set(components)
-    budget_full, budget = budget, int(budget * (1 - HEADROOM))
-    # A streamed component needs room for the group being used, the one being copied in, and one being freed
-    # (three largest groups: measured to hold under the cap, docs/benchmarks.md "VRAM budget").
+    budget_full, budget = budget, budget - max(int(budget * HEADROOM), min(MIN_HEADROOM, budget // 4))
+
     def slack(streamed):
-        return sum(3 * _largest_group(c, sizes, block_sizes) for c in streamed)
+        """Working memory on top of the resident weights: the larger of the decode's peak and the denoiser's
+        activations beside the streamed groups in flight (T5 runs before both, alone)."""
+        def groups(name):
+            return STREAM_GROUPS * _largest_group(name, sizes, block_sizes) if name in streamed else 0
+
+        return max(work, int(work * DENOISER_SHARE) + groups("transformer"), groups("text_encoder_2")) - work
 
     streamed: list[str] = []
     for name in STREAMABLE[:-1]:  # give up T5 (CLIP and the VAE, 0.4 GiB together, always stay)
@@ -188,27 +199,65 @@ def transformer_block_sizes(transformer) -> list[int]:
     return sizes
 
 
-def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device) -> None:
+# How many streamed blocks the CPU may queue ahead of the GPU's compute (`_RunAhead`); None = diffusers' default
+# without record_stream (the CPU waits for the compute stream after every streamed block). Both measured in
+# docs/benchmarks.md "VRAM budget".
+RUN_AHEAD: int | None = 1
+
+
+def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device, run_ahead: int | None | str = "default") -> None:
     """Resident modules to the GPU; streamed ones get diffusers' group offloading with CUDA streams.
 
-    Without record_stream: each offload waits for the compute stream, so the CPU cannot queue copies of every block
-    ahead of the compute and hold them all on the card at once (measured: with record_stream the streamed blocks
-    piled up past the budget).
+    The denoiser's streamed blocks use record_stream (the allocator keeps a block's memory until the compute stream
+    is done with it, so the CPU need not wait after each block) with a bound on how far the CPU runs ahead: unbounded,
+    it queued copies of every block ahead of the compute and they all sat on the card (measured past the budget).
     """
     from diffusers.hooks import apply_group_offloading
 
     use_stream = device.type == "cuda"
+    run_ahead = RUN_AHEAD if run_ahead == "default" else run_ahead
     for name in plan.resident:
         getattr(pipe, name).to(device)
     for name in plan.streamed:
         module = getattr(pipe, name)
         if name == "transformer":
+            bounded = use_stream and run_ahead is not None
             apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
-                                   use_stream=use_stream, non_blocking=use_stream)
+                                   use_stream=use_stream, non_blocking=use_stream, record_stream=bounded)
             _pin_resident_blocks(module, plan.resident_blocks, device)
+            if bounded:
+                _RunAhead(run_ahead).attach(module, plan.resident_blocks)
         else:  # T5: its encoder's blocks, one group each (measured: leaf-level groups stayed on the card)
             apply_group_offloading(getattr(module, "encoder", module), device, offload_type="block_level",
                                    num_blocks_per_group=1, use_stream=use_stream, non_blocking=use_stream)
+
+
+class _RunAhead:
+    """Before a streamed block starts (which is when diffusers issues the copy of the next one), the CPU waits until
+    the compute of the streamed block `depth + 1` back has finished: at most STREAM_GROUPS blocks on the card, and
+    the GPU never runs dry between blocks as it does when the CPU waits for the whole compute stream each time."""
+
+    def __init__(self, depth: int):
+        import collections
+
+        self.depth = max(0, int(depth))
+        self.events = collections.deque()
+
+    def attach(self, transformer, resident_blocks: tuple[int, ...]) -> None:
+        blocks = [b for name in BLOCK_LISTS for b in getattr(transformer, name, ())]
+        for index, block in enumerate(blocks):
+            if index not in resident_blocks:
+                block.register_forward_pre_hook(self.before)
+                block.register_forward_hook(self.after)
+
+    def before(self, module, args):
+        while len(self.events) > self.depth:
+            self.events.popleft().synchronize()
+
+    def after(self, module, args, output):
+        event = torch.cuda.Event()
+        event.record()
+        self.events.append(event)
 
 
 def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.device) -> None:

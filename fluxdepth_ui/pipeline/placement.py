@@ -11,8 +11,9 @@ from .errors import PipelineError
 
 
 GIB = 2**30
-# Working memory on top of the weights at 1024x1024 (activations, VAE decode), scaled with the pixel count.
-ACTIVATION_BYTES_PER_MEGAPIXEL = 3 * GIB
+# Working memory on top of the weights at 1024x1024 (activations, VAE decode), scaled with the pixel count: measured
+# 2.4 GiB over the weights at the peak of a 1 MP image in every tier (docs/benchmarks.md "VRAM budget").
+ACTIVATION_BYTES_PER_MEGAPIXEL = int(2.5 * GIB)
 
 
 def pick_device(requested: str | None = None) -> torch.device:
