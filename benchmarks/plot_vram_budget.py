@@ -30,11 +30,12 @@ def rows(paths: list[str]) -> list[dict]:
             streamed_gb = row["streamed_gib_per_step"] * GIB / 1e9
             extra = run["steps"] * streamed_gb * (1 / PCIE4 - 1 / bandwidth)
             out.append({"tier": run["variant"], "budget": float(row["budget_gib"]), "plan": row["plan"],
+                        "streaming": row.get("streaming", "sync"),
                         "peak": row["peak_gib"], "reserved": row["peak_reserved_gib"], "seconds": row["image2_s"],
                         "resident_s": resident["image2_s"] if resident else None, "x": row.get("x_resident"),
                         "gb_step": round(streamed_gb, 2), "host": row["host_rss_gib"], "bw": bandwidth,
                         "pcie4_s": round(row["image2_s"] + extra, 1), "same": row.get("same_pixels_as_resident")})
-    return sorted(out, key=lambda r: (r["tier"], -r["budget"]))
+    return sorted(out, key=lambda r: (r["tier"], -r["budget"], r["streaming"]))
 
 
 def main() -> None:
@@ -43,11 +44,11 @@ def main() -> None:
     ap.add_argument("--png")
     args = ap.parse_args()
     table = rows(args.files)
-    print("| tier | budget GiB | plan | peak GiB live (reserved) | s / image | × resident | GB streamed / step "
+    print("| tier | budget GiB | streaming | plan | peak GiB live (reserved) | s / image | × resident | GB streamed / step "
           "| host GiB | PCIe 4.0 x16 projection | same pixels |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in table:
-        print(f"| {r['tier']} | {r['budget']:g} | {r['plan']} | {r['peak']} ({r['reserved']}) | {r['seconds']} | "
+        print(f"| {r['tier']} | {r['budget']:g} | {r['streaming']} | {r['plan']} | {r['peak']} ({r['reserved']}) | {r['seconds']} | "
               f"{r['x']} | {r['gb_step']} | {r['host']} | {r['pcie4_s']} s | {r['same']} |")
     if args.png:
         import matplotlib
@@ -57,7 +58,7 @@ def main() -> None:
 
         fig, ax = plt.subplots(figsize=(7, 4))
         for tier in sorted({r["tier"] for r in table}):
-            sel = [r for r in table if r["tier"] == tier]
+            sel = [r for r in table if r["tier"] == tier and r["streaming"] != "sync"]
             ax.plot([r["budget"] for r in sel], [r["seconds"] for r in sel], "o-", label=f"{tier} (H100, measured)")
             ax.plot([r["budget"] for r in sel], [r["pcie4_s"] for r in sel], "o--", alpha=0.6,
                     label=f"{tier} (PCIe 4.0 x16, projected)")

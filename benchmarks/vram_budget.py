@@ -154,6 +154,39 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
     return row
 
 
+def profile_one(master: dict, variant: str, budget: str, control, trace_path: str | None) -> None:
+    """Where a streamed step's time goes: torch.profiler over 2 steps after a warm image (kernels, host -> GPU
+    copies, CPU waits), as tables on stdout and, with trace_path, a gzipped Chrome trace."""
+    import fluxdepth_ui.pipeline.budget as budget_module
+    from torch.profiler import ProfilerActivity, profile
+
+    budget, _, mode = budget.partition(":")
+    budget_module.RUN_AHEAD = None if mode == "sync" else 1
+    components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
+    loader = lambda v, progress: LoadedModel(components=components, revision="random", notes=[])  # noqa: E731
+    manager = PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant, placement="auto",
+                              vram_budget=budget, loader=loader, cache_root="/tmp/fluxdepth-bench-cache")
+    manager.load()
+    settings = GenerationSettings(PROMPT, seed=1, steps=2, guidance=10.0)
+    manager.generate(control, settings)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        manager.generate(control, settings)
+        torch.cuda.synchronize()
+    print(f"== profile {variant} @ {budget} ({mode or 'run-ahead 1'}): {manager.status()['memory_plan']}")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+    if trace_path:
+        import gzip
+        import shutil
+
+        prof.export_chrome_trace(trace_path)
+        with open(trace_path, "rb") as src, gzip.open(trace_path + ".gz", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.remove(trace_path)
+    manager.unload()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", required=True, choices=["bf16", "qint8", "qint4", "fp8"])
@@ -162,6 +195,8 @@ def main() -> None:
     ap.add_argument("--no-resident", action="store_true", help="skip the resident reference run")
     ap.add_argument("--raw-oom", action="store_true", help="let torch's own out-of-memory text through")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--profile", help="profile one budget ('24', '24:sync') instead: 2 steps under torch.profiler")
+    ap.add_argument("--trace", help="with --profile: write a gzipped Chrome trace here")
     args = ap.parse_args()
     if args.raw_oom:
         import fluxdepth_ui.pipeline.manager as manager_module
@@ -177,6 +212,9 @@ def main() -> None:
     report["component_gib"] = {k: round(module_bytes(v) / GIB, 2) for k, v in master.items()
                                if isinstance(v, torch.nn.Module)}
     control = control_image()
+    if args.profile:
+        profile_one(master, args.variant, args.profile, control, args.trace)
+        return
     rows = []
     reference = None
     if not args.no_resident:

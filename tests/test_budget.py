@@ -86,7 +86,7 @@ def test_the_denoiser_streams_only_what_does_not_fit(budget):
     fixed = sum(BF16[c] for c in plan.resident) + work + 0.2 * GIB
     room = usable(budget) - fixed
     assert kept <= room < kept + DOUBLE
-    assert plan.streamed_bytes_per_step == streamed + int(0.2 * GIB)
+    assert plan.streamed_bytes_per_step == streamed  # the embedders and norms (0.2 GiB) stay
     # Spread over the whole run of blocks, not bunched at one end, so copies overlap resident compute.
     if len(plan.resident_blocks) > 4:
         gaps = np.diff(plan.resident_blocks)
