@@ -113,6 +113,24 @@ def warn(lines) -> None:
         print(f"warning: {line}", file=sys.stderr)
 
 
+def _renamed(old: str, new: str):
+    """An option that moved: using the old name is exit 2 with the new name (style LoRAs took --lora)."""
+    def refuse(value):
+        raise UsageError(f"{old} is now {new} (style LoRAs use --lora PATH[:SCALE])")
+    return refuse
+
+
+def style_loras(args: argparse.Namespace) -> tuple:
+    """The --lora options, each checked to name a .safetensors file before any model loads."""
+    from .loras import lora_folder, resolve_lora
+    from .settings import StyleLora
+
+    loras = tuple(StyleLora.parse(text) for text in args.lora)
+    for lora in loras:
+        resolve_lora(lora.name, lora_folder(args.lora_dir), allow_paths=True)
+    return loras
+
+
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     from .defaults import (
         DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANT_NAMES as VARIANTS,
@@ -128,8 +146,14 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"Hub id, local diffusers folder, or tiny-random (default {DEFAULT_MODEL})")
     g.add_argument("--revision", help="Hub branch, tag or commit")
-    g.add_argument("--lora", help="depth LoRA to fuse into a FLUX.1-dev base model")
-    g.add_argument("--lora-scale", type=float, default=0.85, help="LoRA scale (default 0.85)")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="a style LoRA (.safetensors; diffusers, Kohya or ComfyUI keys) and its scale (default 1.0), "
+                        "a file or a name in --lora-dir; repeat for more, applied in order (docs/loras.md)")
+    g.add_argument("--lora-dir", default=os.environ.get("FLUXDEPTH_LORA_DIR"), metavar="DIR",
+                   help="folder of style LoRAs that --lora names refer to (env FLUXDEPTH_LORA_DIR)")
+    g.add_argument("--lora-scale", type=_renamed("--lora-scale", "--depth-lora-scale"), help=argparse.SUPPRESS)
+    g.add_argument("--depth-lora", help="the Depth LoRA to fuse into a FLUX.1-dev base model (a Hub id or folder)")
+    g.add_argument("--depth-lora-scale", type=float, default=0.85, help="Depth LoRA scale (default 0.85)")
     g.add_argument("--placement", choices=PLACEMENTS, default="auto", help="GPU placement (default auto)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer (CUDA GPUs): the first image compiles, later ones run 15-25%% "
@@ -176,8 +200,9 @@ def pipeline_spec(args: argparse.Namespace):
     from .settings import PipelineSpec
 
     return PipelineSpec(model=args.model, variant=args.variant, placement=args.placement, compile=args.compile,
-                        device=args.device, revision=args.revision, lora=args.lora, lora_scale=args.lora_scale,
-                        vram_budget=args.vram_budget)
+                        device=args.device, revision=args.revision, depth_lora=args.depth_lora,
+                        depth_lora_scale=args.depth_lora_scale,
+                        vram_budget=args.vram_budget, lora_dir=args.lora_dir)
 
 
 def _manager(spec):
@@ -198,7 +223,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed = load_stats(args.stats).seed  # a frame re-rendered under its sequence gets the sequence's seed
     settings = ShotSettings(depth_settings_from_args(args),
                             GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps,
-                                               guidance=args.guidance, strength=args.strength))
+                                               guidance=args.guidance, strength=args.strength,
+                                               loras=style_loras(args)))
     spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
     formats = check_formats(args.also_save)
@@ -233,7 +259,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     from .settings import GenerationSettings
 
     generation = GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                    strength=args.strength)
+                                    strength=args.strength, loras=style_loras(args))
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
     spec = pipeline_spec(args)

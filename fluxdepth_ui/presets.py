@@ -15,9 +15,10 @@ from pathlib import Path
 from .depth import DEFAULT_CLIP, DepthInputError, NormalizeSettings
 from .atomic import write_text
 from .errors import FluxDepthError
+from .settings import GenerationSettings
 
 DEPTH_KEYS = ("mode", "invert", "clip", "near", "far", "long_side")
-GENERATION_KEYS = ("prompt", "variant", "steps", "guidance")
+GENERATION_KEYS = ("prompt", "variant", "steps", "guidance", "loras")  # loras: [{"name", "scale"}]
 MAX_NAME = 80
 
 
@@ -75,6 +76,7 @@ def load_preset(path: str | Path, builtin: bool = False) -> Preset:
     try:
         NormalizeSettings(mode=depth.get("mode", "auto"), invert=depth.get("invert", "auto"),
                           clip=tuple(depth.get("clip", DEFAULT_CLIP)), near=depth.get("near"), far=depth.get("far"))
+        GenerationSettings(prompt="", loras=generation.get("loras") or ())
     except (DepthInputError, TypeError, ValueError) as exc:
         raise PresetError(f"preset {path.name}: {exc}") from None
     return Preset(data["name"].strip(), str(data.get("description", "")), depth, generation, str(path), builtin)

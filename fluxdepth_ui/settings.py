@@ -70,6 +70,44 @@ def parse_vram_budget(text) -> float | str | None:
     return check_number("VRAM budget", value, 1.0, 4096.0, hint="GiB, or auto")
 
 
+MAX_STYLE_LORAS = 4
+LORA_SCALE_RANGE = (-4.0, 4.0)
+
+
+@dataclass(frozen=True)
+class StyleLora:
+    """One style LoRA on a shot: its name (a file in the host's LoRA folder; on the command line also a path) and
+    its scale (1.0 = as trained). docs/loras.md."""
+
+    name: str
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip() or len(self.name) > 300:
+            raise SettingsError("a style LoRA needs a file name (up to 300 characters); pick one from the LoRA "
+                                "folder")
+        object.__setattr__(self, "scale", check_number(f"scale of LoRA {self.name[:40]!r}", self.scale,
+                                                       *LORA_SCALE_RANGE, hint="1.0 = as trained"))
+
+    @classmethod
+    def parse(cls, text: str) -> "StyleLora":
+        """'NAME' or 'NAME:SCALE' (the last colon splits, so Windows paths keep theirs)."""
+        head, sep, tail = str(text).rpartition(":")
+        if sep and head and not head.endswith(("\\", "/")) and tail.replace(".", "", 1).lstrip("-").isdigit():
+            return cls(head, float(tail))
+        return cls(str(text))
+
+    @classmethod
+    def from_value(cls, value) -> "StyleLora":
+        if isinstance(value, StyleLora):
+            return value
+        if isinstance(value, dict):
+            return cls(**_known(cls, value))
+        if isinstance(value, str):
+            return cls.parse(value)
+        raise SettingsError(f"a style LoRA is a name or {{'name', 'scale'}}, not {type(value).__name__}")
+
+
 def draw_seed() -> int:
     return secrets.randbelow(MAX_SEED + 1)
 
@@ -82,6 +120,7 @@ class GenerationSettings:
     guidance: float = DEFAULT_GUIDANCE
     strength: float = DEFAULT_STRENGTH  # img2img only
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
+    loras: tuple[StyleLora, ...] = ()  # style LoRAs, applied in this order (docs/loras.md)
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -99,6 +138,15 @@ class GenerationSettings:
         set_(self, "strength", check_number("strength", self.strength, 0.0, 1.0, low_open=True))
         set_(self, "max_sequence_length", check_number("max_sequence_length", self.max_sequence_length, 1,
                                                        MAX_SEQUENCE_LENGTH, whole=True))
+        loras = self.loras or ()
+        if isinstance(loras, (str, dict, StyleLora)):
+            loras = (loras,)
+        loras = tuple(StyleLora.from_value(v) for v in loras)
+        if len(loras) > MAX_STYLE_LORAS:
+            raise SettingsError(f"{len(loras)} style LoRAs given; use at most {MAX_STYLE_LORAS}")
+        if len({lora.name for lora in loras}) != len(loras):
+            raise SettingsError("the same style LoRA is listed twice; give it once with the sum of the scales")
+        set_(self, "loras", loras)
 
     def with_seed(self, seed: int | None) -> "GenerationSettings":
         return replace(self, seed=seed)
@@ -108,7 +156,11 @@ class GenerationSettings:
         return self if self.seed is not None else replace(self, seed=draw_seed())
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["loras"] = [asdict(lora) for lora in self.loras]
+        if not self.loras:  # keys of shots without LoRAs stay what they were before LoRAs existed (resume)
+            d.pop("loras")
+        return d
 
     @classmethod
     def from_dict(cls, data: dict) -> "GenerationSettings":
@@ -153,16 +205,17 @@ class PipelineSpec:
     compile: bool = False
     device: str | None = None
     revision: str | None = None
-    lora: str | None = None  # depth LoRA fused into a FLUX.1-dev base
-    lora_scale: float = 0.85
+    depth_lora: str | None = None  # the Depth LoRA fused into a FLUX.1-dev base (style LoRAs: GenerationSettings)
+    depth_lora_scale: float = 0.85
     vram_budget: str | None = None  # GiB ("12"), "auto", or None: pipeline/budget.py
+    lora_dir: str | None = None  # the host's style LoRA folder (loras.py); None: FLUXDEPTH_LORA_DIR
 
     def __post_init__(self):
         if self.variant not in VARIANT_NAMES:
             raise SettingsError(f"unknown variant {self.variant!r}; choose one of: {', '.join(VARIANT_NAMES)}")
         if self.placement not in PLACEMENTS:
             raise SettingsError(f"unknown placement {self.placement!r}; choose one of: {', '.join(PLACEMENTS)}")
-        check_number("lora_scale", self.lora_scale, -10.0, 10.0)
+        check_number("depth LoRA scale", self.depth_lora_scale, -10.0, 10.0)
         parse_vram_budget(self.vram_budget)
 
     def to_dict(self) -> dict:

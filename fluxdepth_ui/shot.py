@@ -38,9 +38,13 @@ def file_digest(path: str) -> str:
     return digest.hexdigest()
 
 
-def shot_key(depth_digest: str, settings: ShotSettings, model: str, variant: str) -> str:
-    """What a finished shot depends on. A sequence frame whose sidecar carries this key is not rendered again."""
+def shot_key(depth_digest: str, settings: ShotSettings, model: str, variant: str,
+             lora_digests: tuple[str, ...] = ()) -> str:
+    """What a finished shot depends on. A sequence frame whose sidecar carries this key is not rendered again.
+    A style LoRA counts by its file's bytes, not only its name."""
     payload = {"depth": depth_digest, "settings": settings.to_dict(), "model": model, "variant": variant}
+    if lora_digests:
+        payload["lora_files"] = list(lora_digests)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -50,7 +54,8 @@ def default_control_path(png: str) -> str:
 
 def expected_key(manager, depth_path: str, settings: ShotSettings) -> str:
     """The key `render_shot` will record for these inputs (the seed must be settled already)."""
-    return shot_key(file_digest(depth_path), settings, manager.source.key, manager.variant)
+    return shot_key(file_digest(depth_path), settings, manager.source.key, manager.variant,
+                    manager.lora_digests(settings.generation.loras))
 
 
 def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, *,

@@ -114,7 +114,7 @@ def test_parse_model_source():
     assert parse_model_source(None).model == DEFAULT_MODEL
     assert parse_model_source("tiny-random").kind == "tiny"
     lora = parse_model_source("flux-dev+depth-lora")
-    assert lora.model == "black-forest-labs/FLUX.1-dev" and lora.lora == "black-forest-labs/FLUX.1-Depth-dev-lora"
+    assert lora.model == "black-forest-labs/FLUX.1-dev" and lora.depth_lora == "black-forest-labs/FLUX.1-Depth-dev-lora"
     assert parse_model_source("owner/name", revision="abc").revision == "abc"
     with pytest.raises(ModelSourceError, match="neither a Hub id"):
         parse_model_source("not a model")
@@ -146,7 +146,7 @@ def dev_and_lora(tmp_path_factory):
 @pytest.mark.parametrize("variant", ["bf16", "qint8"])
 def test_depth_lora_is_fused_before_quantizing(tmp_path, depth, dev_and_lora, variant):
     dev, lora = dev_and_lora
-    source = ModelSource(str(dev), lora=str(lora), lora_scale=0.85)
+    source = ModelSource(str(dev), depth_lora=str(lora), depth_lora_scale=0.85)
     manager = PipelineManager(source, variant=variant, cache_root=str(tmp_path))
     result = manager.generate(depth.control, GenerationSettings("a chair", seed=2, steps=2))
     transformer = manager._pipe.transformer

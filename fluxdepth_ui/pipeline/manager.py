@@ -8,6 +8,7 @@ float tensor in [-1, 1] at the target size, which `FluxControlPipeline.prepare_i
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from PIL import Image
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
 from ..settings import MAX_SEED, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401 - re-exported
 from ..depth import ControlImage, DepthStats
+from ..loras import file_digest, lora_folder, resolve_lora
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
+from .loras import LoraFile, LoraStack, read_lora
 from .metadata import GenerationMetadata
 from .placement import (
     ACTIVATION_BYTES_PER_MEGAPIXEL,
@@ -77,7 +80,8 @@ class PipelineManager:
 
     def __init__(self, source: ModelSource | None = None, variant: str = "bf16", placement: str = "auto",
                  device: str | None = None, cache_root: str | None = None, token: str | None = None,
-                 loader: Loader | None = None, compile: bool = False, vram_budget: float | str | None = None):
+                 loader: Loader | None = None, compile: bool = False, vram_budget: float | str | None = None,
+                 lora_dir: str | None = None, lora_paths: bool = True):
         get_variant(variant)
         if placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
@@ -90,6 +94,12 @@ class PipelineManager:
         self._plan: MemoryPlan | None = None
         # Prompt -> (prompt_embeds, pooled_prompt_embeds): a seed batch, a sequence or a re-run never re-encodes.
         self._prompt_cache: dict = {}
+        # Style LoRAs (loras.py): the host's folder, whether a shot may also name a file path (the CLI; never a shared
+        # studio), files read so far by digest, and what is active on the transformer.
+        self.lora_dir = lora_folder(lora_dir)
+        self.lora_paths = bool(lora_paths)
+        self._lora_files: dict[str, LoraFile] = {}
+        self._loras: LoraStack | None = None
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._device_request = device
@@ -110,17 +120,19 @@ class PipelineManager:
                   loader: Loader | None = None) -> "PipelineManager":
         from .sources import parse_model_source
 
-        source = parse_model_source(spec.model, spec.revision, spec.lora, spec.lora_scale)
+        source = parse_model_source(spec.model, spec.revision, spec.depth_lora, spec.depth_lora_scale)
         return cls(source, variant=spec.variant, placement=spec.placement, device=spec.device, token=token,
-                   cache_root=cache_root, loader=loader, compile=spec.compile, vram_budget=spec.vram_budget)
+                   cache_root=cache_root, loader=loader, compile=spec.compile, vram_budget=spec.vram_budget,
+                   lora_dir=spec.lora_dir)
 
     def spec(self) -> PipelineSpec:
         """What `from_spec` takes: the same pipeline, for another process (a Ray worker, docs/farm.md)."""
         source = self.source
         budget = None if self.vram_budget is None else str(self.vram_budget)
         return PipelineSpec(model=source.model, variant=self.variant, placement=self.placement, compile=self.compile,
-                            device=self._device_request, revision=source.revision, lora=source.lora,
-                            lora_scale=source.lora_scale, vram_budget=budget)
+                            device=self._device_request, revision=source.revision,
+                            depth_lora=source.depth_lora, depth_lora_scale=source.depth_lora_scale, vram_budget=budget,
+                            lora_dir=self.lora_dir)
 
     # --- state -----------------------------------------------------------------------------------------------------
 
@@ -206,6 +218,9 @@ class PipelineManager:
             self._choice = None
             self._plan = None
             self._prompt_cache = {}
+            if self._loras is not None:
+                self._loras.clear()
+                self._loras = None
             self._compiled = False
             self._compiled_shapes = set()
             release_device_memory()
@@ -324,7 +339,9 @@ class PipelineManager:
             # 3. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
             seed = draw_seed() if settings.seed is None else int(settings.seed)
             generator = torch.Generator("cpu").manual_seed(seed)
-            # 4. Inputs in the form diffusers passes through untouched.
+            # 4. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
+            #    diffusers passes through untouched.
+            loras = self._apply_loras(settings.loras)
             prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
             kwargs = dict(
                 prompt_embeds=prompt_embeds,
@@ -403,12 +420,35 @@ class PipelineManager:
                 depth_range=depth.range if depth else None,
                 placement=self._choice.placement if self._choice else None,
                 memory_plan=self._plan.summary() if self._plan else None,
+                loras=tuple({"name": f.name, "scale": scale, "sha256": f.digest} for f, scale in loras),
                 compiled=self._compiled,
                 device=str(self._device),
                 seconds=round(seconds, 3),
-                notes=(self.source.label,) if self.source.kind == "tiny" else (),
+                notes=((self.source.label,) if self.source.kind == "tiny" else ())
+                + tuple(note for f, _ in loras for note in f.notes),
             )
             return GenerationResult(image, meta, pixels)
+
+    def lora_digests(self, loras) -> tuple[str, ...]:
+        """sha256 of each style LoRA's file, in order (shot keys count a LoRA by its bytes)."""
+        return tuple(file_digest(resolve_lora(lora.name, self.lora_dir, self.lora_paths)) for lora in loras)
+
+    def _apply_loras(self, loras) -> list[tuple[LoraFile, float]]:
+        chosen = []
+        for lora in loras:
+            path = resolve_lora(lora.name, self.lora_dir, self.lora_paths)
+            digest = file_digest(path)
+            if digest not in self._lora_files:
+                while len(self._lora_files) >= 8:
+                    self._lora_files.pop(next(iter(self._lora_files)))
+                self._lora_files[digest] = read_lora(path, os.path.basename(lora.name), digest,
+                                                     self._pipe.transformer)
+            chosen.append((self._lora_files[digest], lora.scale))
+        if chosen or self._loras is not None:
+            if self._loras is None:
+                self._loras = LoraStack(self._device, self.source.dtype)
+            self._loras.apply(self._pipe.transformer, chosen)
+        return chosen
 
     def _encode_prompt(self, prompt: str, max_sequence_length: int):
         """T5 and CLIP run once per prompt: a seed batch, a sequence or a re-run reuses the embeddings, so under a

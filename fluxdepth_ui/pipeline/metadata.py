@@ -42,10 +42,14 @@ class GenerationMetadata:
     depth_edges: str | None = None
     shot_key: str | None = None  # the depth file's bytes + every setting + model + tier (shot.shot_key)
     memory_plan: str | None = None  # under a VRAM budget: what was resident, what streamed (pipeline/budget.py)
+    loras: tuple[dict, ...] = ()  # style LoRAs: name, scale, sha256 of the file (pipeline/loras.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["notes"] = list(self.notes)
+        d["loras"] = [dict(lora) for lora in self.loras]
+        if not self.loras:  # files without LoRAs keep the bytes they had before LoRAs existed
+            d.pop("loras")
         return d
 
     def file_dict(self) -> dict:
@@ -60,6 +64,7 @@ class GenerationMetadata:
         known = {f for f in cls.__dataclass_fields__}
         data = {k: v for k, v in data.items() if k in known}
         data["notes"] = tuple(data.get("notes", ()))
+        data["loras"] = tuple(dict(lora) for lora in data.get("loras", ()))
         return cls(**data)
 
     def parameters_line(self) -> str:
@@ -70,6 +75,8 @@ class GenerationMetadata:
             parts.append(f"Strength: {self.strength:g}")
         if self.depth_file:
             parts.append(f"Depth: {self.depth_file} [{self.depth_channel}, {self.depth_mode}]")
+        if self.loras:
+            parts.append("LoRAs: " + ", ".join(f"{lora['name']}:{lora['scale']:g}" for lora in self.loras))
         return f"{self.prompt}\n" + ", ".join(parts)
 
 

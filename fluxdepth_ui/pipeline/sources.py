@@ -40,8 +40,8 @@ PIPELINE_FILES = ["*.json", "*.txt", "*.model", "transformer/*", "vae/*", "text_
 class ModelSource:
     model: str = DEFAULT_MODEL  # Hub id, local diffusers folder, or "tiny-random"
     revision: str | None = None  # branch, tag or commit on the Hub
-    lora: str | None = None  # Depth LoRA (Hub id or local path) fused into a FLUX.1-dev base
-    lora_scale: float = DEFAULT_LORA_SCALE
+    depth_lora: str | None = None  # Depth LoRA (Hub id or local path) fused into a FLUX.1-dev base
+    depth_lora_scale: float = DEFAULT_LORA_SCALE
     seed: int = 0  # tiny-random only
 
     @property
@@ -53,8 +53,8 @@ class ModelSource:
     @property
     def key(self) -> str:
         base = f"tiny-random-seed{self.seed}" if self.kind == "tiny" else self.model.rstrip("/")
-        if self.lora:
-            base += f"+{self.lora}@{self.lora_scale:g}"
+        if self.depth_lora:
+            base += f"+{self.depth_lora}@{self.depth_lora_scale:g}"
         return base
 
     @property
@@ -79,19 +79,19 @@ class ModelSource:
 
             return TINY_NOTICE
         text = self.model + (f"@{self.revision}" if self.revision else "")
-        return text + (f" + {self.lora} (scale {self.lora_scale:g})" if self.lora else "")
+        return text + (f" + {self.depth_lora} (scale {self.depth_lora_scale:g})" if self.depth_lora else "")
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32 if self.kind == "tiny" else torch.bfloat16
 
 
-def parse_model_source(text: str | None, revision: str | None = None, lora: str | None = None,
-                       lora_scale: float = DEFAULT_LORA_SCALE) -> ModelSource:
+def parse_model_source(text: str | None, revision: str | None = None, depth_lora: str | None = None,
+                       depth_lora_scale: float = DEFAULT_LORA_SCALE) -> ModelSource:
     text = (text or DEFAULT_MODEL).strip()
     if text in ALIASES:
         text, alias_lora = ALIASES[text]
-        lora = lora or alias_lora
+        depth_lora = depth_lora or alias_lora
     if text != TINY and not text.startswith((".", "/", "~")) and text.count("/") != 1 and not os.path.isdir(text):
         raise ModelSourceError(
             f"model {text!r} is neither a Hub id (owner/name), an existing folder, nor tiny-random; "
@@ -99,7 +99,8 @@ def parse_model_source(text: str | None, revision: str | None = None, lora: str 
         )
     if text.startswith(("/", ".", "~")) and not os.path.isdir(os.path.expanduser(text)):
         raise ModelSourceError(f"model folder {text} does not exist; pass a diffusers folder or a Hub id")
-    return ModelSource(os.path.expanduser(text) if text.startswith("~") else text, revision, lora, lora_scale)
+    return ModelSource(os.path.expanduser(text) if text.startswith("~") else text, revision, depth_lora,
+                       depth_lora_scale)
 
 
 @dataclass
@@ -144,8 +145,8 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
 
     with _hub_errors(source):
         pipe = FluxControlPipeline.from_pretrained(folder, dtype=source.dtype, local_files_only=True, **overrides)
-    if source.lora and "transformer" not in overrides:
-        progress(0.8, f"fusing {source.lora}")
+    if source.depth_lora and "transformer" not in overrides:
+        progress(0.8, f"fusing {source.depth_lora}")
         _fuse_lora(pipe, source, token)
     components = dict(pipe.components)
     del pipe
@@ -210,7 +211,7 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
             continue
         with open(os.path.join(folder, component, "config.json")) as fh:
             config = json.load(fh)
-        if component == "transformer" and source.lora:
+        if component == "transformer" and source.depth_lora:
             # The Depth LoRA widens x_embedder 64 -> 128; the output stays what the base had (None = in_channels).
             config = {**config, "in_channels": 128, "out_channels": config.get("out_channels") or config["in_channels"]}
         cache_folder, fp = _fingerprint(cache, source, source_id, component, weights, config)
@@ -255,7 +256,7 @@ def _load_full_component(folder: str, source: ModelSource, component: str, token
     with _hub_errors(source):
         if component == "text_encoder_2":
             return T5EncoderModel.from_pretrained(folder, subfolder=component, dtype=source.dtype)
-        if not source.lora:
+        if not source.depth_lora:
             return FluxTransformer2DModel.from_pretrained(folder, subfolder=component, dtype=source.dtype)
         pipe = FluxControlPipeline.from_pretrained(folder, dtype=source.dtype, local_files_only=True,
                                                    text_encoder=None, text_encoder_2=None, tokenizer=None,
@@ -266,13 +267,13 @@ def _load_full_component(folder: str, source: ModelSource, component: str, token
 
 def _fuse_lora(pipe, source: ModelSource, token: str | None) -> None:
     """Fuse the Depth LoRA into the base weights (quanto cannot follow the x_embedder 64 -> 128 expansion)."""
-    with _hub_errors(ModelSource(source.lora, None)):
-        pipe.load_lora_weights(source.lora, token=token, adapter_name="depth")
-    pipe.fuse_lora(lora_scale=source.lora_scale, components=["transformer"])
+    with _hub_errors(ModelSource(source.depth_lora, None)):
+        pipe.load_lora_weights(source.depth_lora, token=token, adapter_name="depth")
+    pipe.fuse_lora(lora_scale=source.depth_lora_scale, components=["transformer"])
     pipe.unload_lora_weights()
     if pipe.transformer.config.in_channels != 128:
         raise ModelSourceError(
-            f"{source.lora} did not turn {source.model} into a depth model (x_embedder takes "
+            f"{source.depth_lora} did not turn {source.model} into a depth model (x_embedder takes "
             f"{pipe.transformer.config.in_channels} channels, 128 expected); use {DEPTH_LORA}"
         )
 
@@ -332,10 +333,10 @@ def _check_pipeline_folder(folder: str, source: ModelSource) -> None:
         in_channels = None
     if "Flux" not in class_name or in_channels is None:
         raise ModelSourceError(f"{folder} holds a {class_name or 'unknown'} pipeline, not FLUX; pass a FLUX.1 folder")
-    if in_channels == 64 and not source.lora:
+    if in_channels == 64 and not source.depth_lora:
         raise ModelSourceError(
             f"{folder} is FLUX.1-dev (text-to-image, 64 input channels), not a depth model; use "
-            f"{DEFAULT_MODEL}, or add the depth LoRA (--lora {DEPTH_LORA})"
+            f"{DEFAULT_MODEL}, or add the depth LoRA (--depth-lora {DEPTH_LORA})"
         )
     if in_channels not in (64, 128):
         raise ModelSourceError(f"{folder}: transformer takes {in_channels} channels; FLUX.1-Depth-dev takes 128")

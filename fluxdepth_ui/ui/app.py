@@ -23,11 +23,12 @@ from ..depth.control import DEFAULT_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES
 from ..errors import FluxDepthError, one_line
 from ..image_files import check_formats
+from ..loras import resolve_lora
 from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
 from .layout import (
-    DEPTH_FIELDS, GENERATION_FIELDS, REMEMBERED_FIELDS, SEQUENCE_DEPTH_FIELDS, build_layout, form_components,
+    DEPTH_FIELDS, GENERATION_FIELDS, LORA_SLOTS, REMEMBERED_FIELDS, SEQUENCE_DEPTH_FIELDS, build_layout, form_components,
     tier_choices,
 )
 from .sharing import DAY, UploadGate, as_toast, user_facing
@@ -251,10 +252,26 @@ def wire_generate(app: Wiring) -> None:
     w.gallery.select(restore, [w.history], app.components(*restored), api_visibility="private")
 
 
+def preset_lora_slots(loras, folder) -> list:
+    """A preset's style LoRAs as the app's slot values (name, scale, name, scale): ones this studio's folder does
+    not hold are left empty (the preset still applies; the status line names what was missing)."""
+    from ..loras import available_loras
+    from ..settings import StyleLora
+
+    have = set(available_loras(folder))
+    values = []
+    for item in list(loras or [])[:len(LORA_SLOTS)]:
+        lora = StyleLora.from_value(item)
+        values += [lora.name, lora.scale] if lora.name in have else ["", 1.0]
+    while len(values) < 2 * len(LORA_SLOTS):
+        values += ["", 1.0]
+    return values
+
+
 def wire_presets(app: Wiring, preview_kw: dict) -> None:
     studio, w, policy = app.studio, app.w, app.studio.policy
     targets = ("mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "prompt", "variant", "steps",
-               "guidance")
+               "guidance", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale")
 
     def menu(value=None):
         return gr.update(choices=[p.name for p in list_presets()], value=value)
@@ -270,7 +287,8 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
         return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
                 d.get("long_side", DEFAULT_LONG_SIDE), g.get("prompt", gr.update()),
                 tier if tier in policy.tiers else studio.manager.variant, g.get("steps", DEFAULT_STEPS),
-                g.get("guidance", DEFAULT_GUIDANCE), f"**{preset.name}**: {preset.description}")
+                g.get("guidance", DEFAULT_GUIDANCE), *preset_lora_slots(g.get("loras"), studio.manager.lora_dir),
+                f"**{preset.name}**: {preset.description}")
 
     w.preset_apply.click(apply_preset, [w.preset_menu], [*app.components(*targets), w.preset_status],
                          api_visibility="private").then(**preview_kw)
@@ -284,7 +302,9 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
         save_preset(name, {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far,
                            "long_side": int(form["long_side"])},
                     {"prompt": form["prompt"] or "", "variant": form["variant"], "steps": int(form["steps"]),
-                     "guidance": float(form["guidance"])}, overwrite=bool(overwrite))
+                     "guidance": float(form["guidance"]),
+                     "loras": [{"name": x.name, "scale": x.scale} for x in h.loras_from_form(form)]},
+                    overwrite=bool(overwrite))
         return menu(name.strip()), f"Saved preset **{name.strip()}**"
 
     w.preset_save.click(store_preset, [w.preset_name, w.preset_overwrite, *app.components(*targets)],
@@ -477,6 +497,7 @@ def generate_endpoint(app: Wiring):
                      long_side: int = DEFAULT_LONG_SIDE, init_image: FileData | None = None,
                      strength: float = DEFAULT_STRENGTH, edges: str = DEFAULT_EDGES,
                      polarity: str = "auto", also_save: list[str] | None = None,
+                     loras: list[str] | None = None,
                      request: gr.Request = None) -> tuple[FileData, dict[str, Any], list[FileData]]:
         """Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.
 
@@ -500,6 +521,7 @@ def generate_endpoint(app: Wiring):
             edges: anti-aliased pixels between surfaces: snap, near, far or off.
             polarity: for rendered images with no units: auto, near-white or near-black.
             also_save: extra files from the float decode: "png16" (16-bit PNG, sRGB), "exr" (half float, linear).
+            loras: style LoRAs from the studio's LoRA folder, each "NAME" or "NAME:SCALE" (at most 4).
 
         Returns:
             the image as an 8-bit PNG with its settings in the text chunks.
@@ -511,11 +533,13 @@ def generate_endpoint(app: Wiring):
         if variant and not isinstance(variant, str):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
         form = dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, variant=variant, channel=channel,
-                    batch=1, also_save=also_save or (),
+                    batch=1, also_save=also_save or (), loras=loras or (),
                     mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near, far=far,
                     long_side=long_side, strength=strength, edges=edges, polarity=polarity)
         h.depth_from_form(form)  # bad depth values are refused before the files are looked at
         check_formats(form["also_save"])
+        for lora in h.loras_from_form(form):
+            resolve_lora(lora.name, studio.manager.lora_dir, allow_paths=False)
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
         outcome = generate_on_gpu(studio, session_of(request), form, None, None)[0]

@@ -26,6 +26,7 @@ from ..depth.normalize import DEFAULT_EDGES
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
+from ..loras import resolve_lora
 from ..settings import MAX_SEED, check_number
 from .sharing import HostPolicy, Workspace
 
@@ -284,7 +285,7 @@ class GenerationOutcome:
 def run_generate(studio: Studio, session: str | None, path: str, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
                  init_image_name: str | None = None, strength: float = DEFAULT_STRENGTH, on_step=None,
-                 load_progress=None, formats=()) -> GenerationOutcome:
+                 load_progress=None, formats=(), loras=()) -> GenerationOutcome:
     from ..depth.readers import read_rgb_image
     from ..image_files import check_formats
     from ..settings import GenerationSettings, ShotSettings
@@ -293,7 +294,9 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     manager = studio.manager
     formats = check_formats(formats)
     generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=steps, guidance=guidance,
-                                    strength=strength).settled()
+                                    strength=strength, loras=loras).settled()
+    for lora in generation.loras:  # names from the studio's LoRA folder only, checked before any work
+        resolve_lora(lora.name, manager.lora_dir, manager.lora_paths)
     variant = variant or manager.variant
     studio.policy.check_tier(variant)
     # Kept for the session too, so the next image of a batch (or a second Generate) reuses it.
@@ -384,7 +387,25 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
                         form.get("variant") or studio.manager.variant, form.get("steps", DEFAULT_STEPS),
                         form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
                         init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
-                        on_step, load_progress, form.get("also_save") or ())
+                        on_step, load_progress, form.get("also_save") or (), loras_from_form(form))
+
+
+def loras_from_form(form: dict) -> tuple:
+    """Style LoRAs of a settings record: the app's slots (lora_1 + lora_1_scale, ...) or an API list of
+    'NAME[:SCALE]' strings or {"name", "scale"} records. Empty slots are skipped."""
+    from ..settings import StyleLora
+
+    if form.get("loras"):
+        items = form["loras"]
+        if isinstance(items, (str, dict)):
+            items = [items]
+        return tuple(StyleLora.from_value(item) for item in items)
+    chosen = []
+    for index in range(1, 9):
+        name = form.get(f"lora_{index}")
+        if name:
+            chosen.append(StyleLora(name, form.get(f"lora_{index}_scale", 1.0)))
+    return tuple(chosen)
 
 
 MAX_BATCH = 8

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-days", type=float, default=_env("KEEP_DAYS"), metavar="N",
                    help="remove session folders and uploads older than N days, at start and hourly (env "
                         "FLUXDEPTH_KEEP_DAYS; default 7 with --share or on a Space, keep forever locally; 0 = keep)")
+    p.add_argument("--lora-dir", default=os.environ.get("FLUXDEPTH_LORA_DIR"), metavar="DIR",
+                   help="folder of style LoRAs (.safetensors) the app offers (env FLUXDEPTH_LORA_DIR; docs/loras.md)")
     p.add_argument("--ray-address", default=_env("RAY_ADDRESS"), metavar="ADDR",
                    help="render the Sequence tab's frames on this Ray cluster (env FLUXDEPTH_RAY_ADDRESS; needs "
                         "pip install -e \".[farm]\"; docs/farm.md)")
@@ -107,8 +109,10 @@ def create(args: argparse.Namespace):
     check_mcp(args)
     outputs = check_outputs_writable(Path(args.outputs))
     source = parse_model_source(args.model)
+    # The app offers the LoRA folder's files by name and never opens a path a request names (loras.py).
     manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
-                              token=os.environ.get("HF_TOKEN"), compile=args.compile, vram_budget=args.vram_budget)
+                              token=os.environ.get("HF_TOKEN"), compile=args.compile, vram_budget=args.vram_budget,
+                              lora_dir=args.lora_dir, lora_paths=False)
     manager.check_variant(args.variant)
     keep = None if args.keep_days in (None, "") else float(args.keep_days)
     policy = make_policy(is_shared(args), args.variant, manager.runnable_variants(), args.allow_tiers, keep)

@@ -16,7 +16,9 @@ from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
 from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
 from ..depth.readers import DEPTH_SUFFIXES
+from ..loras import available_loras
 from ..presets import list_presets, packaged_folder
+from ..settings import LORA_SCALE_RANGE
 from .examples import EXAMPLES, example_paths
 from .handlers import AUTO_CHANNEL, MAX_BATCH
 
@@ -28,12 +30,13 @@ DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
                 "edges")
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
-                     "strength", "also_save")
+                     "strength", "also_save", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale")
+LORA_SLOTS = (("lora_1", "lora_1_scale"), ("lora_2", "lora_2_scale"))
 # The Sequence tab's depth controls: the same fields, prefixed (layout._depth_controls).
 SEQUENCE_DEPTH_FIELDS = tuple("seq_" + n for n in DEPTH_FIELDS if n != "depth_file")
 # What the browser remembers across reloads: every setting but the files and the channel of one file.
 REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS if n not in ("depth_file", "init_image",
-                                                                                      "channel"))
+                                                                                      "channel", "lora_1", "lora_2"))
 
 
 # Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
@@ -185,6 +188,14 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                                 sources=["upload", "clipboard"], height=160)
         w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
         w.also_save = _also_save(elem_id="also-save")
+        # Style LoRAs: names from the host's LoRA folder only (loras.py); hidden when it has none.
+        choices = [("none", "")] + [(n.rsplit(".", 1)[0], n) for n in available_loras(studio.manager.lora_dir)]
+        for index, (name, scale) in enumerate(LORA_SLOTS, 1):
+            with gr.Row(visible=len(choices) > 1):
+                setattr(w, name, gr.Dropdown(choices, value="", label=f"Style LoRA {index}", scale=2,
+                                             elem_id=f"lora-{index}"))
+                setattr(w, scale, gr.Slider(LORA_SCALE_RANGE[0], LORA_SCALE_RANGE[1], value=1.0, step=0.05,
+                                            label="Scale", scale=1))
     with gr.Accordion("Compare, download, this session", open=False):
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
         w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
