@@ -120,6 +120,10 @@ def _renamed(old: str, new: str):
     return refuse
 
 
+def big_image_options(args: argparse.Namespace) -> dict:
+    return {"plate": bool(args.plate), "plate_strength": args.plate_strength, "vae_tiling": args.vae_tiling}
+
+
 def style_loras(args: argparse.Namespace) -> tuple:
     """The --lora options, each checked to name a .safetensors file before any model loads."""
     from .loras import lora_folder, resolve_lora
@@ -135,6 +139,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     from .defaults import (
         DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANT_NAMES as VARIANTS,
     )
+    from .settings import DEFAULT_PLATE_STRENGTH, VAE_TILING
 
     g = p.add_argument_group("generation")
     g.add_argument("--prompt", required=True, help="what the image shows")
@@ -149,6 +154,13 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="a style LoRA (.safetensors; diffusers, Kohya or ComfyUI keys) and its scale (default 1.0), "
                         "a file or a name in --lora-dir; repeat for more, applied in order (docs/loras.md)")
+    g.add_argument("--plate", action="store_true",
+                   help="two passes for big images (2K): about 1 MP first, then refined at the full size from it "
+                        "with the same control map (docs/plates.md)")
+    g.add_argument("--plate-strength", type=float, default=DEFAULT_PLATE_STRENGTH,
+                   help=f"how much the plate's second pass changes (default {DEFAULT_PLATE_STRENGTH})")
+    g.add_argument("--vae-tiling", choices=VAE_TILING, default="auto",
+                   help="decode in tiles: auto = when a whole decode would not fit the GPU memory left (default)")
     g.add_argument("--lora-dir", default=os.environ.get("FLUXDEPTH_LORA_DIR"), metavar="DIR",
                    help="folder of style LoRAs that --lora names refer to (env FLUXDEPTH_LORA_DIR)")
     g.add_argument("--lora-scale", type=_renamed("--lora-scale", "--depth-lora-scale"), help=argparse.SUPPRESS)
@@ -224,7 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = ShotSettings(depth_settings_from_args(args),
                             GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps,
                                                guidance=args.guidance, strength=args.strength,
-                                               loras=style_loras(args)))
+                                               loras=style_loras(args), **big_image_options(args)))
     spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
     formats = check_formats(args.also_save)
@@ -259,7 +271,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     from .settings import GenerationSettings
 
     generation = GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                    strength=args.strength, loras=style_loras(args))
+                                    strength=args.strength, loras=style_loras(args), **big_image_options(args))
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
     spec = pipeline_spec(args)

@@ -71,6 +71,8 @@ def parse_vram_budget(text) -> float | str | None:
 
 
 MAX_STYLE_LORAS = 4
+VAE_TILING = ("auto", "on", "off")
+DEFAULT_PLATE_STRENGTH = 0.35  # the second pass of a plate keeps the first pass's picture, adds the detail
 LORA_SCALE_RANGE = (-4.0, 4.0)
 
 
@@ -121,6 +123,11 @@ class GenerationSettings:
     strength: float = DEFAULT_STRENGTH  # img2img only
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
     loras: tuple[StyleLora, ...] = ()  # style LoRAs, applied in this order (docs/loras.md)
+    # 2K (docs/plates.md): the VAE decodes in tiles when a whole decode would not fit ("auto"), or always, or never;
+    # a plate renders about 1 MP first, then refines at the full size from it (img2img, same control map).
+    vae_tiling: str = "auto"
+    plate: bool = False
+    plate_strength: float = DEFAULT_PLATE_STRENGTH
 
     def __post_init__(self):
         if not isinstance(self.prompt, str):
@@ -147,6 +154,12 @@ class GenerationSettings:
         if len({lora.name for lora in loras}) != len(loras):
             raise SettingsError("the same style LoRA is listed twice; give it once with the sum of the scales")
         set_(self, "loras", loras)
+        if self.vae_tiling not in VAE_TILING:
+            raise SettingsError(f"VAE tiling {str(self.vae_tiling)[:20]!r} is not one of {', '.join(VAE_TILING)}")
+        if not isinstance(self.plate, bool):
+            raise SettingsError("plate is on or off (true or false)")
+        set_(self, "plate_strength", check_number("plate strength", self.plate_strength, 0.0, 1.0, low_open=True,
+                                                  hint=f"{DEFAULT_PLATE_STRENGTH} keeps the first pass's picture"))
 
     def with_seed(self, seed: int | None) -> "GenerationSettings":
         return replace(self, seed=seed)
@@ -158,8 +171,12 @@ class GenerationSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["loras"] = [asdict(lora) for lora in self.loras]
-        if not self.loras:  # keys of shots without LoRAs stay what they were before LoRAs existed (resume)
-            d.pop("loras")
+        # Settings at their defaults that older versions did not have are left out: keys of shots that do not use
+        # them stay what they were (a sequence resumes across an upgrade).
+        for name, default in (("loras", []), ("vae_tiling", "auto"), ("plate", False),
+                              ("plate_strength", DEFAULT_PLATE_STRENGTH)):
+            if d[name] == default:
+                d.pop(name)
         return d
 
     @classmethod

@@ -16,6 +16,9 @@ from .depth import DepthPreview, prepare_depth, write_preview_png
 from .errors import FluxDepthError
 from .settings import ShotSettings
 
+# A plate's first pass: about the pixel count FLUX.1 was trained at (docs/plates.md).
+PLATE_FIRST_MEGAPIXELS = 1.0
+
 
 @dataclass(frozen=True)
 class ShotResult:
@@ -81,11 +84,18 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
         preview = prepare_depth(depth_path, settings.depth)
     settings = replace(settings, generation=settings.generation.settled())
     key = key or expected_key(manager, depth_path, settings)
-    result = manager.generate(preview.control, settings.generation, init_image=init_image,
-                              init_image_name=init_image_name, depth=preview.stats, on_step=on_step, cancel=cancel,
-                              load_progress=load_progress)
+    first_side = plate_first_side(preview.control.width, preview.control.height)
+    if settings.generation.plate and init_image is None and first_side is not None:
+        result = _render_plate(manager, depth_path, settings, preview, first_side, on_step, cancel, load_progress)
+    else:
+        result = manager.generate(preview.control, settings.generation, init_image=init_image,
+                                  init_image_name=init_image_name, depth=preview.stats, on_step=on_step,
+                                  cancel=cancel, load_progress=load_progress)
     metadata = replace(result.metadata, shot_key=key, depth_crop=tuple(preview.control.crop),
                        depth_edges=preview.stats.edges)
+    if settings.generation.plate and not metadata.passes:
+        why = "an init image was given" if init_image is not None else "the image is about 1 MP already"
+        metadata = replace(metadata, notes=(*metadata.notes, f"plate: one pass ({why})"))
     control_png = control_png or default_control_path(out_png)
     try:
         png, sidecar, extras = _write(result, metadata, preview, out_png, control_png, formats)
@@ -98,6 +108,43 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
     control_png = os.path.join(fallback_dir, os.path.basename(control_png))
     png, sidecar, extras = _write(result, metadata, preview, png, control_png, formats)
     return ShotResult(result.image, metadata, preview, png, sidecar, control_png, saved=False, extras=extras)
+
+
+def plate_first_side(width: int, height: int) -> int | None:
+    """The first pass's long side for a plate of this size: about PLATE_FIRST_MEGAPIXELS at the same aspect, in
+    multiples of 16; None when the plate is that size already (one pass is the whole job)."""
+    import math
+
+    long_side, short_side = max(width, height), min(width, height)
+    side = int(round(math.sqrt(PLATE_FIRST_MEGAPIXELS * 2**20 * long_side / short_side) / 16)) * 16
+    return side if side < long_side * 0.9 else None
+
+
+def _render_plate(manager, depth_path: str, settings: ShotSettings, preview: DepthPreview, first_side: int,
+                  on_step, cancel, load_progress):
+    """A plate in one call: 1. the control map at about 1 MP from the same file and settings (the same reader and
+    normalization, only the size differs) and a first image from it; 2. that image, upscaled, refined at the full
+    size with the full-size control map (img2img at plate_strength). Both passes are in the metadata."""
+    generation = settings.generation
+    small = prepare_depth(depth_path, replace(settings.depth, long_side=first_side))
+    second = replace(generation, strength=generation.plate_strength)
+    first_steps, second_steps = generation.steps, max(1, int(generation.steps * generation.plate_strength))
+    total = first_steps + second_steps
+
+    def progress(offset):
+        return None if on_step is None else (lambda step, _n: on_step(offset + step, total))
+
+    first = manager.generate(small.control, generation, depth=small.stats, on_step=progress(0), cancel=cancel,
+                             load_progress=load_progress)
+    result = manager.generate(preview.control, second, init_image=first.image, init_image_name="plate first pass",
+                              depth=preview.stats, on_step=progress(first_steps), cancel=cancel,
+                              load_progress=load_progress)
+    passes = ({"pass": 1, "width": first.metadata.width, "height": first.metadata.height, "steps": first_steps,
+               "vae_tiling": first.metadata.vae_tiling},
+              {"pass": 2, "width": result.metadata.width, "height": result.metadata.height, "steps": second_steps,
+               "strength": generation.plate_strength, "vae_tiling": result.metadata.vae_tiling})
+    seconds = round(first.metadata.seconds + result.metadata.seconds, 3)
+    return replace(result, metadata=replace(result.metadata, passes=passes, seconds=seconds))
 
 
 def _write(result, metadata, preview: DepthPreview, png: str, control_png: str,

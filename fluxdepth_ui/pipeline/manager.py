@@ -369,6 +369,7 @@ class PipelineManager:
                     raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
                 return callback_kwargs
 
+            tiled = self._vae_tiling(settings.vae_tiling, width, height)
             shape = (width, height, init_image is not None)
             if self._compiled and shape not in self._compiled_shapes and load_progress is not None:
                 load_progress(0.0, f"compiling the transformer for {width}x{height}: the first image at a new size "
@@ -421,6 +422,7 @@ class PipelineManager:
                 placement=self._choice.placement if self._choice else None,
                 memory_plan=self._plan.summary() if self._plan else None,
                 loras=tuple({"name": f.name, "scale": scale, "sha256": f.digest} for f, scale in loras),
+                vae_tiling=tiled,
                 compiled=self._compiled,
                 device=str(self._device),
                 seconds=round(seconds, 3),
@@ -428,6 +430,24 @@ class PipelineManager:
                 + tuple(note for f, _ in loras for note in f.notes),
             )
             return GenerationResult(image, meta, pixels)
+
+    def _vae_tiling(self, mode: str, width: int, height: int) -> bool:
+        """Decode in tiles when asked, or ("auto") when a whole decode would not fit what this process may still
+        use on the GPU: the budget (or the card) less what it holds now. diffusers' own tiled decode
+        (AutoencoderKL.enable_tiling): seams are blended; the image differs slightly from a whole decode."""
+        if mode == "auto":
+            tile = False
+            if self._device is not None and self._device.type == "cuda":
+                held = torch.cuda.memory_allocated(self._device)
+                cap = self._plan.budget if self._plan else torch.cuda.get_device_properties(self._device).total_memory
+                free = min(cap - held, torch.cuda.mem_get_info(self._device)[0] + torch.cuda.memory_reserved(
+                    self._device) - held)
+                tile = ACTIVATION_BYTES_PER_MEGAPIXEL * width * height / 2**20 > free
+        else:
+            tile = mode == "on"
+        vae = self._pipe.vae
+        vae.enable_tiling() if tile else vae.disable_tiling()
+        return tile
 
     def lora_digests(self, loras) -> tuple[str, ...]:
         """sha256 of each style LoRA's file, in order (shot keys count a LoRA by its bytes)."""

@@ -43,13 +43,17 @@ class GenerationMetadata:
     shot_key: str | None = None  # the depth file's bytes + every setting + model + tier (shot.shot_key)
     memory_plan: str | None = None  # under a VRAM budget: what was resident, what streamed (pipeline/budget.py)
     loras: tuple[dict, ...] = ()  # style LoRAs: name, scale, sha256 of the file (pipeline/loras.py)
+    vae_tiling: bool = False  # the decode ran in tiles (2K under a small budget; docs/plates.md)
+    passes: tuple[dict, ...] = ()  # a plate's two passes: size, steps, strength (shot.py)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["notes"] = list(self.notes)
         d["loras"] = [dict(lora) for lora in self.loras]
-        if not self.loras:  # files without LoRAs keep the bytes they had before LoRAs existed
-            d.pop("loras")
+        d["passes"] = [dict(p) for p in self.passes]
+        for name, default in (("loras", []), ("passes", []), ("vae_tiling", False)):
+            if d[name] == default:  # files that do not use them keep the bytes they had before these existed
+                d.pop(name)
         return d
 
     def file_dict(self) -> dict:
@@ -65,6 +69,7 @@ class GenerationMetadata:
         data = {k: v for k, v in data.items() if k in known}
         data["notes"] = tuple(data.get("notes", ()))
         data["loras"] = tuple(dict(lora) for lora in data.get("loras", ()))
+        data["passes"] = tuple(dict(p) for p in data.get("passes", ()))
         return cls(**data)
 
     def parameters_line(self) -> str:

@@ -24,6 +24,7 @@ from ..depth.normalize import DEFAULT_EDGES
 from ..errors import FluxDepthError, one_line
 from ..image_files import check_formats
 from ..loras import resolve_lora
+from ..settings import DEFAULT_PLATE_STRENGTH
 from ..presets import delete_preset, list_presets, save_preset
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
@@ -497,7 +498,7 @@ def generate_endpoint(app: Wiring):
                      long_side: int = DEFAULT_LONG_SIDE, init_image: FileData | None = None,
                      strength: float = DEFAULT_STRENGTH, edges: str = DEFAULT_EDGES,
                      polarity: str = "auto", also_save: list[str] | None = None,
-                     loras: list[str] | None = None,
+                     loras: list[str] | None = None, plate: bool = False, plate_strength: float = DEFAULT_PLATE_STRENGTH,
                      request: gr.Request = None) -> tuple[FileData, dict[str, Any], list[FileData]]:
         """Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.
 
@@ -522,6 +523,8 @@ def generate_endpoint(app: Wiring):
             polarity: for rendered images with no units: auto, near-white or near-black.
             also_save: extra files from the float decode: "png16" (16-bit PNG, sRGB), "exr" (half float, linear).
             loras: style LoRAs from the studio's LoRA folder, each "NAME" or "NAME:SCALE" (at most 4).
+            plate: two passes for big images: about 1 MP first, then refined at the full long side.
+            plate_strength: how much the plate's second pass changes, 0-1.
 
         Returns:
             the image as an 8-bit PNG with its settings in the text chunks.
@@ -533,7 +536,8 @@ def generate_endpoint(app: Wiring):
         if variant and not isinstance(variant, str):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
         form = dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, variant=variant, channel=channel,
-                    batch=1, also_save=also_save or (), loras=loras or (),
+                    batch=1, also_save=also_save or (), loras=loras or (), plate=plate,
+                    plate_strength=plate_strength,
                     mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near, far=far,
                     long_side=long_side, strength=strength, edges=edges, polarity=polarity)
         h.depth_from_form(form)  # bad depth values are refused before the files are looked at

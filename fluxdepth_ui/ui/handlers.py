@@ -285,7 +285,8 @@ class GenerationOutcome:
 def run_generate(studio: Studio, session: str | None, path: str, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
                  init_image_name: str | None = None, strength: float = DEFAULT_STRENGTH, on_step=None,
-                 load_progress=None, formats=(), loras=()) -> GenerationOutcome:
+                 load_progress=None, formats=(), loras=(), plate: bool = False,
+                 plate_strength: float | None = None) -> GenerationOutcome:
     from ..depth.readers import read_rgb_image
     from ..image_files import check_formats
     from ..settings import GenerationSettings, ShotSettings
@@ -294,7 +295,8 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     manager = studio.manager
     formats = check_formats(formats)
     generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=steps, guidance=guidance,
-                                    strength=strength, loras=loras).settled()
+                                    strength=strength, loras=loras, plate=bool(plate),
+                                    **({} if plate_strength is None else {"plate_strength": plate_strength})).settled()
     for lora in generation.loras:  # names from the studio's LoRA folder only, checked before any work
         resolve_lora(lora.name, manager.lora_dir, manager.lora_paths)
     variant = variant or manager.variant
@@ -387,7 +389,8 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
                         form.get("variant") or studio.manager.variant, form.get("steps", DEFAULT_STEPS),
                         form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
                         init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
-                        on_step, load_progress, form.get("also_save") or (), loras_from_form(form))
+                        on_step, load_progress, form.get("also_save") or (), loras_from_form(form),
+                        bool(form.get("plate")), form.get("plate_strength"))
 
 
 def loras_from_form(form: dict) -> tuple:

@@ -18,7 +18,7 @@ from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
 from ..depth.readers import DEPTH_SUFFIXES
 from ..loras import available_loras
 from ..presets import list_presets, packaged_folder
-from ..settings import LORA_SCALE_RANGE
+from ..settings import DEFAULT_PLATE_STRENGTH, LORA_SCALE_RANGE
 from .examples import EXAMPLES, example_paths
 from .handlers import AUTO_CHANNEL, MAX_BATCH
 
@@ -30,7 +30,8 @@ DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
                 "edges")
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
-                     "strength", "also_save", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale")
+                     "strength", "also_save", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale", "plate",
+                     "plate_strength")
 LORA_SLOTS = (("lora_1", "lora_1_scale"), ("lora_2", "lora_2_scale"))
 # The Sequence tab's depth controls: the same fields, prefixed (layout._depth_controls).
 SEQUENCE_DEPTH_FIELDS = tuple("seq_" + n for n in DEPTH_FIELDS if n != "depth_file")
@@ -188,6 +189,10 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                                 sources=["upload", "clipboard"], height=160)
         w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
         w.also_save = _also_save(elem_id="also-save")
+        with gr.Row():  # 2K plates (docs/plates.md)
+            w.plate = gr.Checkbox(False, label="Plate: two passes", elem_id="plate",
+                                  info="for big long sides: about 1 MP first, then refined at full size")
+            w.plate_strength = gr.Slider(0.05, 1.0, value=DEFAULT_PLATE_STRENGTH, step=0.05, label="Plate strength")
         # Style LoRAs: names from the host's LoRA folder only (loras.py); hidden when it has none.
         choices = [("none", "")] + [(n.rsplit(".", 1)[0], n) for n in available_loras(studio.manager.lora_dir)]
         for index, (name, scale) in enumerate(LORA_SLOTS, 1):
