@@ -76,6 +76,21 @@ def test_img2img_equals_direct_diffusers_call(manager, depth):
     assert ours.metadata.strength == 0.8 and ours.metadata.init_image == "plate.png"
 
 
+def test_img2img_keeps_a_bf16_pipeline_in_bf16(tmp_path, depth):
+    """The img2img pipeline shares the modules and must not cast them (diffusers' from_pipe casts to float32)."""
+    from fluxdepth_ui.pipeline.sources import LoadedModel
+
+    components = build_tiny_components(0, dtype=torch.bfloat16)
+    manager = PipelineManager(TINY, cache_root=str(tmp_path),
+                              loader=lambda v, p: LoadedModel(components=components, revision="tiny", notes=[]))
+    init = Image.new("RGB", (256, 192), (90, 120, 150))
+    manager.generate(depth.control, GenerationSettings("a chair", seed=3, steps=2, strength=0.5), init_image=init)
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        dtypes = {p.dtype for p in getattr(manager._pipe, name).parameters()}
+        assert dtypes == {torch.bfloat16}, (name, dtypes)
+    manager.generate(depth.control, GenerationSettings("a chair", seed=3, steps=2))  # text-to-image still runs
+
+
 def test_control_goes_in_as_float_not_8bit(manager, depth):
     ours = run(manager, depth)
     squeezed = ControlImage(np.round(depth.control.pixels * 255) / 255)

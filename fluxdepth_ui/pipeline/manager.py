@@ -306,8 +306,10 @@ class PipelineManager:
         if self._img2img is None:
             from diffusers import FluxControlImg2ImgPipeline
 
-            # Shares every module with the text-to-image pipeline: no second copy of the weights.
-            self._img2img = FluxControlImg2ImgPipeline.from_pipe(self._pipe)
+            # Shares every module with the text-to-image pipeline: no second copy of the weights. Not `from_pipe`:
+            # it casts the shared modules to float32 unless told otherwise, which turned a bf16 pipeline's weights
+            # to float32 under the text-to-image pipeline too (found at 2K on the GPU, docs/benchmarks.md).
+            self._img2img = FluxControlImg2ImgPipeline(**self._pipe.components)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
