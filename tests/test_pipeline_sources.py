@@ -101,7 +101,7 @@ def test_folder_checks(tmp_path):
     comps["transformer"] = FluxTransformer2DModel(**{**tiny_transformer_config(), "in_channels": 64,
                                                      "out_channels": None})
     FluxControlPipeline(**comps).save_pretrained(dev)
-    with pytest.raises(ModelSourceError, match=r"FLUX.1-dev .*not a depth model.*--lora"):
+    with pytest.raises(ModelSourceError, match=r"FLUX.1-dev .*not a depth model.*--depth-lora"):
         PipelineManager(ModelSource(str(dev)), cache_root=str(tmp_path)).load()
     sd = tmp_path / "sd"
     sd.mkdir()
