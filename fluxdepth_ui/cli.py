@@ -154,6 +154,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="a style LoRA (.safetensors; diffusers, Kohya or ComfyUI keys) and its scale (default 1.0), "
                         "a file or a name in --lora-dir; repeat for more, applied in order (docs/loras.md)")
+    g.add_argument("--backend", choices=("local", "bfl"), default="local",
+                   help="local: FLUX.1-Depth-dev on this machine (default); bfl: FLUX.1 Depth [pro] through BFL's "
+                        "API (needs BFL_API_KEY; costs credits; docs/bfl.md)")
     g.add_argument("--plate", action="store_true",
                    help="two passes for big images (2K): about 1 MP first, then refined at the full size from it "
                         "with the same control map (docs/plates.md)")
@@ -223,6 +226,17 @@ def _manager(spec):
     return PipelineManager.from_spec(spec, token=os.environ.get("HF_TOKEN"))
 
 
+def _backend(args: argparse.Namespace, spec):
+    """The local pipeline manager, or BFL's API (checked for a key before any work)."""
+    if args.backend == "bfl":
+        from .bfl import BflBackend
+
+        backend = BflBackend()
+        backend.check()
+        return backend
+    return _manager(spec)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from .image_files import check_formats
     from .settings import GenerationSettings, ShotSettings
@@ -241,7 +255,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out", (".png",))
     formats = check_formats(args.also_save)
     init = load_init_image(args.init_image)
-    shot = render_shot(_manager(spec), args.depth, settings, args.out, init_image=init,
+    shot = render_shot(_backend(args, spec), args.depth, settings, args.out, init_image=init,
                        init_image_name=os.path.basename(args.init_image) if args.init_image else None,
                        on_step=_step_printer(), load_progress=_load_printer(), formats=formats)
     meta, stats = shot.metadata, shot.preview.stats
@@ -274,6 +288,9 @@ def cmd_sequence(args: argparse.Namespace) -> int:
                                     strength=args.strength, loras=style_loras(args), **big_image_options(args))
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
+    if args.backend != "local":
+        raise UsageError("sequences render on the local model; --backend bfl is for single frames (fluxdepth "
+                         "generate)")
     spec = pipeline_spec(args)
     formats = check_formats(args.also_save)
     settings = _plain_depth_settings(args)

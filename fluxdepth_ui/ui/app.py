@@ -499,7 +499,7 @@ def generate_endpoint(app: Wiring):
                      strength: float = DEFAULT_STRENGTH, edges: str = DEFAULT_EDGES,
                      polarity: str = "auto", also_save: list[str] | None = None,
                      loras: list[str] | None = None, plate: bool = False, plate_strength: float = DEFAULT_PLATE_STRENGTH,
-                     request: gr.Request = None) -> tuple[FileData, dict[str, Any], list[FileData]]:
+                     backend: str = "local", request: gr.Request = None) -> tuple[FileData, dict[str, Any], list[FileData]]:
         """Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.
 
         Args:
@@ -525,6 +525,7 @@ def generate_endpoint(app: Wiring):
             loras: style LoRAs from the studio's LoRA folder, each "NAME" or "NAME:SCALE" (at most 4).
             plate: two passes for big images: about 1 MP first, then refined at the full long side.
             plate_strength: how much the plate's second pass changes, 0-1.
+            backend: "local" (this studio's model) or "bfl" (FLUX.1 Depth [pro] on BFL's API, when the host offers it).
 
         Returns:
             the image as an 8-bit PNG with its settings in the text chunks.
@@ -537,7 +538,7 @@ def generate_endpoint(app: Wiring):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
         form = dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, variant=variant, channel=channel,
                     batch=1, also_save=also_save or (), loras=loras or (), plate=plate,
-                    plate_strength=plate_strength,
+                    plate_strength=plate_strength, backend=backend,
                     mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near, far=far,
                     long_side=long_side, strength=strength, edges=edges, polarity=polarity)
         h.depth_from_form(form)  # bad depth values are refused before the files are looked at

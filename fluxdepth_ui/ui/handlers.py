@@ -59,6 +59,8 @@ class Studio:
     cancels: dict = field(default_factory=dict)
     # Sequences on Ray (docs/farm.md): {"address": "ray://head:10001" or None, "workers": N}; None renders here.
     farm: dict | None = None
+    # FLUX.1 Depth [pro] through BFL's API (bfl.BflBackend), offered when the host started with --bfl; None: off.
+    bfl: object | None = None
     previews: dict = field(default_factory=dict)  # session -> (path, settings, DepthPreview) last shown
     made_depths: dict = field(default_factory=dict)  # real path -> DepthMap estimated here (keeps its polarity)
     _depth_cache: OrderedDict = field(default_factory=OrderedDict)
@@ -286,7 +288,7 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
                  variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
                  init_image_name: str | None = None, strength: float = DEFAULT_STRENGTH, on_step=None,
                  load_progress=None, formats=(), loras=(), plate: bool = False,
-                 plate_strength: float | None = None) -> GenerationOutcome:
+                 plate_strength: float | None = None, backend: str = "local") -> GenerationOutcome:
     from ..depth.readers import read_rgb_image
     from ..image_files import check_formats
     from ..settings import GenerationSettings, ShotSettings
@@ -299,6 +301,12 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
                                     **({} if plate_strength is None else {"plate_strength": plate_strength})).settled()
     for lora in generation.loras:  # names from the studio's LoRA folder only, checked before any work
         resolve_lora(lora.name, manager.lora_dir, manager.lora_paths)
+    if backend not in ("local", "bfl") or (backend == "bfl" and studio.bfl is None):
+        raise FluxDepthError("this studio renders on its own model only; choose the local backend")
+    if backend == "bfl":
+        from ..bfl import check_settings
+
+        check_settings(generation, init_image)  # before any work: BFL's own bounds
     variant = variant or manager.variant
     studio.policy.check_tier(variant)
     # Kept for the session too, so the next image of a batch (or a second Generate) reuses it.
@@ -306,8 +314,9 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     if isinstance(init_image, str):
         init_image = read_rgb_image(init_image)
     check_free_space(studio)
-    switched = manager.variant != variant
-    manager.configure(variant=variant)  # serialized: generations share one GPU slot
+    switched = backend == "local" and manager.variant != variant
+    if backend == "local":
+        manager.configure(variant=variant)  # serialized: generations share one GPU slot
     cancel = studio.cancel_event(session)
     cancel.clear()
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{generation.seed}"
@@ -318,7 +327,8 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     except FluxDepthError:
         log.exception("could not make a results folder under %s", studio.outputs)
         folder = fallback
-    shot = render_shot(manager, path, ShotSettings(settings, generation), str(folder / f"{stem}.png"),
+    shot = render_shot(studio.bfl if backend == "bfl" else manager, path, ShotSettings(settings, generation),
+                       str(folder / f"{stem}.png"),
                        preview=preview, init_image=init_image, init_image_name=init_image_name,
                        fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
                        formats=formats)
@@ -390,7 +400,7 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
                         form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
                         init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
                         on_step, load_progress, form.get("also_save") or (), loras_from_form(form),
-                        bool(form.get("plate")), form.get("plate_strength"))
+                        bool(form.get("plate")), form.get("plate_strength"), form.get("backend") or "local")
 
 
 def loras_from_form(form: dict) -> tuple:

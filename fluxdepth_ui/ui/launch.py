@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-days", type=float, default=_env("KEEP_DAYS"), metavar="N",
                    help="remove session folders and uploads older than N days, at start and hourly (env "
                         "FLUXDEPTH_KEEP_DAYS; default 7 with --share or on a Space, keep forever locally; 0 = keep)")
+    p.add_argument("--bfl", action="store_true", default=bool(_env("BFL")),
+                   help="also offer FLUX.1 Depth [pro] through BFL's API (needs BFL_API_KEY; every image costs "
+                        "the host's credits; env FLUXDEPTH_BFL=1; docs/bfl.md)")
     p.add_argument("--lora-dir", default=os.environ.get("FLUXDEPTH_LORA_DIR"), metavar="DIR",
                    help="folder of style LoRAs (.safetensors) the app offers (env FLUXDEPTH_LORA_DIR; docs/loras.md)")
     p.add_argument("--ray-address", default=_env("RAY_ADDRESS"), metavar="ADDR",
@@ -119,7 +122,13 @@ def create(args: argparse.Namespace):
     farm = None
     if args.ray_address or args.workers:
         farm = {"address": args.ray_address or None, "workers": max(1, args.workers or 1)}
-    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)), farm=farm)
+    bfl = None
+    if args.bfl:
+        from ..bfl import BflBackend
+
+        bfl = BflBackend()
+        bfl.check()  # no key: the app does not start (exit 2), rather than failing at the first Generate
+    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)), farm=farm, bfl=bfl)
     return studio, build_app(studio)
 
 

@@ -31,13 +31,14 @@ DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_hig
                 "edges")
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
                      "strength", "also_save", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale", "plate",
-                     "plate_strength")
+                     "plate_strength", "backend")
 LORA_SLOTS = (("lora_1", "lora_1_scale"), ("lora_2", "lora_2_scale"))
 # The Sequence tab's depth controls: the same fields, prefixed (layout._depth_controls).
 SEQUENCE_DEPTH_FIELDS = tuple("seq_" + n for n in DEPTH_FIELDS if n != "depth_file")
 # What the browser remembers across reloads: every setting but the files and the channel of one file.
 REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS if n not in ("depth_file", "init_image",
-                                                                                      "channel", "lora_1", "lora_2"))
+                                                                                      "channel", "lora_1", "lora_2",
+                                                                                      "backend"))
 
 
 # Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
@@ -179,6 +180,10 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         w.vram_budget = gr.Textbox("" if budget is None else str(budget), label="VRAM budget (GiB, auto, or empty)",
                                    info="never use more GPU memory than this; what does not fit streams (Enter)",
                                    visible=not studio.policy.shared, elem_id="vram-budget", max_lines=1)
+        # FLUX.1 Depth [pro] on BFL's API when the host offers it (--bfl; costs the host's credits, docs/bfl.md).
+        w.backend = gr.Radio([("FLUX.1-Depth-dev on this machine", "local"),
+                              ("FLUX.1 Depth [pro], BFL API (credits)", "bfl")], value="local", label="Backend",
+                             visible=studio.bfl is not None, elem_id="backend")
         w.steps, w.guidance = _steps_and_guidance()
         with gr.Row():
             w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
