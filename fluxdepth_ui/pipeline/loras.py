@@ -126,10 +126,13 @@ class LoraStack:
     _scales: dict = field(default_factory=dict)  # (digest, module name) -> 0-d tensor on the device
     active: tuple = ()  # ((name, digest, scale), ...)
 
-    def apply(self, transformer, loras: list[tuple[LoraFile, float]]) -> None:
+    def apply(self, transformer, loras: list[tuple[LoraFile, float]]) -> bool:
+        """Make these LoRAs active. Returns True when the set of files changed (not only scales): a compiled
+        transformer must then be traced again (pipeline/manager.py)."""
         wanted = tuple((f.name, f.digest, float(s)) for f, s in loras)
         if wanted == self.active:
-            return
+            return False
+        changed = [(n, d) for n, d, _ in wanted] != [(n, d) for n, d, _ in self.active]
         modules = dict(transformer.named_modules())
         entries: dict[str, list] = {}
         for lora, scale in loras:
@@ -151,6 +154,7 @@ class LoraStack:
         for key in [k for k in self._weights if k[0] not in used]:
             del self._weights[key], self._scales[key]
         self.active = wanted
+        return changed
 
     def clear(self) -> None:
         for hook, handle in self._hooks.values():

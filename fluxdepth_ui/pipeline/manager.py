@@ -343,7 +343,7 @@ class PipelineManager:
             generator = torch.Generator("cpu").manual_seed(seed)
             # 4. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
             #    diffusers passes through untouched.
-            loras = self._apply_loras(settings.loras)
+            loras = self._apply_loras(settings.loras, load_progress)
             prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
             kwargs = dict(
                 prompt_embeds=prompt_embeds,
@@ -455,7 +455,7 @@ class PipelineManager:
         """sha256 of each style LoRA's file, in order (shot keys count a LoRA by its bytes)."""
         return tuple(file_digest(resolve_lora(lora.name, self.lora_dir, self.lora_paths)) for lora in loras)
 
-    def _apply_loras(self, loras) -> list[tuple[LoraFile, float]]:
+    def _apply_loras(self, loras, load_progress: LoadProgress | None = None) -> list[tuple[LoraFile, float]]:
         chosen = []
         for lora in loras:
             path = resolve_lora(lora.name, self.lora_dir, self.lora_paths)
@@ -469,7 +469,14 @@ class PipelineManager:
         if chosen or self._loras is not None:
             if self._loras is None:
                 self._loras = LoraStack(self._device, self.source.dtype)
-            self._loras.apply(self._pipe.transformer, chosen)
+            if self._loras.apply(self._pipe.transformer, chosen) and self._compiled:
+                # Compiled code does not see forward hooks added or changed after it was traced (torch does not
+                # guard on them): measured on the GPU, a LoRA on the compiled fp8 tier changed nothing. Trace
+                # again; a scale change alone needs nothing (the scales are tensors the graph reads).
+                torch._dynamo.reset()
+                self._compiled_shapes = set()
+                if load_progress is not None:
+                    load_progress(0.0, "compiling again for the new set of style LoRAs: this image takes longer")
         return chosen
 
     def _encode_prompt(self, prompt: str, max_sequence_length: int):
