@@ -32,11 +32,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from pipeline_gpu import GIB, build_small_parts, build_t5, build_transformer, control_image, versions  # noqa: E402
+from pipeline_gpu import GIB, control_image, versions  # noqa: E402
+from vram_budget import build_master  # noqa: E402
 from fluxdepth_ui.depth import DepthSettings  # noqa: E402
 from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManager  # noqa: E402
 from fluxdepth_ui.pipeline.sources import LoadedModel  # noqa: E402
-from fluxdepth_ui.pipeline.variants import get_variant, quantize_component  # noqa: E402
 from fluxdepth_ui.settings import ShotSettings, StyleLora  # noqa: E402
 from fluxdepth_ui.shot import render_shot  # noqa: E402
 
@@ -61,17 +61,6 @@ def write_lora(path: str, transformer, seed: int, rank: int = 32) -> float:
                                                       * 0.01).to(torch.bfloat16)
     safetensors.torch.save_file(state, path)
     return round(os.path.getsize(path) / 1e6, 1)
-
-
-def build(variant_name: str) -> dict:
-    variant = get_variant(variant_name)
-    parts = build_small_parts()
-    transformer, t5 = build_transformer(), build_t5()
-    if variant.transformer:
-        quantize_component(transformer, variant.transformer, "transformer")
-    if variant.text_encoder_2:
-        quantize_component(t5, variant.text_encoder_2, "text_encoder_2")
-    return dict(parts, transformer=transformer, text_encoder_2=t5)
 
 
 def depth_file(folder: str, width: int, height: int) -> str:
@@ -100,7 +89,7 @@ def main() -> None:
     args = ap.parse_args()
     report = {"variant": args.variant, **versions()}
     t = time.perf_counter()
-    components = build(args.variant)
+    components = build_master(args.variant)  # on the CPU, as a fresh start has them; placed on the GPU at load
     report["build_s"] = round(time.perf_counter() - t, 1)
     folder = tempfile.mkdtemp()
     loras = os.path.join(folder, "loras")
