@@ -369,5 +369,16 @@ def test_compiled_pipeline_says_when_a_size_compiles_and_records_it(tmp_path, de
     assert sum("compiling the transformer for 256x192" in m for m in messages) == 1
     generate(depth.control)  # same size: nothing new to compile, nothing said
     assert sum("compiling the transformer" in m for m in messages) == 1
+    # Before any compiled image on this machine the message quotes the figure for fresh machines; after one, the
+    # seconds the last first image took here (the app's tier label for fp8 says the same before it is picked).
+    said = next(m for m in messages if "compiling the transformer for 256x192" in m)
+    assert said.endswith("first image at each size compiles for 10-20 s (cached after)")
+    last = manager.timings.first_compiled(manager.source.key, manager.device_name(), "bf16")
+    assert last is not None and last >= 0
     generate(ControlImage(np.full((128, 128), 0.5, np.float32)))
-    assert any("compiling the transformer for 128x128" in m for m in messages)
+    assert f"compiling the transformer for 128x128: first image about {last:.0f} s here last time" in \
+        " ".join(messages)
+    assert manager.first_compile_cost("fp8") == "first image compiles for about 4 minutes on a fresh machine " \
+        "(cached after)"
+    # The per-size step figures are unaffected by the first-image record.
+    assert "s/step at 256×192 here (1 image)" in manager.tier_labels()["bf16"]

@@ -203,8 +203,21 @@ class PipelineManager:
     def tier_labels(self) -> dict[str, str]:
         """Each tier this machine runs, labelled with the step time measured here (or "not measured here yet")."""
         figures = self.timings.figures(self.source.key, self.device_name(), self.runnable_variants())
-        return {name: f"{get_variant(name).label} · {figure or 'not measured here yet'}"
-                for name, figure in figures.items()}
+        labels = {name: f"{get_variant(name).label} · {figure or 'not measured here yet'}"
+                  for name, figure in figures.items()}
+        if "fp8" in labels:  # the one tier that always compiles: say what its first image costs before it starts
+            labels["fp8"] += " · " + self.first_compile_cost("fp8")
+        return labels
+
+    def first_compile_cost(self, variant: str) -> str:
+        """'first image about 48 s here last time (compiles; cached after)', or the figure measured on fresh GPUs
+        (docs/benchmarks.md, issue 17) when this machine has not compiled this tier yet."""
+        last = self.timings.first_compiled(self.source.key, self.device_name(), variant)
+        if last is not None:
+            return f"first image about {last:.0f} s here last time (compiles; cached after)"
+        if variant == "fp8":
+            return "first image compiles for about 4 minutes on a fresh machine (cached after)"
+        return "first image at each size compiles for 10-20 s (cached after)"
 
     def unload(self) -> None:
         with self._lock:
@@ -373,9 +386,10 @@ class PipelineManager:
 
             tiled = self._vae_tiling(settings.vae_tiling, width, height)
             shape = (width, height, init_image is not None)
-            if self._compiled and shape not in self._compiled_shapes and load_progress is not None:
-                load_progress(0.0, f"compiling the transformer for {width}x{height}: the first image at a new size "
-                                   "takes longer")
+            first_compiled = self._compiled and shape not in self._compiled_shapes
+            if first_compiled and load_progress is not None:
+                load_progress(0.0, f"compiling the transformer for {width}x{height}: "
+                                   f"{self.first_compile_cost(self.variant)}")
             # 5. Denoise. no_grad, not inference_mode: quanto qint4 fails under inference_mode.
             failure = None
             try:
@@ -401,6 +415,8 @@ class PipelineManager:
             if not self._compiled or shape in self._compiled_shapes:  # a first compiled call times the compiler
                 self.timings.record(self.source.key, self.device_name(), self.variant, width, height,
                                     total, seconds)
+            if first_compiled:
+                self.timings.record_first_compiled(self.source.key, self.device_name(), self.variant, seconds)
             if self._compiled:
                 self._compiled_shapes.add(shape)
             # 6. Record what made it.

@@ -47,6 +47,23 @@ class TimingLog:
             except OSError:
                 pass  # a read-only cache folder costs the labels, never a generation
 
+    def record_first_compiled(self, model: str, device: str, variant: str, seconds: float) -> None:
+        """The seconds of the last first image a compiled pipeline made (compile included): what the app quotes
+        before the next one ("about N s here last time")."""
+        key = f"{model}|{device}|{variant}"
+        with self._lock:
+            data = self._read()
+            data.setdefault(key, {})["first_compiled_s"] = [round(float(seconds), 1)]
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                write_text(self.path, json.dumps(data, indent=1))
+            except OSError:
+                pass
+
+    def first_compiled(self, model: str, device: str, variant: str) -> float | None:
+        runs = (self._read().get(f"{model}|{device}|{variant}") or {}).get("first_compiled_s") or []
+        return float(runs[-1]) if runs else None
+
     def figures(self, model: str, device: str, variants) -> dict[str, str | None]:
         """Per tier, '0.42 s/step at 1024×1024 here (5 images)' for the size measured most, or None (one read)."""
         data = self._read()
@@ -54,6 +71,7 @@ class TimingLog:
 
 
 def _figure(sizes: dict) -> str | None:
+    sizes = {k: v for k, v in sizes.items() if "x" in k}  # sizes only, not the first-compiled record
     if not sizes:
         return None
     size, runs = max(sizes.items(), key=lambda item: len(item[1]))
