@@ -309,3 +309,26 @@ def test_a_compiled_transformer_sees_lora_changes(tmp_path, depth, lora_dir):
     for got, want in ((got_plain, want_plain), (got_ink, want_ink), (got_half, want_ink_half), (got_off, want_plain)):
         assert np.array_equal(pixels(got), pixels(want))
     assert any("compiling again for the new set of style LoRAs" in m for m in messages)
+
+
+def test_the_sequence_tab_renders_every_frame_with_the_chosen_loras(tmp_path, lora_dir):
+    from test_sequence import make_sequence
+
+    from fluxdepth_ui.pipeline import read_metadata
+    from fluxdepth_ui.ui import handlers as h
+    from fluxdepth_ui.ui.sharing import make_policy
+
+    manager = PipelineManager(TINY, cache_root=str(tmp_path / "cache"), lora_dir=str(lora_dir), lora_paths=False)
+    studio = h.Studio(manager=manager, outputs=tmp_path / "outputs",
+                      policy=make_policy(True, "bf16", ["bf16"], None, None))
+    frames = sorted(str(p) for p in make_sequence(tmp_path / "src").glob("*.exr"))[:2]
+    settings = h.depth_settings(long_side=256)
+    setup = h.gather_sequence(studio, "q", frames, settings, None)
+    loras = h.loras_from_form({"lora_1": "kohya.safetensors", "lora_1_scale": 0.7, "lora_2": ""})
+    done = h.run_sequence(studio, "q", setup, settings, "a hall", "bf16", 1, 10.0, 24.0, loras=loras)
+    assert done.report.rendered == [1, 2]
+    for png in done.report.outputs:
+        assert [(x["name"], x["scale"]) for x in read_metadata(png).loras] == [("kohya.safetensors", 0.7)]
+    with pytest.raises(SettingsError, match="pick one of the studio's LoRAs"):
+        h.run_sequence(studio, "q", setup, settings, "a hall", "bf16", 1, 10.0, 24.0,
+                       loras=(StyleLora(str(lora_dir / "ink.safetensors")),))

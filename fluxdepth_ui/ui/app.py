@@ -371,6 +371,7 @@ def wire_sequence(app: Wiring) -> None:
         done = h.run_sequence(
             studio, request.session_hash, setup, depth_of(form), form["seq_prompt"], form["variant"],
             form["seq_steps"], form["seq_guidance"], float(form["seq_fps"] or 24), formats=form["seq_also_save"],
+            loras=h.loras_from_form(form),
             on_frame=lambda i, n, frame, status: progress((i, n), unit="frames",
                                                           desc=f"frame {frame.number} {status}"),
             load_progress=lambda fraction, message: progress(fraction, desc=message))
@@ -383,7 +384,8 @@ def wire_sequence(app: Wiring) -> None:
 
     w.seq_render.click(ui_seq_render,
                        {w.seq_setup, *app.components(*depth_names), w.seq_prompt, w.variant, w.seq_steps,
-                        w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save},
+                        w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save,
+                        *app.components(*(name for slot in LORA_SLOTS for name in slot))},
                        [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
                        concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
 

@@ -552,7 +552,7 @@ class SequenceDone:
 
 def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, settings: DepthSettings, prompt: str,
                  variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None, formats=(),
-                 load_progress=None) -> SequenceDone:
+                 load_progress=None, loras=()) -> SequenceDone:
     """Render every frame with the shared range and seed, then the result and control-map videos and one zip of
     everything (frames, sidecars, control maps, the formats asked for, videos, stats)."""
     from ..image_files import check_formats
@@ -561,7 +561,10 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
 
     formats = check_formats(formats)
     stats = settle_seed(setup.stats)
-    generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance)
+    generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance,
+                                    loras=loras)
+    for lora in generation.loras:  # the studio's folder only, checked before any frame renders
+        resolve_lora(lora.name, studio.manager.lora_dir, studio.manager.lora_paths)
     studio.policy.check_tier(variant)
     studio.manager.configure(variant=variant)
     check_free_space(studio)

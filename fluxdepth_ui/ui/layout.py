@@ -223,8 +223,8 @@ def tier_choices(studio) -> list[tuple[str, str]]:
 def _sequence_tab(w: SimpleNamespace) -> None:
     gr.Markdown("Drop every frame of a camera move (or one zip). One normalization range and one seed cover all "
                 "frames, so the depth does not flicker; the first, middle and last control maps are shown under "
-                "that shared range. Precision is the one chosen on the Single frame tab (one model is loaded at a "
-                "time).")
+                "that shared range. Precision and style LoRAs are the ones chosen on the Single frame tab (one model "
+                "is loaded at a time).")
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             w.seq_files = gr.File(label="Frames (depth.0001.exr, ... or a zip)", file_count="multiple",
