@@ -90,22 +90,29 @@ def build_master(variant_name: str) -> dict:
     return components
 
 
-def run_one(master: dict, variant: str, budget, control) -> dict:
-    """One budget ("12"; "12:sync" = diffusers' default streaming, the CPU waiting after every streamed block)."""
+def budget_manager(master: dict, variant: str, budget: str | None) -> tuple:
+    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync" = diffusers' default
+    streaming, the CPU waiting after every streamed block; None = resident). Returns (manager, budget, mode)."""
     import fluxdepth_ui.pipeline.budget as budget_module
 
     budget, _, mode = (budget or "").partition(":")
     budget = budget or None
     budget_module.RUN_AHEAD = None if mode == "sync" else 1
-    torch.cuda.set_per_process_memory_fraction(1.0)
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
     components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
     loader = lambda v, progress: LoadedModel(components=components, revision="random", notes=[])  # noqa: E731
     manager = PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant,
                               placement="gpu" if budget is None else "auto", vram_budget=budget, loader=loader,
                               cache_root="/tmp/fluxdepth-bench-cache")
+    return manager, budget, mode
+
+
+def run_one(master: dict, variant: str, budget, control) -> dict:
+    """One budget, or resident (None): load, two images, peaks, host memory, pixels."""
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    manager, budget, mode = budget_manager(master, variant, budget)
     row: dict = {"budget_gib": budget, "streaming": "sync" if mode == "sync" else "run-ahead 1"}
     try:
         t = time.perf_counter()
@@ -146,7 +153,7 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
         row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     finally:
         manager.unload()
-        del manager, components
+        del manager
         gc.collect()
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -157,15 +164,9 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
 def profile_one(master: dict, variant: str, budget: str, control, trace_path: str | None) -> None:
     """Where a streamed step's time goes: torch.profiler over 2 steps after a warm image (kernels, host -> GPU
     copies, CPU waits), as tables on stdout and, with trace_path, a gzipped Chrome trace."""
-    import fluxdepth_ui.pipeline.budget as budget_module
     from torch.profiler import ProfilerActivity, profile
 
-    budget, _, mode = budget.partition(":")
-    budget_module.RUN_AHEAD = None if mode == "sync" else 1
-    components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
-    loader = lambda v, progress: LoadedModel(components=components, revision="random", notes=[])  # noqa: E731
-    manager = PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant, placement="auto",
-                              vram_budget=budget, loader=loader, cache_root="/tmp/fluxdepth-bench-cache")
+    manager, budget, mode = budget_manager(master, variant, budget)
     manager.load()
     settings = GenerationSettings(PROMPT, seed=1, steps=2, guidance=10.0)
     manager.generate(control, settings)

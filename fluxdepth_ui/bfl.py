@@ -77,10 +77,11 @@ class BflBackend:
         check_settings(settings, init_image)
         seed = settings.settled().seed
         t0 = time.perf_counter()
+        control_png = base64.b64encode(control_png_8bit(control)).decode("ascii")
         body = {
             "prompt": settings.prompt,
-            "control_image": _png_base64(control),
-            "preprocessed_image": _png_base64(control),  # our map as is: no depth estimation of a depth map
+            "control_image": control_png,
+            "preprocessed_image": control_png,  # our map as is: no depth estimation of a depth map
             "guidance": float(settings.guidance),
             "steps": int(settings.steps),
             "seed": int(seed),
@@ -226,10 +227,6 @@ def control_png_8bit(control: ControlImage) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.repeat(levels[..., None], 3, axis=2), "RGB").save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _png_base64(control: ControlImage) -> str:
-    return base64.b64encode(control_png_8bit(control)).decode("ascii")
 
 
 def _retry_after(response) -> float:

@@ -467,14 +467,18 @@ class PipelineManager:
         vae.enable_tiling() if tile else vae.disable_tiling()
         return tile
 
+    def lora_files(self, loras) -> list[str]:
+        """The file of each style LoRA, in order: from this manager's folder (and, where allowed, a path); a name
+        that is neither raises a one-line SettingsError. Front ends call it to refuse before any work."""
+        return [resolve_lora(lora.name, self.lora_dir, self.lora_paths) for lora in loras]
+
     def lora_digests(self, loras) -> tuple[str, ...]:
         """sha256 of each style LoRA's file, in order (shot keys count a LoRA by its bytes)."""
-        return tuple(file_digest(resolve_lora(lora.name, self.lora_dir, self.lora_paths)) for lora in loras)
+        return tuple(file_digest(path) for path in self.lora_files(loras))
 
     def _apply_loras(self, loras, load_progress: LoadProgress | None = None) -> list[tuple[LoraFile, float]]:
         chosen = []
-        for lora in loras:
-            path = resolve_lora(lora.name, self.lora_dir, self.lora_paths)
+        for lora, path in zip(loras, self.lora_files(loras)):
             digest = file_digest(path)
             if digest not in self._lora_files:
                 while len(self._lora_files) >= 8:

@@ -255,7 +255,7 @@ def wire_generate(app: Wiring) -> None:
 
 def preset_lora_slots(loras, folder) -> list:
     """A preset's style LoRAs as the app's slot values (name, scale, name, scale): ones this studio's folder does
-    not hold are left empty (the preset still applies; the status line names what was missing)."""
+    not hold are left empty (the preset still applies without them, docs/loras.md)."""
     from ..loras import available_loras
     from ..settings import StyleLora
 

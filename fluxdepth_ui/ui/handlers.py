@@ -26,7 +26,6 @@ from ..depth.normalize import DEFAULT_EDGES
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
-from ..loras import resolve_lora
 from ..settings import MAX_SEED, check_number
 from .sharing import HostPolicy, Workspace
 
@@ -299,8 +298,7 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=steps, guidance=guidance,
                                     strength=strength, loras=loras, plate=bool(plate),
                                     **({} if plate_strength is None else {"plate_strength": plate_strength})).settled()
-    for lora in generation.loras:  # names from the studio's LoRA folder only, checked before any work
-        resolve_lora(lora.name, manager.lora_dir, manager.lora_paths)
+    manager.lora_files(generation.loras)  # names from the studio's LoRA folder only, checked before any work
     if backend not in ("local", "bfl") or (backend == "bfl" and studio.bfl is None):
         raise FluxDepthError("this studio renders on its own model only; choose the local backend")
     if backend == "bfl":
@@ -563,8 +561,7 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
     stats = settle_seed(setup.stats)
     generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance,
                                     loras=loras)
-    for lora in generation.loras:  # the studio's folder only, checked before any frame renders
-        resolve_lora(lora.name, studio.manager.lora_dir, studio.manager.lora_paths)
+    studio.manager.lora_files(generation.loras)  # the studio's folder only, checked before any frame renders
     studio.policy.check_tier(variant)
     studio.manager.configure(variant=variant)
     check_free_space(studio)
