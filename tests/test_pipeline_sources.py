@@ -34,10 +34,19 @@ def hub_response(status):
     return httpx.Response(status, request=httpx.Request("GET", f"https://huggingface.co/api/models/{DEFAULT_MODEL}"))
 
 
-def load_error(monkeypatch, tmp_path, exc, source=None):
+DiskUsage = namedtuple("DiskUsage", "total used free")
+
+
+def load_error(monkeypatch, tmp_path, exc, source=None, offline=False, free_bytes=500 * GIB):
+    from huggingface_hub import constants
+
     def fake_download(*args, **kwargs):
         raise exc
 
+    # The messages must not depend on the free space of the machine running the tests.
+    monkeypatch.setattr("shutil.disk_usage", lambda p: DiskUsage(1000 * GIB, 1000 * GIB - free_bytes, free_bytes))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(DiffusionPipeline, "download", classmethod(lambda cls, *a, **k: fake_download()))
     manager = PipelineManager(source or ModelSource(), cache_root=str(tmp_path))
     with pytest.raises(ModelSourceError) as err:
@@ -64,8 +73,11 @@ def test_offline_with_nothing_cached_says_what_to_download(monkeypatch, tmp_path
     # The exact OSError diffusers raises offline (seen with HF_HUB_OFFLINE=1 and an empty cache).
     exc = OSError("Cannot load model black-forest-labs/FLUX.1-Depth-dev: the model is not fully cached locally "
                   "(Cannot find an appropriate cached snapshot folder ... outgoing traffic has been disabled.")
-    msg = load_error(monkeypatch, tmp_path, exc)
+    msg = load_error(monkeypatch, tmp_path, exc, offline=True)
     assert "offline" in msg and f"hf download {DEFAULT_MODEL}" in msg and "--model" in msg
+    # Offline nothing would be downloaded, so a small disk must not hide the real reason behind a disk-space message.
+    msg = load_error(monkeypatch, tmp_path, exc, offline=True, free_bytes=5 * 10**9)
+    assert "offline" in msg and "disk space" not in msg
 
 
 def test_real_offline_hub_lookup_is_translated(monkeypatch, tmp_path):
@@ -85,8 +97,8 @@ def test_not_enough_disk(monkeypatch, tmp_path):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr("shutil.disk_usage", lambda p: usage(100 * GIB, 95 * GIB, 5 * 10**9))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # only a download needs the space
+    monkeypatch.setattr("shutil.disk_usage", lambda p: DiskUsage(100 * GIB, 95 * GIB, 5 * 10**9))
     with pytest.raises(ModelSourceError, match="not enough disk space .* about 34 GB .* 5.0 GB are free"):
         PipelineManager(ModelSource(), cache_root=str(tmp_path)).load()
 

@@ -288,7 +288,8 @@ def _resolve_folder(source: ModelSource, token: str | None, progress: ProgressFn
     from huggingface_hub import constants
 
     progress(0.05, f"looking for {source.model} (downloads on first use)")
-    _check_disk(source, constants.HF_HUB_CACHE)
+    if not constants.HF_HUB_OFFLINE:  # offline nothing is downloaded: the cache lookup's own message is the right one
+        _check_disk(source, constants.HF_HUB_CACHE)
     with _hub_errors(source):
         folder = DiffusionPipeline.download(
             source.model, revision=source.revision, token=token, local_files_only=constants.HF_HUB_OFFLINE,
