@@ -42,7 +42,15 @@ from .budget import (
     transformer_block_sizes,
 )
 from .timings import TimingLog
-from .speed import CompileDecision, check_fp8, compile_transformer, decide_compile, fp8_quantize_transformer
+from .aot import AotBlocks, aot_folder
+from .speed import (
+    CompileDecision,
+    check_fp8,
+    compile_transformer,
+    decide_compile,
+    fp8_quantize_transformer,
+    use_aot,
+)
 from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
 
 log = logging.getLogger(__name__)
@@ -102,6 +110,7 @@ class PipelineManager:
         self._loras: LoraStack | None = None
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
+        self._aot: AotBlocks | None = None  # ahead-of-time packages (aot.py), else torch.compile when compiled
         self._device_request = device
         self.cache = QuantizedCache(cache_root or default_cache_root())
         self.timings = TimingLog(self.cache.root)
@@ -236,6 +245,7 @@ class PipelineManager:
                 self._loras = None
             self._compiled = False
             self._compiled_shapes = set()
+            self._aot = None
             release_device_memory()
 
     def load(self, progress: LoadProgress | None = None) -> None:
@@ -303,13 +313,22 @@ class PipelineManager:
         if decision.enabled and plan is not None and "transformer" in plan.streamed:
             decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
                                               "on every block)")
-        if decision.enabled:
+        aot = None
+        if decision.enabled and use_aot(variant.name):
+            aot = AotBlocks(pipe.transformer, aot_folder(self.cache.root), variant.name, device,
+                            on_failure=self._aot_failed)
+            aot.install()
+            decision = CompileDecision(True, "compiled ahead of time: the first image at each size compiles the "
+                                             "transformer's two block shapes once and saves them in the cache folder; "
+                                             "later starts load them in seconds")
+        elif decision.enabled:
             compile_transformer(pipe.transformer, self.cache.root)
         if decision.reason:
             notes.append(decision.reason)
         self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
         self._plan = plan
         self._compiled = decision.enabled
+        self._aot = aot
         self._notes = notes
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
         log.info("loaded %s %s on %s (%s%s)", self.source.label, variant.name, device, choice.placement,
@@ -387,7 +406,11 @@ class PipelineManager:
             tiled = self._vae_tiling(settings.vae_tiling, width, height)
             shape = (width, height, init_image is not None)
             first_compiled = self._compiled and shape not in self._compiled_shapes
-            if first_compiled and load_progress is not None:
+            aot = self._aot if self._aot is not None and self._aot.installed else None
+            aot_events = len(aot.events) if aot is not None else 0
+            if aot is not None:  # it says itself whether it loads saved blocks or compiles them
+                aot.notify = self._aot_notifier(load_progress)
+            elif first_compiled and load_progress is not None:
                 load_progress(0.0, f"compiling the transformer for {width}x{height}: "
                                    f"{self.first_compile_cost(self.variant)}")
             # 5. Denoise. no_grad, not inference_mode: quanto qint4 fails under inference_mode.
@@ -412,6 +435,14 @@ class PipelineManager:
                 raise failure
             image = pipe.image_processor.numpy_to_pil(pixels[None])[0]  # what output_type="pil" returns
             seconds = time.perf_counter() - t0
+            if aot is not None:
+                aot.notify = None
+                # Only an image that compiled is a "first compiled image"; one that loaded saved blocks is neither
+                # that nor a clean step time.
+                new_events = aot.events[aot_events:]
+                first_compiled = any(e.kind == "compiled" for e in new_events)
+                if new_events:
+                    self._compiled_shapes.discard(shape)
             if not self._compiled or shape in self._compiled_shapes:  # a first compiled call times the compiler
                 self.timings.record(self.source.key, self.device_name(), self.variant, width, height,
                                     total, seconds)
@@ -448,6 +479,32 @@ class PipelineManager:
                 + tuple(note for f, _ in loras for note in f.notes),
             )
             return GenerationResult(image, meta, pixels)
+
+    def _aot_notifier(self, load_progress: LoadProgress | None):
+        def notify(message: str) -> None:
+            if load_progress is None:
+                return
+            if message.startswith("compiling"):
+                message += f": {self.first_compile_cost(self.variant)}"
+            load_progress(0.0, message)
+
+        return notify
+
+    def _aot_failed(self, reason: str) -> None:
+        """The ahead-of-time path could not run here: torch.compile takes over (same speed once traced)."""
+        compile_transformer(self._pipe.transformer, self.cache.root)
+        self._compiled_shapes = set()
+        self._notes.append(reason)
+
+    def _leave_aot_for_loras(self, load_progress: LoadProgress | None) -> None:
+        """Saved packages cannot see style LoRAs (hooks on the layers): torch.compile traces them instead, for the
+        rest of this load."""
+        self._aot.remove()
+        compile_transformer(self._pipe.transformer, self.cache.root)
+        self._compiled_shapes = set()
+        if load_progress is not None:
+            load_progress(0.0, "style LoRAs: the transformer compiles again with them (the saved compiled blocks "
+                               "carry none); this image takes longer")
 
     def _vae_tiling(self, mode: str, width: int, height: int) -> bool:
         """Decode in tiles when asked, or ("auto") when a whole decode would not fit what this process may still
@@ -489,7 +546,10 @@ class PipelineManager:
         if chosen or self._loras is not None:
             if self._loras is None:
                 self._loras = LoraStack(self._device, self.source.dtype)
-            if self._loras.apply(self._pipe.transformer, chosen) and self._compiled:
+            if chosen and self._aot is not None and self._aot.installed:
+                self._loras.apply(self._pipe.transformer, chosen)
+                self._leave_aot_for_loras(load_progress)
+            elif self._loras.apply(self._pipe.transformer, chosen) and self._compiled:
                 # Compiled code does not see forward hooks added or changed after it was traced (torch does not
                 # guard on them): measured on the GPU, a LoRA on the compiled fp8 tier changed nothing. Trace
                 # again; a scale change alone needs nothing (the scales are tensors the graph reads).

@@ -50,6 +50,16 @@ def decide_compile(requested: bool, device: torch.device, placement: str) -> Com
                                  "seconds once cached); later images run faster")
 
 
+# Tiers whose blocks export as they are: plain bf16 layers, and torchao's fp8 tensors (unwrapped first, aot.py). The
+# qint8/qint4 dense layers call our own Triton kernels, which export cannot see into: those tiers use torch.compile.
+AOT_TIERS = ("bf16", "fp8")
+
+
+def use_aot(tier: str) -> bool:
+    """Ahead-of-time packages (aot.py) for a compiled tier that exports; FLUXDEPTH_AOT=0 keeps torch.compile."""
+    return tier in AOT_TIERS and os.environ.get("FLUXDEPTH_AOT", "1") != "0"
+
+
 def compile_cache_dir(cache_root: str) -> str:
     return os.path.join(cache_root, "torch-compile")
 

@@ -1,0 +1,257 @@
+"""Ahead-of-time compiled transformer blocks: torch.export + AOTInductor packages kept in the cache folder.
+
+Why (docs/fast-tier.md): torch.compile traces and compiles in every new process, so the fast tier's first image
+waited minutes after every restart. FLUX's transformer is 19 double and 38 single blocks of two shapes. At the first
+image of a size, block 0 of each kind is exported with the inputs it was called with and compiled by AOTInductor
+into a package *without weights* (a few MB); every block of that kind then runs through it with its own weights
+(`load_constants(..., user_managed=True)`: no copy). Packages are keyed by what makes compiled code valid (GPU,
+torch, diffusers, tier, block config, input shapes, inductor options), so a later start loads them in seconds.
+
+Style LoRAs run as forward hooks on the layers (loras.py), which a package cannot see: the manager leaves this path
+for torch.compile while LoRAs are active (manager.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+from ..atomic import atomic_path, write_text
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+BLOCK_KINDS = ("transformer_blocks", "single_transformer_blocks")
+# The package carries code only; each block's weights are handed to it at load (see the module docstring).
+PACKAGE_OPTIONS = {"aot_inductor.package_constants_in_so": False}
+# Inductor options that change the code it writes: part of the key, so a package built with other settings (torchao's
+# fp8 config turns on coordinate-descent tuning for the process) is not taken for this one.
+KEYED_INDUCTOR_OPTIONS = ("coordinate_descent_tuning", "max_autotune", "epilogue_fusion", "freezing")
+
+Notify = Callable[[str], None]
+
+
+class AotUnavailable(RuntimeError):
+    """This transformer cannot take the AOT path (the manager falls back to torch.compile)."""
+
+
+@dataclass(frozen=True)
+class AotEvent:
+    kind: str  # "compiled" or "loaded"
+    block: str
+    seconds: float
+
+
+def aot_folder(cache_root: str) -> str:
+    return os.path.join(cache_root, "aot")
+
+
+def device_label(device: torch.device) -> str:
+    """What compiled code depends on: the GPU model and its compute capability, or the CPU's vector ISA."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} sm{major}{minor}"
+    return f"{device.type} {platform.machine()} {torch.backends.cpu.get_cpu_capability()}"
+
+
+def inputs_signature(args: tuple, kwargs: dict) -> str:
+    """Shapes, dtypes and devices of the tensors, and the values of everything else: one package per signature."""
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    parts = [str(spec)]
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor):
+            parts.append(f"{tuple(leaf.shape)}:{leaf.dtype}:{leaf.device.type}")
+        else:
+            parts.append(repr(leaf))
+    return "|".join(parts)
+
+
+def package_key(block_kind: str, signature: str, tier: str, block_config: dict, device: torch.device) -> dict:
+    import diffusers
+
+    inductor = torch._inductor.config
+    return {
+        "format": FORMAT,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "device": device_label(device),
+        "tier": tier,
+        "block": block_kind,
+        "config": block_config,
+        "inputs": signature,
+        "inductor": {name: getattr(inductor, name, None) for name in KEYED_INDUCTOR_OPTIONS},
+    }
+
+
+def _key_name(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _drop_none(kwargs: dict) -> dict:
+    # `joint_attention_kwargs=None` and the like: an exported program takes tensors, not optional Python values.
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _uses_tensor_subclasses(module: torch.nn.Module) -> bool:
+    return any(type(p) not in (torch.Tensor, torch.nn.Parameter) for p in module.parameters())
+
+
+class AotBlocks:
+    """Runs a FLUX transformer's repeated blocks through AOTInductor packages (one per block kind and input shape).
+
+    `install()` puts a small dispatcher in place of each block's forward; the first call with new shapes loads the
+    package from `folder`, or exports and compiles it there, then makes one runner per block bound to that block's
+    weights. `remove()` puts the blocks' own forwards back (torch.compile or eager take over).
+    """
+
+    def __init__(self, transformer: torch.nn.Module, folder: str, tier: str, device: torch.device,
+                 on_failure: Callable[[str], None] | None = None):
+        self.transformer = transformer
+        self.folder = folder
+        self.tier = tier
+        self.device = device
+        self.events: list[AotEvent] = []
+        self.notify: Notify | None = None  # set by the manager for the image in progress
+        # Called (after the blocks have their own forwards back) when a package cannot be made or bound: the manager
+        # compiles with torch.compile instead. The image in progress goes on uncompiled; nothing is lost.
+        self.on_failure = on_failure
+        self.failure: str | None = None
+        self._runners: dict[tuple[str, str], list] = {}
+        self._installed = False
+        config = dict(getattr(transformer, "config", {}) or {})
+        self._block_config = {k: v for k, v in sorted(config.items()) if not k.startswith("_")}
+
+    @property
+    def installed(self) -> bool:
+        return self._installed
+
+    def blocks(self, kind: str) -> torch.nn.ModuleList:
+        return getattr(self.transformer, kind)
+
+    def install(self) -> None:
+        if self._installed:
+            return
+        for kind in BLOCK_KINDS:
+            for index, block in enumerate(self.blocks(kind)):
+                block.forward = self._dispatcher(kind, index)
+        self._installed = True
+
+    def remove(self) -> None:
+        """The blocks' own forwards again; loaded runners are dropped (packages stay on disk)."""
+        for kind in BLOCK_KINDS:
+            for block in self.blocks(kind):
+                block.__dict__.pop("forward", None)
+        self._runners = {}
+        self._installed = False
+
+    def _dispatcher(self, kind: str, index: int):
+        def forward(*args, **kwargs):
+            kwargs = _drop_none(kwargs)
+            signature = inputs_signature(args, kwargs)
+            runners = self._runners.get((kind, signature))
+            if runners is None:
+                try:
+                    runners = self._prepare(kind, signature, args, kwargs)
+                except Exception as exc:
+                    if isinstance(exc, torch.OutOfMemoryError):
+                        raise
+                    log.warning("AOT compile of the %s failed; using torch.compile instead", kind, exc_info=True)
+                    self.failure = f"ahead-of-time compile failed ({type(exc).__name__}); torch.compile used instead"
+                    self.remove()
+                    if self.on_failure is not None:
+                        self.on_failure(self.failure)
+                    return self.blocks(kind)[index](*args, **kwargs)
+            return runners[index](*args, **kwargs)
+
+        return forward
+
+    # --- packages ------------------------------------------------------------------------------------------------
+
+    def package_path(self, kind: str, signature: str) -> tuple[str, dict]:
+        key = package_key(kind, signature, self.tier, self._block_config, self.device)
+        return os.path.join(self.folder, f"{kind}-{_key_name(key)}.pt2"), key
+
+    def _prepare(self, kind: str, signature: str, args: tuple, kwargs: dict) -> list:
+        blocks = self.blocks(kind)
+        if any(_uses_tensor_subclasses(block) for block in blocks):
+            # torchao's fp8 weights are tensor subclasses; torchao's own helper turns each into plain tensors behind
+            # a parametrization, which export and load_constants take (same numbers, same kernels).
+            from torchao.utils import unwrap_tensor_subclass
+
+            for block in blocks:
+                unwrap_tensor_subclass(block)
+        path, key = self.package_path(kind, signature)
+        runners = None
+        if os.path.exists(path):
+            t0 = time.perf_counter()
+            self._say(f"loading the compiled {_kind_label(kind)} for this size from the cache")
+            try:
+                runners = self._bind(path, blocks)
+            except Exception as exc:  # noqa: BLE001 - a stale or damaged package is rebuilt, never fatal
+                log.warning("AOT package %s could not be loaded (%s); compiling it again", path, exc)
+                runners = None
+            else:
+                self.events.append(AotEvent("loaded", kind, time.perf_counter() - t0))
+        if runners is None:
+            t0 = time.perf_counter()
+            self._say(f"compiling the {_kind_label(kind)} for this size (once; saved for later starts)")
+            self._compile(path, key, blocks[0], args, kwargs)
+            runners = self._bind(path, blocks)
+            self.events.append(AotEvent("compiled", kind, time.perf_counter() - t0))
+        self._runners[(kind, signature)] = runners
+        return runners
+
+    def _compile(self, path: str, key: dict, block: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if _has_forward_hooks(block):
+            raise AotUnavailable("a block has forward hooks (style LoRAs): a package would bake them in")
+        own = block.__dict__.pop("forward", None)  # export the block's own forward, not the dispatcher
+        try:
+            exported = torch.export.export(block, args, kwargs)
+        finally:
+            if own is not None:
+                block.forward = own
+        os.makedirs(self.folder, exist_ok=True)
+        t0 = time.perf_counter()
+        with atomic_path(path) as tmp:
+            torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=PACKAGE_OPTIONS)
+        write_text(os.path.splitext(path)[0] + ".json",
+                   json.dumps({"key": key, "compile_s": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
+
+    def _bind(self, path: str, blocks) -> list:
+        runners = []
+        for block in blocks:
+            runner = torch._inductor.aoti_load_package(path)
+            names = runner.get_constant_fqns()
+            weights = block.state_dict()
+            missing = [name for name in names if name not in weights]
+            if missing:
+                raise AotUnavailable(f"the package expects weights the block does not have ({missing[0]})")
+            runner.load_constants({name: weights[name] for name in names}, check_full_update=True,
+                                  user_managed=True)
+            runners.append(runner)
+        return runners
+
+    def _say(self, message: str) -> None:
+        if self.notify is not None:
+            self.notify(message)
+
+    def compile_seconds(self) -> float:
+        return sum(e.seconds for e in self.events if e.kind == "compiled")
+
+
+def _kind_label(kind: str) -> str:
+    return "double blocks" if kind == "transformer_blocks" else "single blocks"
+
+
+def _has_forward_hooks(module: torch.nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+

@@ -1,0 +1,189 @@
+"""Ahead-of-time compiled blocks (pipeline/aot.py) on tiny-random, on the CPU: AOTInductor really compiles and runs
+here (C++ instead of Triton). The GPU gate of the compile decision is opened for the test; everything after it is
+the path a CUDA machine takes."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import DEPTH_SYN
+from fluxdepth_ui.depth import DepthSettings, prepare_depth
+from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManager
+from fluxdepth_ui.pipeline import aot as aot_module
+from fluxdepth_ui.pipeline.aot import AotBlocks, aot_folder, inputs_signature, package_key
+from fluxdepth_ui.pipeline.speed import CompileDecision, use_aot
+from fluxdepth_ui.settings import StyleLora
+
+TINY = ModelSource("tiny-random")
+
+
+@pytest.fixture(scope="module")
+def depth():
+    return prepare_depth(str(DEPTH_SYN), DepthSettings(long_side=256))
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    """One cache folder for the module: the packages compiled by the first test are the saved ones later tests load."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def open_compile_gate(monkeypatch) -> list:
+    """Open the compile gate on the CPU; torch.compile (the fallback) runs with the eager backend, fast and exact.
+    Returns the list of cache roots torch.compile was called for."""
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager.decide_compile",
+                        lambda requested, device, placement: CompileDecision(requested, ""))
+    calls = []
+
+    def eager_compile(transformer, cache_root):
+        calls.append(cache_root)
+        transformer.compile_repeated_blocks(backend="eager", fullgraph=True)
+
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager.compile_transformer", eager_compile)
+    return calls
+
+
+@pytest.fixture
+def compiling(monkeypatch):
+    return open_compile_gate(monkeypatch)
+
+
+def settings(*loras, seed=7, prompt="a stone arch"):
+    return GenerationSettings(prompt, seed=seed, steps=2, loras=loras)
+
+
+@pytest.fixture(scope="module")
+def eager_result(depth, tmp_path_factory):
+    return PipelineManager(TINY, cache_root=str(tmp_path_factory.mktemp("eager"))).generate(depth.control, settings())
+
+
+@pytest.fixture(scope="module")
+def first_run(cache_root, depth):
+    """The first compiled image in an empty cache (the real AOTInductor compile, about half a minute here)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        calls = open_compile_gate(monkeypatch)
+        manager = PipelineManager(TINY, cache_root=cache_root, compile=True)
+        messages = []
+        result = manager.generate(depth.control, settings(), load_progress=lambda f, m: messages.append(m))
+        again = manager.generate(depth.control, settings())
+    return manager, result, again, messages, calls
+
+
+def test_first_image_compiles_and_saves_packages_and_matches_eager(first_run, cache_root, eager_result):
+    manager, result, again, messages, compiling = first_run
+    assert manager._aot is not None and manager._aot.installed and not compiling  # no torch.compile
+    assert [e.kind for e in manager._aot.events] == ["compiled", "compiled"]
+    packages = sorted(f for f in os.listdir(aot_folder(cache_root)) if f.endswith(".pt2"))
+    assert len(packages) == 2 and {p.split("-")[0] for p in packages} == {"transformer_blocks",
+                                                                           "single_transformer_blocks"}
+    # C++ code from inductor against eager PyTorch: the same maths, float rounding apart.
+    np.testing.assert_allclose(result.pixels, eager_result.pixels, atol=2e-3)
+    assert result.metadata.compiled
+    assert any(m.startswith("compiling the double blocks") and "first image" in m for m in messages)
+    assert manager.timings.first_compiled(TINY.key, manager.device_name(), "bf16") is not None
+    # The second image of the same size runs the loaded blocks: nothing compiles, the same pixels come out.
+    assert len(manager._aot.events) == 2 and np.array_equal(again.pixels, result.pixels)
+
+
+def test_a_later_start_loads_the_saved_packages_without_compiling(first_run, compiling, cache_root, depth, monkeypatch,
+                                                                  eager_result):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled again although the package was saved")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
+    manager = PipelineManager(TINY, cache_root=cache_root, compile=True)  # a new process, as far as the cache knows
+    messages = []
+    result = manager.generate(depth.control, settings(), load_progress=lambda f, m: messages.append(m))
+    assert [e.kind for e in manager._aot.events] == ["loaded", "loaded"]
+    assert any("loading the compiled double blocks" in m for m in messages)
+    np.testing.assert_allclose(result.pixels, eager_result.pixels, atol=2e-3)
+    # img2img at the same size feeds the blocks the same shapes: the same packages serve it.
+    second = manager.generate(depth.control, settings(), init_image=result.image)
+    assert len(manager._aot.events) == 2 and second.image.size == result.image.size
+
+
+def test_a_damaged_package_is_rebuilt_not_fatal(first_run, compiling, cache_root, depth, monkeypatch, eager_result):
+    folder = aot_folder(cache_root)
+    saved = {}
+    for name in os.listdir(folder):
+        if name.endswith(".pt2"):
+            path = os.path.join(folder, name)
+            with open(path, "rb") as fh:
+                saved[path] = fh.read()
+            with open(path, "wb") as fh:
+                fh.write(b"not a package")
+    rebuilt = []
+
+    def rebuild(self, path, key, block, args, kwargs):  # the real compile is the first test's; here: that it is asked
+        rebuilt.append(path)
+        with open(path, "wb") as fh:
+            fh.write(saved[path])
+
+    monkeypatch.setattr(AotBlocks, "_compile", rebuild)
+    manager = PipelineManager(TINY, cache_root=cache_root, compile=True)
+    result = manager.generate(depth.control, settings())
+    assert sorted(rebuilt) == sorted(saved)
+    np.testing.assert_allclose(result.pixels, eager_result.pixels, atol=2e-3)
+
+
+def test_style_loras_leave_the_packages_for_torch_compile(first_run, compiling, cache_root, depth, tmp_path):
+    """A package cannot see a LoRA's hooks; the image with a LoRA must equal the eager image with that LoRA."""
+    from test_loras import peft_lora
+
+    lora_dir = tmp_path / "loras"
+    lora_dir.mkdir()
+    peft_lora(lora_dir / "ink.safetensors", 11)
+    eager = PipelineManager(TINY, cache_root=str(tmp_path / "eager"), lora_dir=str(lora_dir))
+    want = eager.generate(depth.control, settings(StyleLora("ink.safetensors", 0.9))).pixels
+    manager = PipelineManager(TINY, cache_root=cache_root, compile=True, lora_dir=str(lora_dir))
+    manager.generate(depth.control, settings())  # loads the saved blocks
+    messages = []
+    got = manager.generate(depth.control, settings(StyleLora("ink.safetensors", 0.9)),
+                           load_progress=lambda f, m: messages.append(m)).pixels
+    assert not manager._aot.installed and compiling == [cache_root]
+    np.testing.assert_array_equal(got, want)
+    assert any("style LoRAs: the transformer compiles again" in m for m in messages)
+
+
+def test_a_failed_export_falls_back_to_torch_compile(compiling, tmp_path, depth, monkeypatch, eager_result):
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("export cannot trace this")
+
+    monkeypatch.setattr(torch.export, "export", broken_export)
+    manager = PipelineManager(TINY, cache_root=str(tmp_path), compile=True)
+    result = manager.generate(depth.control, settings())
+    assert not manager._aot.installed and compiling == [str(tmp_path)]
+    assert any("ahead-of-time compile failed (RuntimeError)" in n for n in manager._notes)
+    np.testing.assert_array_equal(result.pixels, eager_result.pixels)
+    assert not os.path.exists(aot_folder(str(tmp_path))) or not any(
+        f.endswith(".pt2") for f in os.listdir(aot_folder(str(tmp_path))))
+
+
+def test_package_keys_separate_what_makes_code_valid():
+    cpu = torch.device("cpu")
+    x = torch.zeros(1, 192, 32)
+    small = inputs_signature((), {"hidden_states": x})
+    big = inputs_signature((), {"hidden_states": torch.zeros(1, 768, 32)})
+    half = inputs_signature((), {"hidden_states": x.to(torch.bfloat16)})
+    assert len({small, big, half}) == 3
+    base = package_key("transformer_blocks", small, "bf16", {"num_layers": 19}, cpu)
+    others = [
+        package_key("single_transformer_blocks", small, "bf16", {"num_layers": 19}, cpu),
+        package_key("transformer_blocks", big, "bf16", {"num_layers": 19}, cpu),
+        package_key("transformer_blocks", small, "fp8", {"num_layers": 19}, cpu),
+        package_key("transformer_blocks", small, "bf16", {"num_layers": 12}, cpu),
+    ]
+    names = {aot_module._key_name(k) for k in [base, *others]}
+    assert len(names) == 5
+    assert base["torch"] == torch.__version__ and "cpu" in base["device"]
+    with torch._inductor.config.patch(coordinate_descent_tuning=True):
+        tuned = package_key("transformer_blocks", small, "bf16", {"num_layers": 19}, cpu)
+    assert aot_module._key_name(tuned) != aot_module._key_name(base)
+
+
+def test_which_tiers_take_packages(monkeypatch):
+    assert use_aot("bf16") and use_aot("fp8") and not use_aot("qint8") and not use_aot("qint4")
+    monkeypatch.setenv("FLUXDEPTH_AOT", "0")
+    assert not use_aot("fp8")
