@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
-from ..settings import MAX_SEED, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401 - re-exported
+from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401
 from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
@@ -49,6 +49,7 @@ from .speed import (
     compile_transformer,
     decide_compile,
     fp8_quantize_transformer,
+    on_zerogpu,
     use_aot,
 )
 from .variants import VARIANTS, TRANSFORMER_EXCLUDE, QuantizedCache, Variant, default_cache_root, get_variant
@@ -111,6 +112,9 @@ class PipelineManager:
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._aot: AotBlocks | None = None  # ahead-of-time packages (aot.py), else torch.compile when compiled
+        # ZeroGPU: the transformer is compiled (and fp8 quantized) in one start-up GPU call (zerogpu.py):
+        # "pending" after load until `compile_on_zerogpu` ran, then "applied".
+        self._zerogpu: str | None = None
         self._device_request = device
         self.cache = QuantizedCache(cache_root or default_cache_root())
         self.timings = TimingLog(self.cache.root)
@@ -246,6 +250,7 @@ class PipelineManager:
             self._compiled = False
             self._compiled_shapes = set()
             self._aot = None
+            self._zerogpu = None
             release_device_memory()
 
     def load(self, progress: LoadProgress | None = None) -> None:
@@ -293,7 +298,8 @@ class PipelineManager:
             choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device),
                                       quantized=variant.transformer is not None or variant.fp8)
         notes = loaded.notes + [choice.reason]
-        if variant.fp8:
+        zerogpu = decide_compile(self.compile or variant.fp8, device, choice.placement).enabled and on_zerogpu()
+        if variant.fp8 and not zerogpu:  # on ZeroGPU it quantizes in the start-up GPU call, before the export
             streamed = plan is not None and "transformer" in plan.streamed
             if plan is None and choice.placement != "gpu":
                 raise PipelineError(f"the fp8 tier keeps its transformer on the GPU, but {choice.reason}: set a VRAM "
@@ -314,7 +320,9 @@ class PipelineManager:
             decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
                                               "on every block)")
         aot = None
-        if decision.enabled and use_aot(variant.name):
+        if zerogpu:
+            pass  # compile_on_zerogpu, called by the app at start-up
+        elif decision.enabled and use_aot(variant.name):
             aot = AotBlocks(pipe.transformer, aot_folder(self.cache.root), variant.name, device,
                             on_failure=self._aot_failed)
             aot.install()
@@ -329,10 +337,33 @@ class PipelineManager:
         self._plan = plan
         self._compiled = decision.enabled
         self._aot = aot
+        self._zerogpu = "pending" if zerogpu else None
         self._notes = notes
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
         log.info("loaded %s %s on %s (%s%s)", self.source.label, variant.name, device, choice.placement,
                  ", compiled" if decision.enabled else "")
+
+    def compile_on_zerogpu(self, spaces) -> None:
+        """ZeroGPU start-up (the app calls it once, after `load`): quantize (fp8) and compile the transformer inside
+        one long GPU call with the `spaces` AoT helpers, then put it in place for every request (zerogpu.py)."""
+        from .zerogpu import STARTUP_GPU_SECONDS, capture_and_compile
+
+        with self._lock:
+            self.load()
+            if self._zerogpu != "pending":
+                return
+            pipe, variant, device = self._pipe, get_variant(self.variant), self._device
+
+            @spaces.GPU(duration=STARTUP_GPU_SECONDS)
+            def build():
+                if variant.fp8:
+                    fp8_quantize_transformer(pipe.transformer, device, TRANSFORMER_EXCLUDE)
+                return capture_and_compile(pipe, spaces, MAX_SEQUENCE_LENGTH)
+
+            compiled = build()
+            spaces.aoti_apply(compiled, pipe.transformer)
+            self._zerogpu = "applied"
+            log.info("transformer compiled ahead of time for ZeroGPU (%s)", variant.name)
 
     def _img2img_pipe(self):
         if self._img2img is None:
@@ -369,6 +400,10 @@ class PipelineManager:
             # 2. Load lazily.
             if self._pipe is None:
                 self.load(load_progress)
+            if self._zerogpu == "pending":
+                raise PipelineError(f"on ZeroGPU the {self.variant} tier runs compiled, and it is compiled at "
+                                    "start-up only: start the Space with FLUXDEPTH_VARIANT set to it "
+                                    "(FLUXDEPTH_COMPILE=1 for bf16), or choose the tier it started with")
             t0 = time.perf_counter()
             # 3. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
             seed = draw_seed() if settings.seed is None else int(settings.seed)
@@ -405,7 +440,8 @@ class PipelineManager:
 
             tiled = self._vae_tiling(settings.vae_tiling, width, height)
             shape = (width, height, init_image is not None)
-            first_compiled = self._compiled and shape not in self._compiled_shapes
+            # Compiled at start-up on ZeroGPU: no image there pays for a compile.
+            first_compiled = self._compiled and self._zerogpu is None and shape not in self._compiled_shapes
             aot = self._aot if self._aot is not None and self._aot.installed else None
             aot_events = len(aot.events) if aot is not None else 0
             if aot is not None:  # it says itself whether it loads saved blocks or compiles them
@@ -441,9 +477,9 @@ class PipelineManager:
                 # that nor a clean step time.
                 new_events = aot.events[aot_events:]
                 first_compiled = any(e.kind == "compiled" for e in new_events)
-                if new_events:
-                    self._compiled_shapes.discard(shape)
-            if not self._compiled or shape in self._compiled_shapes:  # a first compiled call times the compiler
+            else:
+                new_events = []
+            if not first_compiled and not new_events:  # a first compiled call times the compiler, not the steps
                 self.timings.record(self.source.key, self.device_name(), self.variant, width, height,
                                     total, seconds)
             if first_compiled:
@@ -481,10 +517,13 @@ class PipelineManager:
             return GenerationResult(image, meta, pixels)
 
     def _aot_notifier(self, load_progress: LoadProgress | None):
+        quoted = []
+
         def notify(message: str) -> None:
             if load_progress is None:
                 return
-            if message.startswith("compiling"):
+            if message.startswith("compiling") and not quoted:  # the cost once per image, not per block kind
+                quoted.append(True)
                 message += f": {self.first_compile_cost(self.variant)}"
             load_progress(0.0, message)
 
@@ -534,6 +573,10 @@ class PipelineManager:
         return tuple(file_digest(path) for path in self.lora_files(loras))
 
     def _apply_loras(self, loras, load_progress: LoadProgress | None = None) -> list[tuple[LoraFile, float]]:
+        if loras and self._zerogpu == "applied":
+            # The compiled transformer replaced the eager one (its weights are freed): nothing to hang a LoRA on.
+            raise PipelineError("style LoRAs are off on this Space: its transformer is compiled ahead of time for "
+                                "ZeroGPU; the host can start it without FLUXDEPTH_COMPILE, in bf16, to offer them")
         chosen = []
         for lora, path in zip(loras, self.lora_files(loras)):
             digest = file_digest(path)
