@@ -354,6 +354,7 @@ def test_compiled_pipeline_says_when_a_size_compiles_and_records_it(tmp_path, de
     from fluxdepth_ui.pipeline.speed import CompileDecision
 
     compiled_for = []
+    monkeypatch.setenv("FLUXDEPTH_AOT", "0")  # torch.compile's path (qint tiers, LoRAs); the packages': test_aot.py
     monkeypatch.setattr(manager_module, "decide_compile", lambda requested, device, placement:
                         CompileDecision(requested, "compiled (test)" if requested else ""))
     monkeypatch.setattr(manager_module, "compile_transformer", lambda t, root: compiled_for.append(t))
