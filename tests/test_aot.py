@@ -187,3 +187,23 @@ def test_which_tiers_take_packages(monkeypatch):
     assert use_aot("bf16") and use_aot("fp8") and not use_aot("qint8") and not use_aot("qint4")
     monkeypatch.setenv("FLUXDEPTH_AOT", "0")
     assert not use_aot("fp8")
+
+
+def test_a_transformer_that_moves_keeps_torch_compile(compiling, tmp_path, monkeypatch):
+    """Model offload moves the transformer every image, giving its parameters new storage under a bound package:
+    such a load compiles with torch.compile instead."""
+    from fluxdepth_ui.pipeline.budget import MemoryPlan
+    from fluxdepth_ui.pipeline.manager import _transformer_moves
+    from fluxdepth_ui.pipeline.placement import PlacementChoice
+
+    assert not _transformer_moves(PlacementChoice("gpu", ""), None)
+    assert _transformer_moves(PlacementChoice("model_offload", ""), None)
+    resident = MemoryPlan(budget=8, resident=("transformer",), streamed=("text_encoder_2",))
+    assert not _transformer_moves(PlacementChoice("budget", ""), resident)
+    assert _transformer_moves(PlacementChoice("budget", ""), MemoryPlan(budget=8, resident=(), streamed=("transformer",)))
+    assert use_aot("fp8") and not use_aot("fp8", transformer_moves=True)
+    # Through the manager: the same load with the transformer offloaded takes torch.compile, not packages.
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager._transformer_moves", lambda choice, plan: True)
+    manager = PipelineManager(TINY, cache_root=str(tmp_path), compile=True)
+    manager.load()
+    assert manager._aot is None and compiling == [str(tmp_path)]

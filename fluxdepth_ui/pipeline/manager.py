@@ -78,6 +78,13 @@ def control_tensor(control: ControlImage) -> torch.Tensor:
     return (t * 2.0 - 1.0).expand(1, 3, *t.shape).contiguous()
 
 
+def _transformer_moves(choice: PlacementChoice, plan: MemoryPlan | None) -> bool:
+    """Whether the transformer goes back and forth between host and GPU during a session (offload)."""
+    if plan is not None:
+        return "transformer" not in plan.resident
+    return choice.placement not in ("gpu", "cpu", "mps")
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -322,7 +329,7 @@ class PipelineManager:
         aot = None
         if zerogpu:
             pass  # compile_on_zerogpu, called by the app at start-up
-        elif decision.enabled and use_aot(variant.name):
+        elif decision.enabled and use_aot(variant.name, transformer_moves=_transformer_moves(choice, plan)):
             aot = AotBlocks(pipe.transformer, aot_folder(self.cache.root), variant.name, device,
                             on_failure=self._aot_failed)
             aot.install()

@@ -58,9 +58,12 @@ def decide_compile(requested: bool, device: torch.device, placement: str) -> Com
 AOT_TIERS = ("bf16", "fp8")
 
 
-def use_aot(tier: str) -> bool:
-    """Ahead-of-time packages (aot.py) for a compiled tier that exports; FLUXDEPTH_AOT=0 keeps torch.compile."""
-    return tier in AOT_TIERS and os.environ.get("FLUXDEPTH_AOT", "1") != "0"
+def use_aot(tier: str, transformer_moves: bool = False) -> bool:
+    """Ahead-of-time packages (aot.py) for a compiled tier that exports; FLUXDEPTH_AOT=0 keeps torch.compile.
+
+    Not when the transformer moves between host and GPU (model offload): a package holds its blocks' weights where
+    they were when it was bound, and a move gives the parameters new storage under it."""
+    return tier in AOT_TIERS and not transformer_moves and os.environ.get("FLUXDEPTH_AOT", "1") != "0"
 
 
 def compile_cache_dir(cache_root: str) -> str:
