@@ -1,13 +1,14 @@
 """Time to the first image of a compiled tier, on a fresh machine and on a later start (issue 17).
 
-    python benchmarks/first_image.py --tier fp8 --json first_image_fp8.json [--aot 0] [--steps 28]
+    python benchmarks/first_image.py --tier fp8 --json first_image_fp8.json [--aot 0] [--tuning 0] [--steps 28]
 
 Two child processes share one new, empty cache folder (the app's cache root, with torch's inductor and Triton caches
 pointed inside it, so "cold" really is cold): the first is a fresh machine, the second a later start. Each builds the
 FLUX.1-Depth-dev-shaped random-weight components first (not timed: "weights already in memory"), then times from
 PipelineManager creation to the first finished 1024x1024 image, then a second image (steady speed). Recorded per
 phase: first-image seconds, second-image seconds, the ahead-of-time packages compiled or loaded and their seconds,
-the cache folder's size. `--aot 0` runs the same with torch.compile (FLUXDEPTH_AOT=0), for comparison.
+the cache folder's size. `--aot 0` runs the same with torch.compile (FLUXDEPTH_AOT=0), for comparison; `--tuning 0`
+without torchao's coordinate-descent tuning (FLUXDEPTH_COMPILE_TUNING=0): a faster cold compile, steps to be measured.
 
 `--tiny` runs the same path with the tiny random model (a check of this script and of the compile path on a machine,
 not a figure to report); on a CPU the compile gate is opened for it, as the tests do.
@@ -77,6 +78,7 @@ def child(args) -> dict:
         "phase": args.phase,
         "tier": args.tier,
         "aot": os.environ.get("FLUXDEPTH_AOT", "1") != "0",
+        "tuning": os.environ.get("FLUXDEPTH_COMPILE_TUNING", "1") != "0",
         "first_image_s": round(first, 2),
         "second_image_s": round(second, 2),
         "aot_events": [[e.kind, e.block, round(e.seconds, 2)] for e in aot.events] if aot else [],
@@ -93,6 +95,7 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--aot", default="1", choices=["0", "1"])
+    ap.add_argument("--tuning", default="1", choices=["0", "1"])
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--phase", choices=["cold", "warm"], help=argparse.SUPPRESS)  # set for the child processes
     ap.add_argument("--cache-root", help=argparse.SUPPRESS)
@@ -101,12 +104,14 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args)), flush=True)
         return
     root = tempfile.mkdtemp(prefix="fluxdepth-first-image-")
-    env = dict(os.environ, FLUXDEPTH_AOT=args.aot, TORCHINDUCTOR_CACHE_DIR=os.path.join(root, "torch-compile"),
+    env = dict(os.environ, FLUXDEPTH_AOT=args.aot, FLUXDEPTH_COMPILE_TUNING=args.tuning,
+               TORCHINDUCTOR_CACHE_DIR=os.path.join(root, "torch-compile"),
                TRITON_CACHE_DIR=os.path.join(root, "triton"))
     rows = []
     for phase in ("cold", "warm"):
         cmd = [sys.executable, __file__, "--tier", args.tier, "--json", args.json, "--steps", str(args.steps),
-               "--aot", args.aot, "--phase", phase, "--cache-root", root] + (["--tiny"] if args.tiny else [])
+               "--aot", args.aot, "--tuning", args.tuning, "--phase", phase, "--cache-root", root]
+        cmd += ["--tiny"] if args.tiny else []
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode or not lines:

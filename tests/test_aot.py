@@ -200,7 +200,8 @@ def test_a_transformer_that_moves_keeps_torch_compile(compiling, tmp_path, monke
     assert _transformer_moves(PlacementChoice("model_offload", ""), None)
     resident = MemoryPlan(budget=8, resident=("transformer",), streamed=("text_encoder_2",))
     assert not _transformer_moves(PlacementChoice("budget", ""), resident)
-    assert _transformer_moves(PlacementChoice("budget", ""), MemoryPlan(budget=8, resident=(), streamed=("transformer",)))
+    streamed = MemoryPlan(budget=8, resident=(), streamed=("transformer",))
+    assert _transformer_moves(PlacementChoice("budget", ""), streamed)
     assert use_aot("fp8") and not use_aot("fp8", transformer_moves=True)
     # Through the manager: the same load with the transformer offloaded takes torch.compile, not packages.
     monkeypatch.setattr("fluxdepth_ui.pipeline.manager._transformer_moves", lambda choice, plan: True)

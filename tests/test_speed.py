@@ -70,3 +70,25 @@ def test_fp8_without_torchao_says_how_to_get_it(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torchao" else real(name, *a))
     with pytest.raises(PipelineError, match=r"needs torchao: pip install torchao"):
         check_fp8(CUDA)
+
+
+
+def test_fp8_takes_torchaos_tuned_compile_options_unless_turned_off(monkeypatch):
+    """torchao is not on the CPU test machines: a stand-in records the config the tier builds."""
+    import sys
+    import types
+
+    configs = []
+    quantization = types.ModuleType("torchao.quantization")
+    quantization.PerRow = lambda: "per-row"
+    quantization.Float8DynamicActivationFloat8WeightConfig = lambda **kw: configs.append(kw) or kw
+    quantization.quantize_ = lambda module, config, filter_fn=None: None
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", quantization)
+    transformer = build_tiny_components(0)["transformer"]
+    monkeypatch.delenv("FLUXDEPTH_COMPILE_TUNING", raising=False)
+    speed.fp8_quantize_transformer(transformer, torch.device("cpu"), ())
+    monkeypatch.setenv("FLUXDEPTH_COMPILE_TUNING", "0")
+    speed.fp8_quantize_transformer(transformer, torch.device("cpu"), ())
+    assert [c["set_inductor_config"] for c in configs] == [True, False]
+    assert all(c["granularity"] == "per-row" for c in configs)

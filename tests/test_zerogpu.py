@@ -70,7 +70,8 @@ def fake_spaces():
         spaces.calls.append(("apply", type(module).__name__))
         module.forward = compiled
 
-    spaces.GPU, spaces.aoti_capture, spaces.aoti_compile, spaces.aoti_apply = GPU, aoti_capture, aoti_compile, aoti_apply
+    spaces.GPU, spaces.aoti_capture = GPU, aoti_capture
+    spaces.aoti_compile, spaces.aoti_apply = aoti_compile, aoti_apply
     return spaces
 
 

@@ -98,6 +98,11 @@ def check_fp8(device: torch.device) -> None:
         raise PipelineError("the fp8 tier needs torchao: pip install torchao (or choose qint8)")
 
 
+def compile_tuning() -> bool:
+    """Whether the fp8 tier takes torchao's tuned inductor options (the default; FLUXDEPTH_COMPILE_TUNING=0: not)."""
+    return os.environ.get("FLUXDEPTH_COMPILE_TUNING", "1") != "0"
+
+
 def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
                              exclude: tuple[str, ...], keep_on_gpu: bool = True) -> torch.nn.Module:
     """fp8 (e4m3) weights with a scale per output row, activations quantized per token at run time (torchao).
@@ -109,8 +114,10 @@ def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
     # torchao's recommended inductor options come with it (coordinate-descent tuning, TF32 for float32 matmuls, for
-    # the whole process): they make the first compile slower and the steps faster; measured that way.
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    # the whole process): they make the first compile slower and the steps faster; measured that way (0.597x bf16,
+    # docs/benchmarks.md). FLUXDEPTH_COMPILE_TUNING=0 leaves them off, to measure what the tuning buys against what
+    # it costs a cold start (docs/fast-tier.md); compiled packages are keyed by it (aot.py).
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=compile_tuning())
 
     def wanted(module: torch.nn.Module, name: str) -> bool:
         return isinstance(module, torch.nn.Linear) and name not in exclude
