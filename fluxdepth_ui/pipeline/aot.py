@@ -228,8 +228,9 @@ class AotBlocks:
 
     def _bind(self, path: str, blocks) -> list:
         runners = []
+        index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
         for block in blocks:
-            runner = torch._inductor.aoti_load_package(path)
+            runner = torch._inductor.aoti_load_package(path, device_index=index)  # --device cuda:N
             names = runner.get_constant_fqns()
             weights = block.state_dict()
             missing = [name for name in names if name not in weights]
