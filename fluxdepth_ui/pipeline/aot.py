@@ -245,9 +245,6 @@ class AotBlocks:
         if self.notify is not None:
             self.notify(message)
 
-    def compile_seconds(self) -> float:
-        return sum(e.seconds for e in self.events if e.kind == "compiled")
-
 
 def _kind_label(kind: str) -> str:
     return "double blocks" if kind == "transformer_blocks" else "single blocks"

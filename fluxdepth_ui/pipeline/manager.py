@@ -305,7 +305,11 @@ class PipelineManager:
             choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device),
                                       quantized=variant.transformer is not None or variant.fp8)
         notes = loaded.notes + [choice.reason]
-        zerogpu = decide_compile(self.compile or variant.fp8, device, choice.placement).enabled and on_zerogpu()
+        decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
+        if decision.enabled and plan is not None and "transformer" in plan.streamed:
+            decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
+                                              "on every block)")
+        zerogpu = decision.enabled and on_zerogpu()
         if variant.fp8 and not zerogpu:  # on ZeroGPU it quantizes in the start-up GPU call, before the export
             streamed = plan is not None and "transformer" in plan.streamed
             if plan is None and choice.placement != "gpu":
@@ -322,10 +326,6 @@ class PipelineManager:
             apply_memory_plan(pipe, plan, device)
         else:
             apply_placement(pipe, choice, device)
-        decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
-        if decision.enabled and plan is not None and "transformer" in plan.streamed:
-            decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
-                                              "on every block)")
         aot = None
         if zerogpu:
             pass  # compile_on_zerogpu, called by the app at start-up
