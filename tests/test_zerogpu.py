@@ -146,3 +146,31 @@ def test_fp8_quantizes_inside_the_start_up_gpu_call(on_zerogpu, tmp_path, monkey
     assert on_zerogpu.calls == []
     manager.compile_on_zerogpu(on_zerogpu)
     assert [c[0] for c in on_zerogpu.calls] == ["GPU", "quantize", "capture", "compile", "apply"]
+
+
+def test_a_failed_start_up_compile_runs_bf16_uncompiled_and_stops_fp8_in_one_line(on_zerogpu, tmp_path, monkeypatch):
+    def broken(exported, inductor_configs=None):
+        raise RuntimeError("inductor could not build it")
+
+    monkeypatch.setattr(on_zerogpu, "aoti_compile", broken)
+    manager = PipelineManager(TINY, cache_root=str(tmp_path), compile=True)
+    manager.compile_on_zerogpu(on_zerogpu)
+    depth = prepare_depth(str(DEPTH_SYN), DepthSettings(long_side=256))
+    want = PipelineManager(TINY, cache_root=str(tmp_path / "eager")).generate(depth.control, settings())
+    got = manager.generate(depth.control, settings())
+    np.testing.assert_array_equal(got.pixels, want.pixels)
+    assert not got.metadata.compiled and any("start-up compile failed (RuntimeError)" in n for n in manager._notes)
+
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager.check_fp8", lambda device: None)
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager.fp8_quantize_transformer", lambda *a, **k: None)
+    fp8 = PipelineManager(TINY, variant="fp8", cache_root=str(tmp_path))
+    with pytest.raises(PipelineError, match=r"fp8 tier could not be compiled on this Space \(RuntimeError\); start "
+                                            "it with FLUXDEPTH_VARIANT=bf16"):
+        fp8.compile_on_zerogpu(on_zerogpu)
+
+
+def test_quantized_tiers_stay_uncompiled_on_zerogpu(on_zerogpu, tmp_path):
+    manager = PipelineManager(TINY, variant="qint8", cache_root=str(tmp_path), compile=True)
+    manager.compile_on_zerogpu(on_zerogpu)
+    assert on_zerogpu.calls == [] and manager._zerogpu is None and not manager._compiled
+    assert any("compile is off for qint8 on ZeroGPU" in n for n in manager._notes)

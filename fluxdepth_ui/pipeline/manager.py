@@ -44,6 +44,7 @@ from .budget import (
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
 from .speed import (
+    AOT_TIERS,
     CompileDecision,
     check_fp8,
     compile_transformer,
@@ -310,6 +311,10 @@ class PipelineManager:
             decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
                                               "on every block)")
         zerogpu = decision.enabled and on_zerogpu()
+        if zerogpu and variant.name not in AOT_TIERS:
+            zerogpu = False
+            decision = CompileDecision(False, f"compile is off for {variant.name} on ZeroGPU: its dense layers' "
+                                              "kernels do not export (bf16 and fp8 compile there)")
         if variant.fp8 and not zerogpu:  # on ZeroGPU it quantizes in the start-up GPU call, before the export
             streamed = plan is not None and "transformer" in plan.streamed
             if plan is None and choice.placement != "gpu":
@@ -367,7 +372,16 @@ class PipelineManager:
                     fp8_quantize_transformer(pipe.transformer, device, TRANSFORMER_EXCLUDE)
                 return capture_and_compile(pipe, spaces, MAX_SEQUENCE_LENGTH)
 
-            compiled = build()
+            try:
+                compiled = build()
+            except Exception as exc:
+                if variant.fp8:  # its fp8 weights were made in the GPU call; this process holds bf16 ones
+                    raise PipelineError(f"the fp8 tier could not be compiled on this Space ({type(exc).__name__}); "
+                                        "start it with FLUXDEPTH_VARIANT=bf16") from exc
+                log.warning("ZeroGPU start-up compile failed; running uncompiled", exc_info=True)
+                self._notes.append(f"start-up compile failed ({type(exc).__name__}); running uncompiled")
+                self._zerogpu, self._compiled = None, False
+                return
             spaces.aoti_apply(compiled, pipe.transformer)
             self._zerogpu = "applied"
             log.info("transformer compiled ahead of time for ZeroGPU (%s)", variant.name)

@@ -44,11 +44,11 @@ def decide_compile(requested: bool, device: torch.device, placement: str) -> Com
         return CompileDecision(False, "")
     if device.type != "cuda":
         return CompileDecision(False, f"torch.compile is off: it speeds up CUDA GPUs only (running on {device.type})")
+    if placement == "sequential_offload":
+        return CompileDecision(False, "torch.compile is off with sequential offload (a hook on every layer)")
     if on_zerogpu():
         return CompileDecision(True, "compiled ahead of time at start-up (ZeroGPU: every request starts a fresh GPU "
                                      "process, so the compiled transformer is made once and handed to each)")
-    if placement == "sequential_offload":
-        return CompileDecision(False, "torch.compile is off with sequential offload (a hook on every layer)")
     return CompileDecision(True, "torch.compile: the first image at each new size compiles (tens of seconds, "
                                  "seconds once cached); later images run faster")
 
