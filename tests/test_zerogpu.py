@@ -174,3 +174,20 @@ def test_quantized_tiers_stay_uncompiled_on_zerogpu(on_zerogpu, tmp_path):
     manager.compile_on_zerogpu(on_zerogpu)
     assert on_zerogpu.calls == [] and manager._zerogpu is None and not manager._compiled
     assert any("compile is off for qint8 on ZeroGPU" in n for n in manager._notes)
+
+
+def test_a_space_that_cannot_compile_fp8_stops_at_start_in_one_line(on_zerogpu, tmp_path, monkeypatch, capsys):
+    from fluxdepth_ui.ui import launch
+
+    def broken(exported, inductor_configs=None):
+        raise RuntimeError("inductor could not build it")
+
+    monkeypatch.setattr(on_zerogpu, "aoti_compile", broken)
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager.check_fp8", lambda device: None)
+    monkeypatch.setattr("fluxdepth_ui.pipeline.manager.fp8_quantize_transformer", lambda *a, **k: None)
+    monkeypatch.setattr("fluxdepth_ui.ui.sharing.start_retention", lambda *a: None)  # no hourly thread
+    with pytest.raises(SystemExit) as done:
+        launch.main(["--model", "tiny-random", "--variant", "fp8", "--outputs", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert done.value.code == 2
+    assert "error: the fp8 tier could not be compiled on this Space (RuntimeError)" in err and "Traceback" not in err

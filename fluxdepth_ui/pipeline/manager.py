@@ -463,7 +463,7 @@ class PipelineManager:
             shape = (width, height, init_image is not None)
             # Compiled at start-up on ZeroGPU: no image there pays for a compile.
             first_compiled = self._compiled and self._zerogpu is None and shape not in self._compiled_shapes
-            aot = self._aot if self._aot is not None and self._aot.installed else None
+            aot = self._active_aot()
             aot_events = len(aot.events) if aot is not None else 0
             if aot is not None:  # it says itself whether it loads saved blocks or compiles them
                 aot.notify = self._aot_notifier(load_progress)
@@ -536,6 +536,10 @@ class PipelineManager:
                 + tuple(note for f, _ in loras for note in f.notes),
             )
             return GenerationResult(image, meta, pixels)
+
+    def _active_aot(self) -> AotBlocks | None:
+        """The ahead-of-time blocks while they serve the transformer (not after a hand-over to torch.compile)."""
+        return self._aot if self._aot is not None and self._aot.installed else None
 
     def _aot_notifier(self, load_progress: LoadProgress | None):
         quoted = []
@@ -610,7 +614,7 @@ class PipelineManager:
         if chosen or self._loras is not None:
             if self._loras is None:
                 self._loras = LoraStack(self._device, self.source.dtype)
-            if chosen and self._aot is not None and self._aot.installed:
+            if chosen and self._active_aot() is not None:
                 self._loras.apply(self._pipe.transformer, chosen)
                 self._leave_aot_for_loras(load_progress)
             elif self._loras.apply(self._pipe.transformer, chosen) and self._compiled:

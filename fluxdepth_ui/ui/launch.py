@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{'forever' if policy.keep_days is None else f'{policy.keep_days:g} days'}", file=sys.stderr)
     sweep_outputs(studio.outputs, policy.keep_days)
     start_retention(studio.outputs, policy.keep_days)
-    start_on_zerogpu(studio)
+    try:
+        start_on_zerogpu(studio)
+    except FluxDepthError as exc:  # the Space's log shows one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 **launch_options(studio, auth))
