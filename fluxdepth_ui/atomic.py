@@ -6,9 +6,13 @@ sequence would take for a finished frame.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from contextlib import contextmanager
+from typing import Callable
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -36,3 +40,33 @@ def write_text(path: str, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@contextmanager
+def exclusive(path: str, on_wait: Callable[[], None] | None = None):
+    """Hold `path`.lock while making a cache entry, so that another process making the same one (a second farm worker
+    on this machine, a second app) waits and then finds it made, instead of spending minutes making it again.
+
+    filelock's OS lock: a process that dies releases it. Where the folder cannot hold a lock file (read-only cache),
+    the entry is made without one, as before.
+    """
+    from filelock import FileLock, Timeout
+
+    path = os.fspath(path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        lock = FileLock(path + ".lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait()
+            lock.acquire()
+    except OSError as exc:
+        log.warning("no lock for %s (%s): making it unguarded", path, exc)
+        lock = None
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()

@@ -3,12 +3,16 @@ here (C++ instead of Triton). The GPU gate of the compile decision is opened for
 the path a CUDA machine takes."""
 
 import os
+import shutil
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import DEPTH_SYN
+from fluxdepth_ui.atomic import exclusive
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManager
 from fluxdepth_ui.pipeline import aot as aot_module
@@ -208,3 +212,41 @@ def test_a_transformer_that_moves_keeps_torch_compile(compiling, tmp_path, monke
     manager = PipelineManager(TINY, cache_root=str(tmp_path), compile=True)
     manager.load()
     assert manager._aot is None and compiling == [str(tmp_path)]
+
+
+def wait_for(messages, text, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not any(text in m for m in messages):
+        assert time.monotonic() < deadline, f"never said {text!r}: {messages}"
+        time.sleep(0.05)
+
+
+def test_a_second_process_waits_for_the_packages_being_compiled(first_run, compiling, cache_root, depth, tmp_path,
+                                                                monkeypatch, eager_result):
+    """Two farm workers on one machine start together: the second waits for the first one's packages instead of
+    compiling the same blocks again. The 'first worker' here holds the packages' locks and then writes them."""
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although another process was making the package")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
+    made, root = aot_folder(cache_root), str(tmp_path / "second")
+    folder = aot_folder(root)
+    packages = [f for f in os.listdir(made) if f.endswith(".pt2")]
+    locks = [exclusive(os.path.join(folder, name)) for name in packages]
+    for lock in locks:
+        lock.__enter__()
+    messages, result = [], {}
+    manager = PipelineManager(TINY, cache_root=root, compile=True)
+    worker = threading.Thread(target=lambda: result.update(
+        image=manager.generate(depth.control, settings(), load_progress=lambda f, m: messages.append(m))))
+    worker.start()
+    try:
+        wait_for(messages, "waiting for another process compiling the same double blocks")
+        for name in os.listdir(made):
+            shutil.copy(os.path.join(made, name), folder)
+    finally:
+        for lock in locks:
+            lock.__exit__(None, None, None)
+    worker.join(120)
+    assert [e.kind for e in manager._aot.events] == ["loaded", "loaded"]
+    np.testing.assert_allclose(result["image"].pixels, eager_result.pixels, atol=2e-3)

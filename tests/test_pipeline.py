@@ -183,6 +183,43 @@ def test_quantized_cache_roundtrip_bit_identical_and_stale_rejected(tmp_path, de
     assert not any("transformer: qint4 weights from the cache" in n for n in partial.status()["notes"])
 
 
+def test_a_second_process_waits_for_the_quantized_cache_being_made(tmp_path, depth, monkeypatch):
+    """Farm workers starting the same tier together: the second waits for the first one's cache entry instead of
+    quantizing the same weights again. The 'first worker' holds the entry's lock, then writes the entry."""
+    import shutil
+    import time
+
+    from fluxdepth_ui.atomic import exclusive
+    from fluxdepth_ui.pipeline import sources
+
+    made = tmp_path / "made"
+    run(PipelineManager(TINY, variant="qint8", cache_root=str(made)), depth)
+    monkeypatch.setattr(sources, "quantize_component", lambda *a, **k: pytest.fail("quantized a second time"))
+    root = tmp_path / "second"
+    entry = root / "quantized" / "tiny-random-seed0_default" / "transformer-qint8"
+    messages, errors = [], []
+    second = PipelineManager(TINY, variant="qint8", cache_root=str(root))
+
+    def load():
+        try:
+            second.load(lambda f, m: messages.append(m))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    with exclusive(str(entry)):
+        worker = threading.Thread(target=load)
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not any("waiting for another process quantizing transformer" in m for m in messages):
+            assert time.monotonic() < deadline and worker.is_alive(), (messages, errors)
+            time.sleep(0.05)
+        shutil.copytree(made / "quantized", root / "quantized", dirs_exist_ok=True)
+    worker.join(60)
+    assert not errors and second.loaded
+    assert "transformer: qint8 weights from the cache" in second.status()["notes"]
+    assert "text_encoder_2: qint8 weights from the cache" in second.status()["notes"]
+
+
 def test_quantized_tiers_share_the_qint8_text_encoder_cache(tmp_path, depth):
     run(PipelineManager(TINY, variant="qint8", cache_root=str(tmp_path)), depth)
     m4 = PipelineManager(TINY, variant="qint4", cache_root=str(tmp_path))

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch.utils import _pytree as pytree
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path, exclusive, write_text
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,13 @@ class AotBlocks:
             for block in blocks:
                 unwrap_tensor_subclass(block)
         path, key = self.package_path(kind, signature)
+        waiting = f"waiting for another process compiling the same {_kind_label(kind)} (then loading them)"
+        with exclusive(path, on_wait=lambda: self._say(waiting)):
+            runners = self._load_or_compile(kind, path, key, blocks, args, kwargs)
+        self._runners[(kind, signature)] = runners
+        return runners
+
+    def _load_or_compile(self, kind: str, path: str, key: dict, blocks, args: tuple, kwargs: dict) -> list:
         runners = None
         if os.path.exists(path):
             t0 = time.perf_counter()
@@ -207,7 +214,6 @@ class AotBlocks:
             self._compile(path, key, blocks[0], args, kwargs)
             runners = self._bind(path, blocks)
             self.events.append(AotEvent("compiled", kind, time.perf_counter() - t0))
-        self._runners[(kind, signature)] = runners
         return runners
 
     def _compile(self, path: str, key: dict, block: torch.nn.Module, args: tuple, kwargs: dict) -> None:

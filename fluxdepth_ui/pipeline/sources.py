@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..atomic import exclusive
 from ..defaults import DEFAULT_MODEL  # noqa: F401 - re-exported
 from .errors import ModelSourceError
 from .variants import QuantizedCache, Variant, quantize_component
@@ -179,14 +180,27 @@ def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Varian
             continue
         module = loaded.components[component]
         folder, fp = _fingerprint(cache, source, source_id, component, weights, _component_config(module))
-        cached = cache.load(folder, fp, lambda m=module: _empty_like(m, source.dtype))
-        if cached is not None:
-            loaded.components[component] = cached
-            loaded.notes.append(f"{component}: {weights} weights from the cache")
-            continue
-        progress(0.5, f"quantizing {component} to {weights}")
+        loaded.components[component] = _cached_or_quantized(
+            cache, folder, fp, lambda m=module: _empty_like(m, source.dtype), lambda m=module: m, component, weights,
+            progress, loaded.notes)
+
+
+def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, build_empty: Callable,
+                         build_full: Callable, component: str, weights: str, progress: ProgressFn,
+                         notes: list[str]) -> torch.nn.Module:
+    """The cached quantized component, else quantize the full one and cache it. Under the entry's lock: a second
+    process starting the same tier waits for the first one's cache instead of quantizing again."""
+    waiting = f"waiting for another process quantizing {component} to {weights} (then loading its cache)"
+    with exclusive(folder, on_wait=lambda: progress(0.4, waiting)):
+        module = cache.load(folder, fingerprint, build_empty)
+        if module is not None:
+            notes.append(f"{component}: {weights} weights from the cache")
+            return module
+        progress(0.4, f"quantizing {component} to {weights} (first start of this tier; cached afterwards)")
+        module = build_full()
         quantize_component(module, weights, component)
-        cache.save(folder, fp, module)
+        cache.save(folder, fingerprint, module)
+        return module
 
 
 def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -224,15 +238,10 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
                     return FluxTransformer2DModel.from_config(config).to(source.dtype)
                 return T5EncoderModel(T5Config.from_dict(config)).to(source.dtype)
 
-        module = cache.load(cache_folder, fp, build_empty)
-        if module is not None:
-            notes.append(f"{component}: {weights} weights from the cache")
-        else:
-            progress(0.4, f"quantizing {component} to {weights} (first start of this tier; cached afterwards)")
-            module = _load_full_component(folder, source, component, token)
-            quantize_component(module, weights, component)
-            cache.save(cache_folder, fp, module)
-        out[component] = module
+        out[component] = _cached_or_quantized(
+            cache, cache_folder, fp, build_empty,
+            lambda component=component: _load_full_component(folder, source, component, token),
+            component, weights, progress, notes)
     return out
 
 
