@@ -171,8 +171,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--depth-lora-scale", type=float, default=0.85, help="Depth LoRA scale (default 0.85)")
     g.add_argument("--placement", choices=PLACEMENTS, default="auto", help="GPU placement (default auto)")
     g.add_argument("--compile", action="store_true",
-                   help="torch.compile the transformer (CUDA GPUs): the first image compiles, later ones run 15-25%% "
-                        "faster; worth it for sequences. fp8 always compiles")
+                   help="compile the transformer (CUDA GPUs): the first image at each size compiles, later ones run "
+                        "15-25%% faster; bf16 and fp8 save the compiled blocks in the cache for later runs and other "
+                        "workers (docs/fast-tier.md); worth it for sequences. fp8 always compiles")
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
     g.add_argument("--vram-budget", metavar="GiB|auto", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
                    help="never use more GPU memory than this (auto = free memory minus a margin); what does not fit "
