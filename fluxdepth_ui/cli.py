@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthSettings, NormalizeSettings
 from .depth.control import DEFAULT_LONG_SIDE
@@ -136,9 +137,7 @@ def style_loras(args: argparse.Namespace) -> tuple:
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    from .defaults import (
-        DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANT_NAMES as VARIANTS,
-    )
+    from .defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
     from .settings import DEFAULT_PLATE_STRENGTH, VAE_TILING
 
     g = p.add_argument_group("generation")
@@ -147,10 +146,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
                    help=f"guidance scale (default {DEFAULT_GUIDANCE:g})")
-    g.add_argument("--variant", choices=list(VARIANTS), default="bf16", help="precision tier (default bf16)")
-    g.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"Hub id, local diffusers folder, or tiny-random (default {DEFAULT_MODEL})")
-    g.add_argument("--revision", help="Hub branch, tag or commit")
+    add_pipeline_arguments(g)
     g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
                    help="a style LoRA (.safetensors; diffusers, Kohya or ComfyUI keys) and its scale (default 1.0), "
                         "a file or a name in --lora-dir; repeat for more, applied in order (docs/loras.md)")
@@ -167,6 +163,22 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-dir", default=os.environ.get("FLUXDEPTH_LORA_DIR"), metavar="DIR",
                    help="folder of style LoRAs that --lora names refer to (env FLUXDEPTH_LORA_DIR)")
     g.add_argument("--lora-scale", type=_renamed("--lora-scale", "--depth-lora-scale"), help=argparse.SUPPRESS)
+    g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
+    g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
+                   help=f"img2img strength (default {DEFAULT_STRENGTH:g})")
+    g.add_argument("--also-save", metavar="FORMATS", default="",
+                   help="also write these from the float decode: png16 (16-bit PNG, sRGB), exr (half float, linear "
+                        "Rec.709); comma-separated")
+
+
+def add_pipeline_arguments(g) -> None:
+    """What `pipeline_spec` reads: the model, its tier and where it runs."""
+    from .defaults import DEFAULT_MODEL, PLACEMENTS, VARIANT_NAMES as VARIANTS
+
+    g.add_argument("--variant", choices=list(VARIANTS), default="bf16", help="precision tier (default bf16)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"Hub id, local diffusers folder, or tiny-random (default {DEFAULT_MODEL})")
+    g.add_argument("--revision", help="Hub branch, tag or commit")
     g.add_argument("--depth-lora", help="the Depth LoRA to fuse into a FLUX.1-dev base model (a Hub id or folder)")
     g.add_argument("--depth-lora-scale", type=float, default=0.85, help="Depth LoRA scale (default 0.85)")
     g.add_argument("--placement", choices=PLACEMENTS, default="auto", help="GPU placement (default auto)")
@@ -178,12 +190,6 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vram-budget", metavar="GiB|auto", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
                    help="never use more GPU memory than this (auto = free memory minus a margin); what does not fit "
                         "streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
-    g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
-    g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
-                   help=f"img2img strength (default {DEFAULT_STRENGTH:g})")
-    g.add_argument("--also-save", metavar="FORMATS", default="",
-                   help="also write these from the float decode: png16 (16-bit PNG, sRGB), exr (half float, linear "
-                        "Rec.709); comma-separated")
 
 
 def load_init_image(path: str | None):
@@ -218,7 +224,7 @@ def pipeline_spec(args: argparse.Namespace):
     return PipelineSpec(model=args.model, variant=args.variant, placement=args.placement, compile=args.compile,
                         device=args.device, revision=args.revision, depth_lora=args.depth_lora,
                         depth_lora_scale=args.depth_lora_scale,
-                        vram_budget=args.vram_budget, lora_dir=args.lora_dir)
+                        vram_budget=args.vram_budget, lora_dir=getattr(args, "lora_dir", None))
 
 
 def _manager(spec):
@@ -356,6 +362,51 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """'1920x1080' -> (1920, 1080): multiples of 16 with a long side the studio renders."""
+    from .depth.control import MAX_LONG_SIDE, MIN_LONG_SIDE
+    from .settings import SettingsError
+
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise SettingsError(f"--size {text!r} is not WIDTHxHEIGHT; write it like 1920x1088") from None
+    long_side = max(width, height)
+    if width % 16 or height % 16 or min(width, height) < 16 or not MIN_LONG_SIDE <= long_side <= MAX_LONG_SIDE:
+        raise SettingsError(f"--size {text}: sides must be multiples of 16 with the long side in "
+                            f"{MIN_LONG_SIDE}..{MAX_LONG_SIDE} (the sizes the studio renders); e.g. 1920x1088")
+    return width, height
+
+
+WARMUP_STEPS = 1  # the blocks compile (or load) at the first step; more steps would only spend time
+
+
+def cmd_warmup(args: argparse.Namespace) -> int:
+    """Make what a tier's first image would make, before a farm job or in an image build: its quantized weights
+    and, compiled, the saved blocks for each size (docs/fast-tier.md). Later runs on this machine type load them."""
+    import numpy as np
+
+    from .depth import ControlImage
+    from .settings import GenerationSettings
+
+    sizes = [parse_size(size) for size in (args.size or ["1024x1024"])]
+    manager = _manager(pipeline_spec(args))
+    report = {}
+    for width, height in sizes:
+        control = ControlImage(np.full((height, width), 0.5, np.float32))
+        before = len(manager.compiled_block_events())
+        t0 = time.perf_counter()
+        manager.generate(control, GenerationSettings("warm-up", seed=0, steps=WARMUP_STEPS),
+                         load_progress=_load_printer())
+        events = manager.compiled_block_events()[before:]
+        report[f"{width}x{height}"] = {"seconds": round(time.perf_counter() - t0, 2),
+                                       "blocks": {e.block: e.kind for e in events}}
+    status = manager.status()
+    print(json.dumps({"variant": args.variant, "model": manager.source.key, "compiled": status["compiled"],
+                      "cache": manager.cache.root, "sizes": report, "notes": status["notes"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fluxdepth", description="FluxDepth Studio: depth passes -> FLUX.1-Depth-dev images")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -385,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "pip install -e \".[farm]\" (docs/farm.md)")
     q.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster instead of starting one here")
     q.set_defaults(func=cmd_sequence)
+
+    w = sub.add_parser("warmup", help="prepare a tier on this machine before a job: quantized weights and, compiled, "
+                                      "the saved compiled blocks for each size (docs/fast-tier.md)")
+    add_pipeline_arguments(w.add_argument_group("pipeline"))
+    w.add_argument("--size", action="append", metavar="WxH",
+                   help="an image size the job renders (repeat for more; default 1024x1024)")
+    w.set_defaults(func=cmd_warmup)
     return parser
 
 

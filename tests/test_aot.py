@@ -250,3 +250,26 @@ def test_a_second_process_waits_for_the_packages_being_compiled(first_run, compi
     worker.join(120)
     assert [e.kind for e in manager._aot.events] == ["loaded", "loaded"]
     np.testing.assert_allclose(result["image"].pixels, eager_result.pixels, atol=2e-3)
+
+
+def test_the_warmup_command_makes_the_packages_a_later_run_loads(compiling, tmp_path, monkeypatch, capsys):
+    """`fluxdepth warmup` before a job: the first run compiles each size's blocks, a later one (another worker,
+    the job itself) loads them; bad sizes are one-line errors with exit code 2."""
+    import json
+
+    from fluxdepth_ui.cli import main
+
+    monkeypatch.setenv("FLUXDEPTH_CACHE", str(tmp_path))
+    args = ["warmup", "--model", "tiny-random", "--compile", "--size", "256x192"]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["compiled"] and first["cache"] == str(tmp_path)
+    assert first["sizes"]["256x192"]["blocks"] == {"transformer_blocks": "compiled",
+                                                   "single_transformer_blocks": "compiled"}
+    assert main(args) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["sizes"]["256x192"]["blocks"] == {"transformer_blocks": "loaded", "single_transformer_blocks": "loaded"}
+    for size, fragment in (("1000x1000", "multiples of 16"), ("4096x4096", "256..2048"), ("big", "not WIDTHxHEIGHT")):
+        assert main(["warmup", "--model", "tiny-random", "--size", size]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --size") and fragment in err and err.count("\n") == 1

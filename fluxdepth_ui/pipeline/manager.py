@@ -537,6 +537,11 @@ class PipelineManager:
             )
             return GenerationResult(image, meta, pixels)
 
+    def compiled_block_events(self) -> list:
+        """What the ahead-of-time blocks did in this load, in order: AotEvent("compiled" or "loaded", block kind,
+        seconds). Empty for torch.compile and uncompiled tiers."""
+        return list(self._aot.events) if self._aot is not None else []
+
     def _active_aot(self) -> AotBlocks | None:
         """The ahead-of-time blocks while they serve the transformer (not after a hand-over to torch.compile)."""
         return self._aot if self._aot is not None and self._aot.installed else None
