@@ -364,7 +364,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1920x1080' -> (1920, 1080): multiples of 16 with a long side the studio renders."""
-    from .depth.control import MAX_LONG_SIDE, MIN_LONG_SIDE
+    from .depth.control import MAX_LONG_SIDE, MIN_LONG_SIDE, MULTIPLE
     from .settings import SettingsError
 
     try:
@@ -372,8 +372,9 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise SettingsError(f"--size {text!r} is not WIDTHxHEIGHT; write it like 1920x1088") from None
     long_side = max(width, height)
-    if width % 16 or height % 16 or min(width, height) < 16 or not MIN_LONG_SIDE <= long_side <= MAX_LONG_SIDE:
-        raise SettingsError(f"--size {text}: sides must be multiples of 16 with the long side in "
+    if width % MULTIPLE or height % MULTIPLE or min(width, height) < MULTIPLE or \
+            not MIN_LONG_SIDE <= long_side <= MAX_LONG_SIDE:
+        raise SettingsError(f"--size {text}: sides must be multiples of {MULTIPLE} with the long side in "
                             f"{MIN_LONG_SIDE}..{MAX_LONG_SIDE} (the sizes the studio renders); e.g. 1920x1088")
     return width, height
 

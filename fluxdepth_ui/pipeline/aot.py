@@ -124,7 +124,6 @@ class AotBlocks:
         # Called (after the blocks have their own forwards back) when a package cannot be made or bound: the manager
         # compiles with torch.compile instead. The image in progress goes on uncompiled; nothing is lost.
         self.on_failure = on_failure
-        self.failure: str | None = None
         self._runners: dict[tuple[str, str], list] = {}
         self._installed = False
         config = dict(getattr(transformer, "config", {}) or {})
@@ -165,10 +164,10 @@ class AotBlocks:
                     if isinstance(exc, torch.OutOfMemoryError):
                         raise
                     log.warning("AOT compile of the %s failed; using torch.compile instead", kind, exc_info=True)
-                    self.failure = f"ahead-of-time compile failed ({type(exc).__name__}); torch.compile used instead"
                     self.remove()
                     if self.on_failure is not None:
-                        self.on_failure(self.failure)
+                        self.on_failure(f"ahead-of-time compile failed ({type(exc).__name__}); torch.compile used "
+                                        "instead")
                     return self.blocks(kind)[index](*args, **kwargs)
             return runners[index](*args, **kwargs)
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE
+from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MULTIPLE
 from ..settings import MAX_SEQUENCE_LENGTH
 
 # Start-up may hold the GPU this long (the longest call ZeroGPU grants at start-up).
 STARTUP_GPU_SECONDS = 1500
 # Token counts the compiled transformer takes: a 16-px latent patch per token, up to the longest side squared; the
 # text runs from 2 tokens (export specializes 0 and 1) to the longest T5 sequence a shot may ask for.
-IMAGE_TOKENS = (16, (MAX_LONG_SIDE // 16) ** 2)
+IMAGE_TOKENS = (16, (MAX_LONG_SIDE // MULTIPLE) ** 2)
 TEXT_TOKENS = (2, MAX_SEQUENCE_LENGTH)
 
 
