@@ -4,6 +4,7 @@ the path a CUDA machine takes."""
 
 import os
 import shutil
+import sys
 import threading
 import time
 
@@ -16,7 +17,8 @@ from fluxdepth_ui.atomic import exclusive
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManager
 from fluxdepth_ui.pipeline import aot as aot_module
-from fluxdepth_ui.pipeline.aot import AotBlocks, aot_folder, inputs_signature, package_key
+from fluxdepth_ui.pipeline import aot_check
+from fluxdepth_ui.pipeline.aot import CHECK_FAILED, AotBlocks, aot_folder, inputs_signature, package_key, read_verdict
 from fluxdepth_ui.pipeline.speed import CompileDecision, use_aot
 from fluxdepth_ui.settings import StyleLora
 
@@ -49,6 +51,12 @@ def open_compile_gate(monkeypatch) -> list:
     return calls
 
 
+@pytest.fixture(autouse=True)
+def packages_asked_for(monkeypatch):
+    """The packages are opt-in (FLUXDEPTH_AOT=1, docs/fast-tier.md): these tests ask for them."""
+    monkeypatch.setenv("FLUXDEPTH_AOT", "1")
+
+
 @pytest.fixture
 def compiling(monkeypatch):
     return open_compile_gate(monkeypatch)
@@ -67,6 +75,7 @@ def eager_result(depth, tmp_path_factory):
 def first_run(cache_root, depth):
     """The first compiled image in an empty cache (the real AOTInductor compile, about half a minute here)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("FLUXDEPTH_AOT", "1")
         calls = open_compile_gate(monkeypatch)
         manager = PipelineManager(TINY, cache_root=cache_root, compile=True)
         messages = []
@@ -86,6 +95,10 @@ def test_first_image_compiles_and_saves_packages_and_matches_eager(first_run, ca
     np.testing.assert_allclose(result.pixels, eager_result.pixels, atol=2e-3)
     assert result.metadata.compiled
     assert any(m.startswith("compiling the double blocks") and "first image" in m for m in messages)
+    # Each package ran once in a child process before this process loaded it, and the verdict is kept beside it.
+    assert any("checking the compiled blocks in a separate process" in m for m in messages)
+    assert [read_verdict(os.path.join(aot_folder(cache_root), p)) for p in packages] == [{"passed": True,
+                                                                                        "reason": ""}] * 2
     assert manager.timings.first_compiled(TINY.key, manager.device_name(), "bf16") is not None
     # The second image of the same size runs the loaded blocks: nothing compiles, the same pixels come out.
     assert len(manager._aot.events) == 2 and np.array_equal(again.pixels, result.pixels)
@@ -97,6 +110,8 @@ def test_a_later_start_loads_the_saved_packages_without_compiling(first_run, com
         raise AssertionError("compiled again although the package was saved")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compile)
+    # A package that passed its check is loaded directly: no second child process.
+    monkeypatch.setattr(aot_check, "check_in_child", lambda *a, **k: pytest.fail("checked a verified package again"))
     manager = PipelineManager(TINY, cache_root=cache_root, compile=True)  # a new process, as far as the cache knows
     messages = []
     result = manager.generate(depth.control, settings(), load_progress=lambda f, m: messages.append(m))
@@ -120,7 +135,7 @@ def test_a_damaged_package_is_rebuilt_not_fatal(first_run, compiling, cache_root
                 fh.write(b"not a package")
     rebuilt = []
 
-    def rebuild(self, path, key, block, args, kwargs):  # the real compile is the first test's; here: that it is asked
+    def rebuild(self, path, key, compiler, block, args, kwargs):  # the real compile is the first test's; here: asked
         rebuilt.append(path)
         with open(path, "wb") as fh:
             fh.write(saved[path])
@@ -191,6 +206,8 @@ def test_which_tiers_take_packages(monkeypatch):
     assert use_aot("bf16") and use_aot("fp8") and not use_aot("qint8") and not use_aot("qint4")
     monkeypatch.setenv("FLUXDEPTH_AOT", "0")
     assert not use_aot("fp8")
+    monkeypatch.delenv("FLUXDEPTH_AOT")  # not asked for: torch.compile (packages are not yet measured on a GPU)
+    assert not use_aot("bf16") and not use_aot("fp8")
 
 
 def test_a_transformer_that_moves_keeps_torch_compile(compiling, tmp_path, monkeypatch):
@@ -273,3 +290,69 @@ def test_the_warmup_command_makes_the_packages_a_later_run_loads(compiling, tmp_
         assert main(["warmup", "--model", "tiny-random", "--size", size]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: --size") and fragment in err and err.count("\n") == 1
+
+
+CRASH = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"]
+
+
+def copy_made_packages(made_folder, compilers_seen):
+    """An `AotBlocks._compile` that writes the package the first test really compiled (same key but the compiler):
+    what the check then loads is a real package."""
+    made = {name.split("-")[0]: os.path.join(made_folder, name) for name in os.listdir(made_folder)
+            if name.endswith(".pt2")}
+
+    def compile_(self, path, key, compiler, block, args, kwargs):
+        compilers_seen.append((compiler, path))
+        shutil.copy(made[os.path.basename(path).split("-")[0]], path)
+
+    return compile_
+
+
+def test_a_package_whose_check_crashes_is_never_loaded_and_torch_compile_serves(first_run, compiling, cache_root,
+                                                                                 depth, tmp_path, monkeypatch,
+                                                                                 eager_result):
+    """The child that checks a package dies of SIGSEGV: the app goes on with torch.compile and one status line, the
+    package is marked bad, and the next start neither compiles nor checks again."""
+    root = str(tmp_path / "crashing")
+    compiled = []
+    monkeypatch.setattr(AotBlocks, "_compile", copy_made_packages(aot_folder(cache_root), compiled))
+    monkeypatch.setattr(aot_module, "compiler_candidates", lambda: ["/opt/cc/g++"])
+    monkeypatch.setattr(aot_check, "check_command", lambda *a: CRASH)
+    manager = PipelineManager(TINY, cache_root=root, compile=True)
+    result = manager.generate(depth.control, settings())
+    assert CHECK_FAILED in manager.status()["notes"] and compiling == [root]
+    assert not manager._aot.installed
+    np.testing.assert_array_equal(result.pixels, eager_result.pixels)
+    bad = [os.path.join(aot_folder(root), f) for f in os.listdir(aot_folder(root)) if f.endswith(".pt2")]
+    assert len(bad) == 1 and read_verdict(bad[0])["passed"] is False
+    assert "crashed (signal 11)" in read_verdict(bad[0])["reason"]
+
+    def never(*args, **kwargs):
+        raise AssertionError("a machine whose packages crash was tried again")
+
+    monkeypatch.setattr(AotBlocks, "_compile", never)
+    monkeypatch.setattr(aot_check, "check_in_child", never)
+    later = PipelineManager(TINY, cache_root=root, compile=True)
+    again = later.generate(depth.control, settings())
+    assert CHECK_FAILED in later.status()["notes"] and compiling == [root, root]
+    np.testing.assert_array_equal(again.pixels, eager_result.pixels)
+
+
+def test_a_crashing_compiler_hands_over_to_the_next_one(first_run, compiling, cache_root, depth, tmp_path,
+                                                        monkeypatch, eager_result):
+    """The lent H200's case: packages built with $CXX crash the loader, those built with the system g++ run. The
+    first compiler's packages are marked bad, the second's are checked and serve the image."""
+    root = str(tmp_path / "two-compilers")
+    compiled = []
+    monkeypatch.setattr(AotBlocks, "_compile", copy_made_packages(aot_folder(cache_root), compiled))
+    monkeypatch.setattr(aot_module, "compiler_candidates", lambda: ["/opt/gcc/bin/g++", "/usr/bin/g++"])
+    real_command = aot_check.check_command
+    monkeypatch.setattr(aot_check, "check_command", lambda package, *a: CRASH if any(
+        path == package and compiler.startswith("/opt") for compiler, path in compiled) else real_command(package, *a))
+    manager = PipelineManager(TINY, cache_root=root, compile=True)
+    result = manager.generate(depth.control, settings())
+    assert manager._aot.installed and compiling == [] and CHECK_FAILED not in manager.status()["notes"]
+    assert sorted(c for c, _ in compiled) == ["/opt/gcc/bin/g++"] * 2 + ["/usr/bin/g++"] * 2  # both block kinds
+    verdicts = {c: read_verdict(p)["passed"] for c, p in compiled}
+    assert verdicts == {"/opt/gcc/bin/g++": False, "/usr/bin/g++": True}
+    np.testing.assert_allclose(result.pixels, eager_result.pixels, atol=2e-3)

@@ -9,6 +9,12 @@ torch, diffusers, tier, block config, input shapes, inductor options), so a late
 
 Style LoRAs run as forward hooks on the layers (loras.py), which a package cannot see: the manager leaves this path
 for torch.compile while LoRAs are active (manager.py).
+
+Never crash (issue 23): a package is loaded by the app only after it passed a run in a short-lived child process
+(aot_check.py); the verdict is kept beside the package. A package that fails is never loaded; it is compiled again
+with the next C++ compiler this machine has (on the lent H200 the image's `CXX` wrapper built shared objects that
+crashed the loader, the system g++ built ones that ran), and when none passes, the machine is marked (`unusable.json`)
+and every later start goes straight to torch.compile, with one line in the status.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -40,8 +47,17 @@ KEYED_INDUCTOR_OPTIONS = ("coordinate_descent_tuning", "max_autotune", "epilogue
 Notify = Callable[[str], None]
 
 
+CHECK_FAILED = "compiled code failed its check on this GPU: using torch.compile"
+# Compilers tried after the configured one (inductor's `cpp.cxx`, which follows $CXX), in order.
+FALLBACK_COMPILERS = ("/usr/bin/g++", "/usr/bin/clang++")
+
+
 class AotUnavailable(RuntimeError):
     """This transformer cannot take the AOT path (the manager falls back to torch.compile)."""
+
+
+class AotCheckFailed(AotUnavailable):
+    """No package built here passed its check in a child process: AOTInductor is not safe on this machine."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +91,38 @@ def inputs_signature(args: tuple, kwargs: dict) -> str:
     return "|".join(parts)
 
 
-def package_key(block_kind: str, signature: str, tier: str, block_config: dict, device: torch.device) -> dict:
+def configured_compiler() -> str:
+    """The C++ compiler inductor would use ($CXX, else g++), as a path."""
+    from torch._inductor import cpp_builder
+
+    try:
+        name = cpp_builder.get_cpp_compiler()
+    except Exception:  # noqa: BLE001 - none found: the export fails later with inductor's own message
+        name = os.environ.get("CXX", "g++")
+    return shutil.which(name) or name
+
+
+def compiler_candidates() -> list[str]:
+    """The configured compiler, then the system's own ones that are other programs (a wrapper script in $CXX is one
+    program, the /usr/bin/g++ it may wrap another)."""
+    seen, out = set(), []
+    for name in (configured_compiler(), *FALLBACK_COMPILERS):
+        path = shutil.which(name)
+        if path is None or os.path.realpath(path) in seen:
+            continue
+        seen.add(os.path.realpath(path))
+        out.append(path)
+    return out or [configured_compiler()]
+
+
+def package_key(block_kind: str, signature: str, tier: str, block_config: dict, device: torch.device,
+                compiler: str = "") -> dict:
     import diffusers
 
     inductor = torch._inductor.config
     return {
         "format": FORMAT,
+        "compiler": compiler,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "device": device_label(device),
@@ -163,11 +205,15 @@ class AotBlocks:
                 except Exception as exc:
                     if isinstance(exc, torch.OutOfMemoryError):
                         raise
-                    log.warning("AOT compile of the %s failed; using torch.compile instead", kind, exc_info=True)
+                    if isinstance(exc, AotCheckFailed):
+                        log.warning("AOT packages for the %s failed their check (%s); using torch.compile", kind, exc)
+                        message = CHECK_FAILED
+                    else:
+                        log.warning("AOT compile of the %s failed; using torch.compile instead", kind, exc_info=True)
+                        message = f"ahead-of-time compile failed ({type(exc).__name__}); torch.compile used instead"
                     self.remove()
                     if self.on_failure is not None:
-                        self.on_failure(f"ahead-of-time compile failed ({type(exc).__name__}); torch.compile used "
-                                        "instead")
+                        self.on_failure(message)
                     return self.blocks(kind)[index](*args, **kwargs)
             return runners[index](*args, **kwargs)
 
@@ -175,11 +221,19 @@ class AotBlocks:
 
     # --- packages ------------------------------------------------------------------------------------------------
 
-    def package_path(self, kind: str, signature: str) -> tuple[str, dict]:
-        key = package_key(kind, signature, self.tier, self._block_config, self.device)
+    def package_path(self, kind: str, signature: str, compiler: str = "") -> tuple[str, dict]:
+        key = package_key(kind, signature, self.tier, self._block_config, self.device, compiler)
         return os.path.join(self.folder, f"{kind}-{_key_name(key)}.pt2"), key
 
+    def unusable_path(self) -> str:
+        """The mark that no compiler here made a package that passed its check, for this GPU and torch."""
+        env = json.dumps({"torch": torch.__version__, "device": device_label(self.device),
+                          "compilers": compiler_candidates()}, sort_keys=True)
+        return os.path.join(self.folder, f"unusable-{hashlib.sha256(env.encode()).hexdigest()[:16]}.json")
+
     def _prepare(self, kind: str, signature: str, args: tuple, kwargs: dict) -> list:
+        if os.path.exists(self.unusable_path()):
+            raise AotCheckFailed("an earlier start found that no package built on this machine passes its check")
         blocks = self.blocks(kind)
         if any(_uses_tensor_subclasses(block) for block in blocks):
             # torchao's fp8 weights are tensor subclasses; torchao's own helper turns each into plain tensors behind
@@ -188,34 +242,66 @@ class AotBlocks:
 
             for block in blocks:
                 unwrap_tensor_subclass(block)
-        path, key = self.package_path(kind, signature)
-        waiting = f"waiting for another process compiling the same {_kind_label(kind)} (then loading them)"
-        with exclusive(path, on_wait=lambda: self._say(waiting)):
-            runners = self._load_or_compile(kind, path, key, blocks, args, kwargs)
-        self._runners[(kind, signature)] = runners
-        return runners
+        reasons = []
+        for compiler in compiler_candidates():
+            path, key = self.package_path(kind, signature, compiler)
+            waiting = f"waiting for another process compiling the same {_kind_label(kind)} (then loading them)"
+            with exclusive(path, on_wait=lambda: self._say(waiting)):
+                runners, reason = self._load_or_compile(kind, path, key, compiler, blocks, args, kwargs)
+            if runners is not None:
+                self._runners[(kind, signature)] = runners
+                return runners
+            reasons.append(f"{os.path.basename(compiler)}: {reason}")
+        os.makedirs(self.folder, exist_ok=True)
+        write_text(self.unusable_path(), json.dumps({"reasons": reasons}, indent=1))
+        raise AotCheckFailed("; ".join(reasons))
 
-    def _load_or_compile(self, kind: str, path: str, key: dict, blocks, args: tuple, kwargs: dict) -> list:
-        runners = None
+    def _load_or_compile(self, kind: str, path: str, key: dict, compiler: str, blocks, args: tuple,
+                         kwargs: dict) -> tuple[list | None, str]:
+        """Runners for `path` once it passed its check, or (None, why not). A package that failed is never loaded."""
+        verdict = read_verdict(path) if os.path.exists(path) else None
+        if verdict is not None and not verdict["passed"]:
+            return None, verdict["reason"]
         if os.path.exists(path):
             t0 = time.perf_counter()
             self._say(f"loading the compiled {_kind_label(kind)} for this size from the cache")
+            if verdict is None:  # saved by a version that did not check, or the check was cut off
+                verdict = self._check(path, args, kwargs, blocks[0])
+                if not verdict["passed"]:
+                    return None, verdict["reason"]
             try:
                 runners = self._bind(path, blocks)
             except Exception as exc:  # noqa: BLE001 - a stale or damaged package is rebuilt, never fatal
                 log.warning("AOT package %s could not be loaded (%s); compiling it again", path, exc)
-                runners = None
             else:
                 self.events.append(AotEvent("loaded", kind, time.perf_counter() - t0))
-        if runners is None:
-            t0 = time.perf_counter()
-            self._say(f"compiling the {_kind_label(kind)} for this size (once; saved for later starts)")
-            self._compile(path, key, blocks[0], args, kwargs)
-            runners = self._bind(path, blocks)
-            self.events.append(AotEvent("compiled", kind, time.perf_counter() - t0))
-        return runners
+                return runners, ""
+        t0 = time.perf_counter()
+        self._say(f"compiling the {_kind_label(kind)} for this size (once; saved for later starts)")
+        self._compile(path, key, compiler, blocks[0], args, kwargs)
+        verdict = self._check(path, args, kwargs, blocks[0])
+        if not verdict["passed"]:
+            return None, verdict["reason"]
+        runners = self._bind(path, blocks)
+        self.events.append(AotEvent("compiled", kind, time.perf_counter() - t0))
+        return runners, ""
 
-    def _compile(self, path: str, key: dict, block: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def _check(self, path: str, args: tuple, kwargs: dict, block: torch.nn.Module) -> dict:
+        """Load and run the package once in a child process; the verdict is kept beside it."""
+        from .aot_check import check_in_child, write_spec
+
+        spec = os.path.splitext(path)[0] + ".spec.json"
+        write_spec(spec, args, kwargs, block.state_dict())
+        self._say("checking the compiled blocks in a separate process before loading them")
+        result = check_in_child(path, spec, self._device_index())
+        verdict = {"passed": result.passed, "reason": result.reason, "torch": torch.__version__}
+        write_text(verdict_path(path), json.dumps(verdict, indent=1))
+        if not result.passed:
+            log.warning("AOT package %s failed its check: %s", path, result.reason)
+        return verdict
+
+    def _compile(self, path: str, key: dict, compiler: str, block: torch.nn.Module, args: tuple,
+                 kwargs: dict) -> None:
         if _has_forward_hooks(block):
             raise AotUnavailable("a block has forward hooks (style LoRAs): a package would bake them in")
         own = block.__dict__.pop("forward", None)  # export the block's own forward, not the dispatcher
@@ -226,14 +312,25 @@ class AotBlocks:
                 block.forward = own
         os.makedirs(self.folder, exist_ok=True)
         t0 = time.perf_counter()
+        options = dict(PACKAGE_OPTIONS)
+        if compiler:
+            options["cpp.cxx"] = (compiler,)
         with atomic_path(path) as tmp:
-            torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=PACKAGE_OPTIONS)
+            torch._inductor.aoti_compile_and_package(exported, package_path=tmp, inductor_configs=options)
+        try:
+            os.unlink(verdict_path(path))  # a new package has not been checked
+        except FileNotFoundError:
+            pass
         write_text(os.path.splitext(path)[0] + ".json",
                    json.dumps({"key": key, "compile_s": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
 
+    def _device_index(self) -> int:
+        return self.device.index if self.device.type == "cuda" and self.device.index is not None else (
+            0 if self.device.type == "cuda" else -1)
+
     def _bind(self, path: str, blocks) -> list:
         runners = []
-        index = self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
+        index = self._device_index()
         for block in blocks:
             runner = torch._inductor.aoti_load_package(path, device_index=index)  # --device cuda:N
             names = runner.get_constant_fqns()
@@ -249,6 +346,22 @@ class AotBlocks:
     def _say(self, message: str) -> None:
         if self.notify is not None:
             self.notify(message)
+
+
+def verdict_path(package: str) -> str:
+    return os.path.splitext(package)[0] + ".check.json"
+
+
+def read_verdict(package: str) -> dict | None:
+    """{"passed": bool, "reason": str} from the package's check, or None when it was never checked."""
+    try:
+        with open(verdict_path(package), encoding="utf-8") as fh:
+            verdict = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("passed"), bool):
+        return None
+    return {"passed": verdict["passed"], "reason": str(verdict.get("reason", ""))}
 
 
 def _kind_label(kind: str) -> str:

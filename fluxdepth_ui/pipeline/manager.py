@@ -43,6 +43,7 @@ from .budget import (
 )
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
+from .compile_cache import load_compile_artifacts, save_compile_artifacts
 from .speed import (
     AOT_TIERS,
     CompileDecision,
@@ -120,6 +121,7 @@ class PipelineManager:
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._aot: AotBlocks | None = None  # ahead-of-time packages (aot.py), else torch.compile when compiled
+        self._artifacts_loaded = False  # this process handed the saved compile artifacts to torch (compile_cache.py)
         # ZeroGPU: the transformer is compiled (and fp8 quantized) in one start-up GPU call (zerogpu.py):
         # "pending" after load until `compile_on_zerogpu` ran, then "applied".
         self._zerogpu: str | None = None
@@ -237,7 +239,7 @@ class PipelineManager:
         if last is not None:
             return f"first image about {last:.0f} s here last time (compiles; cached after)"
         if variant == "fp8":
-            return "first image compiles for about 4 minutes on a fresh machine (cached after)"
+            return "first image compiles for about 20 s on a fresh machine (cached after)"
         return "first image at each size compiles for 10-20 s (cached after)"
 
     def unload(self) -> None:
@@ -342,7 +344,7 @@ class PipelineManager:
                                              "transformer's two block shapes once and saves them in the cache folder; "
                                              "later starts load them in seconds")
         elif decision.enabled:
-            compile_transformer(pipe.transformer, self.cache.root)
+            self._torch_compile(pipe.transformer, variant.name, device)
         if decision.reason:
             notes.append(decision.reason)
         self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
@@ -505,6 +507,9 @@ class PipelineManager:
                                     total, seconds)
             if first_compiled:
                 self.timings.record_first_compiled(self.source.key, self.device_name(), self.variant, seconds)
+                if self._active_aot() is None:  # torch.compile's work, for the next start (compile_cache.py)
+                    save_compile_artifacts(self.cache.root, self.variant, self._device, width, height,
+                                           init_image is not None)
             if self._compiled:
                 self._compiled_shapes.add(shape)
             # 6. Record what made it.
@@ -559,9 +564,17 @@ class PipelineManager:
 
         return notify
 
+    def _torch_compile(self, transformer, tier: str, device: torch.device) -> None:
+        """torch.compile the transformer, with what earlier starts compiled handed to torch first (compile_cache.py):
+        the first image of a size saved there compiles in seconds."""
+        if not self._artifacts_loaded:
+            self._artifacts_loaded = True
+            load_compile_artifacts(self.cache.root, tier, device)
+        compile_transformer(transformer, self.cache.root)
+
     def _aot_failed(self, reason: str) -> None:
         """The ahead-of-time path could not run here: torch.compile takes over (same speed once traced)."""
-        compile_transformer(self._pipe.transformer, self.cache.root)
+        self._torch_compile(self._pipe.transformer, self.variant, self._device)
         self._compiled_shapes = set()
         self._notes.append(reason)
 
@@ -569,7 +582,7 @@ class PipelineManager:
         """Saved packages cannot see style LoRAs (hooks on the layers): torch.compile traces them instead, for the
         rest of this load."""
         self._aot.remove()
-        compile_transformer(self._pipe.transformer, self.cache.root)
+        self._torch_compile(self._pipe.transformer, self.variant, self._device)
         self._compiled_shapes = set()
         if load_progress is not None:
             load_progress(0.0, "style LoRAs: the transformer compiles again with them (the saved compiled blocks "

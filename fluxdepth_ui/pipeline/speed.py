@@ -1,14 +1,16 @@
 """The fast tier: torch.compile of the transformer, and fp8 weights + activations on Hopper / Ada GPUs (torchao).
 
 Compilation uses diffusers' regional compilation (`compile_repeated_blocks`): the 19 double and 38 single blocks
-share two compiled graphs, so compiling takes seconds to tens of seconds instead of minutes, for the same step time
-as compiling the whole model (diffusers' docs). Compiled graphs and autotuning results go to a folder beside the
-quantized cache (torch's inductor caches; Triton keeps its kernels in ~/.triton), so a second start reuses them.
+share two compiled graphs, so the first image compiles in seconds (16 s cold for fp8 on an H200, docs/benchmarks.md).
+Compiled graphs go to a folder beside the quantized cache (torch's inductor caches), and torch's cache artifacts
+(kernels and graphs in one portable file, compile_cache.py) are saved there too, so a later start, another farm
+worker or a Space handed the cache folder compiles in seconds.
 
 Both are off where they cannot pay: on the CPU / MPS (nothing to gain) and with sequential offload (hooks on every
-layer). On a workstation the bf16 and fp8 tiers compile ahead of time into packages kept in the cache (aot.py); on
-ZeroGPU Spaces, where each request runs in a fresh GPU process, the whole transformer is compiled once at start-up
-with the `spaces` AoT helpers (zerogpu.py).
+layer). Ahead-of-time packages (aot.py) are opt-in (FLUXDEPTH_AOT=1): each is checked in a child process before the
+app loads it, since AOTInductor loading crashed the process on the lent H200 (docs/fast-tier.md). On ZeroGPU Spaces,
+where each request runs in a fresh GPU process, the whole transformer is compiled once at start-up with the `spaces`
+AoT helpers (zerogpu.py).
 """
 
 from __future__ import annotations
@@ -59,11 +61,13 @@ AOT_TIERS = ("bf16", "fp8")
 
 
 def use_aot(tier: str, transformer_moves: bool = False) -> bool:
-    """Ahead-of-time packages (aot.py) for a compiled tier that exports; FLUXDEPTH_AOT=0 keeps torch.compile.
+    """Ahead-of-time packages (aot.py) for a compiled tier that exports, when asked for with FLUXDEPTH_AOT=1.
 
-    Not when the transformer moves between host and GPU (model offload): a package holds its blocks' weights where
-    they were when it was bound, and a move gives the parameters new storage under it."""
-    return tier in AOT_TIERS and not transformer_moves and os.environ.get("FLUXDEPTH_AOT", "1") != "0"
+    Opt-in: full-size packages have not yet been measured on a GPU, and torch.compile with its saved cache artifacts
+    already gives the first image in seconds (docs/fast-tier.md). Not when the transformer moves between host and GPU
+    (model offload): a package holds its blocks' weights where they were when it was bound, and a move gives the
+    parameters new storage under it."""
+    return tier in AOT_TIERS and not transformer_moves and os.environ.get("FLUXDEPTH_AOT", "0") == "1"
 
 
 def compile_cache_dir(cache_root: str) -> str:
@@ -99,8 +103,11 @@ def check_fp8(device: torch.device) -> None:
 
 
 def compile_tuning() -> bool:
-    """Whether the fp8 tier takes torchao's tuned inductor options (the default; FLUXDEPTH_COMPILE_TUNING=0: not)."""
-    return os.environ.get("FLUXDEPTH_COMPILE_TUNING", "1") != "0"
+    """Whether the fp8 tier takes torchao's tuned inductor options (FLUXDEPTH_COMPILE_TUNING=1; off by default).
+
+    Measured on the H200 (docs/benchmarks.md, issue 23): the tuning made the first fp8 image compile for 150-225 s
+    instead of 16 s, for no faster steps (104.5 ms untuned against 103.8-112.8 ms tuned)."""
+    return os.environ.get("FLUXDEPTH_COMPILE_TUNING", "0") == "1"
 
 
 def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
@@ -113,10 +120,9 @@ def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
     """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-    # torchao's recommended inductor options come with it (coordinate-descent tuning, TF32 for float32 matmuls, for
-    # the whole process): they make the first compile slower and the steps faster; measured that way (0.597x bf16,
-    # docs/benchmarks.md). FLUXDEPTH_COMPILE_TUNING=0 leaves them off, to measure what the tuning buys against what
-    # it costs a cold start (docs/fast-tier.md); compiled packages are keyed by it (aot.py).
+    # torchao's recommended inductor options (coordinate-descent tuning, TF32 for float32 matmuls, for the whole
+    # process) only with FLUXDEPTH_COMPILE_TUNING=1: they cost minutes of cold compile and bought no step time here
+    # (compile_tuning); compiled packages are keyed by them (aot.py).
     config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=compile_tuning())
 
     def wanted(module: torch.nn.Module, name: str) -> bool:

@@ -1,0 +1,169 @@
+"""The fast tier's step-time options, each measured in its own child process (issue 23).
+
+    python benchmarks/fast_tier_gpu.py --variants bf16,fp8+cudnn,fp8+cudnn+qkv --warm fp8+cudnn+qkv --json out.json
+
+A variant is `bf16` (eager, diffusers' default attention, and the same with cuDNN attention) or `fp8` plus options:
+`cudnn` (SDPA's cuDNN backend through diffusers' `set_attention_backend("_native_cudnn")`), `qkv` (diffusers'
+`fuse_qkv_projections` before quantizing: one GEMM and one activation quantization instead of three), `tune`
+(torchao's inductor options: coordinate-descent tuning), `graphs` (CUDA graphs: `mode="reduce-overhead"`). Each child
+gets new, empty inductor and Triton caches (a cold compile), builds the FLUX.1-Depth-dev-shaped random-weight
+transformer on the GPU, records the bf16 eager output, applies the variant through the app's own functions
+(speed.py), and times: the first call (the compile), ms per step at 1024x1024 (CUDA events, median of 10), the relative
+error of one call against bf16 eager. `--warm V` runs V again in a fresh process with empty caches that first loads
+the compile artifacts the cold child saved (torch.compiler.save/load_cache_artifacts): the first image on a machine
+that was handed our cache folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def run_child(variant: str, artifacts: str, load: bool) -> dict:
+    import torch
+
+    from pipeline_gpu import build_transformer, step_inputs, sync
+
+    t_all = time.perf_counter()
+    if load:
+        t = time.perf_counter()
+        with open(artifacts, "rb") as fh:
+            torch.compiler.load_cache_artifacts(fh.read())
+        load_s = time.perf_counter() - t
+    opts = set(variant.split("+")[1:])
+    base = variant.split("+")[0]
+    transformer = build_transformer()
+    sync()
+    row: dict = {"variant": variant, "warm_artifacts": load, "build_s": round(time.perf_counter() - t_all, 1)}
+    if load:
+        row["artifacts_load_s"] = round(load_s, 2)
+    kw = step_inputs()
+    with torch.no_grad():
+        ref = transformer(**kw)[0].float()
+
+    def steps(n: int = 10) -> dict:
+        times = []
+        with torch.no_grad():
+            transformer(**kw)
+            for _ in range(n):
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                transformer(**kw)
+                b.record()
+                sync()
+                times.append(a.elapsed_time(b))
+        return {"median": round(statistics.median(times), 1), "min": round(min(times), 1),
+                "max": round(max(times), 1)}
+
+    def rel_err() -> float:
+        with torch.no_grad():
+            out = transformer(**kw)[0].float()
+        return round(float((out - ref).norm() / ref.norm()), 4)
+
+    if base == "bf16":
+        row["step_ms"] = steps()
+        transformer.set_attention_backend("_native_cudnn")
+        row["cudnn_step_ms"] = steps()
+        row["cudnn_rel_err"] = rel_err()
+        return row
+    from fluxdepth_ui.pipeline.speed import compile_transformer, fp8_quantize_transformer
+    from fluxdepth_ui.pipeline.variants import TRANSFORMER_EXCLUDE
+
+    if "qkv" in opts:
+        transformer.fuse_qkv_projections()
+    if "cudnn" in opts:
+        transformer.set_attention_backend("_native_cudnn")
+    os.environ["FLUXDEPTH_COMPILE_TUNING"] = "1" if "tune" in opts else "0"
+    t = time.perf_counter()
+    fp8_quantize_transformer(transformer, torch.device("cuda"), TRANSFORMER_EXCLUDE)
+    sync()
+    row["quantize_s"] = round(time.perf_counter() - t, 1)
+    if "graphs" in opts:
+        transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
+    else:
+        compile_transformer(transformer, tempfile.gettempdir())
+    t = time.perf_counter()
+    row["rel_err"] = rel_err()
+    sync()
+    row["first_call_s"] = round(time.perf_counter() - t, 1)
+    row["step_ms"] = steps()
+    row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if not load:
+        data = torch.compiler.save_cache_artifacts()
+        if data is not None:
+            with open(artifacts, "wb") as fh:
+                fh.write(data[0])
+            row["artifacts_bytes"] = len(data[0])
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variants", default="bf16,fp8+cudnn,fp8+cudnn+qkv")
+    ap.add_argument("--warm", default="", help="variants to start again from their saved compile artifacts")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--timeout", type=int, default=300)
+    ap.add_argument("--child", default="")
+    ap.add_argument("--artifacts", default="")
+    ap.add_argument("--load", action="store_true")
+    args = ap.parse_args()
+    if args.child:
+        row = run_child(args.child, args.artifacts, args.load)
+        print("ROW " + json.dumps(row), flush=True)
+        return
+    import torch
+
+    from pipeline_gpu import versions
+
+    report = {**versions(), "rows": []}
+    try:
+        import torchao
+
+        report["torchao"] = torchao.__version__
+    except ImportError:
+        pass
+    work = tempfile.mkdtemp(prefix="fast-tier-")
+    jobs = [(v, False) for v in args.variants.split(",") if v] + [(v, True) for v in args.warm.split(",") if v]
+    bf16 = None
+    for variant, load in jobs:
+        name = variant.replace("+", "_")
+        caches = os.path.join(work, f"{name}-{'warm' if load else 'cold'}")
+        shutil.rmtree(caches, ignore_errors=True)
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(caches, "inductor"),
+               "TRITON_CACHE_DIR": os.path.join(caches, "triton"), "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, __file__, "--json", "-", "--child", variant,
+               "--artifacts", os.path.join(work, f"{name}.artifacts")] + (["--load"] if load else [])
+        t = time.time()
+        try:
+            p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
+            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("ROW ")]
+            row = json.loads(lines[-1][4:]) if lines else {"variant": variant, "rc": p.returncode,
+                                                             "tail": (p.stdout + p.stderr)[-1500:]}
+        except subprocess.TimeoutExpired:
+            row = {"variant": variant, "warm_artifacts": load, "error": f"timeout {args.timeout} s"}
+        row["process_s"] = round(time.time() - t, 1)
+        if variant == "bf16" and "step_ms" in row:
+            bf16 = row["step_ms"]["median"]
+        if bf16 and "step_ms" in row:
+            row["x_bf16_eager"] = round(row["step_ms"]["median"] / bf16, 3)
+        report["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    del torch
+
+
+if __name__ == "__main__":
+    main()
