@@ -1,0 +1,194 @@
+"""GPU smoke run: every tier and option the app offers, full size, a few steps each, one device call (issue 23).
+
+    python benchmarks/gpu_smoke.py --json docs/results/gpu_smoke.json [--cases bf16,fp8-cold,...] [--deadline 470]
+
+Run it in every session that changes fluxdepth_ui/pipeline/ and quote what it printed. Each case runs in its own child
+process (a crash is a failed case, not the end of the run), through PipelineManager with FLUX.1-Depth-dev-shaped
+random-weight components (benchmarks/configs), 1024x1024, 3 steps, two images (the first includes any compile):
+
+  bf16, qint8, qint4          the precision tiers, resident on the GPU
+  fp8-cold                    fp8 (always compiled) in an empty cache folder: a fresh machine
+  fp8-warm-loras              fp8 again with that cache folder (a later start: torch's saved compile artifacts), then
+                              step times with no, one and three style LoRAs (rank 8 on every projection of all blocks)
+  bf16-compile                --compile on bf16
+  bf16-budget-12gib           bf16 under a 12 GiB VRAM budget (the transformer streams; a 12 GB card)
+  fp8-plate-2048x1152         a 2048x1152 plate (about 1 MP, then img2img at full size) on fp8
+
+Each case checks that the image is finite and not flat. Exit code 1 and the failing cases named when any fails,
+crashes or is cut off by --deadline; the JSON is rewritten after every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+CASES = {
+    "bf16": dict(variant="bf16"),
+    "qint8": dict(variant="qint8"),
+    "qint4": dict(variant="qint4"),
+    "fp8-cold": dict(variant="fp8", cache="fp8"),
+    "fp8-warm-loras": dict(variant="fp8", cache="fp8", loras=True),
+    "bf16-compile": dict(variant="bf16", compile=True),
+    "bf16-budget-12gib": dict(variant="bf16", budget=12),
+    "fp8-plate-2048x1152": dict(variant="fp8", cache="fp8", plate=(2048, 1152)),
+}
+STEPS = 3
+
+
+def run_case(name: str, work: str) -> dict:
+    import numpy as np
+    import torch
+
+    from pipeline_gpu import GIB, PROMPT, build_small_parts, control_image
+    from production_gpu import depth_file, median_step, write_lora
+    from tiers_gpu import prepared_components
+    from fluxdepth_ui.depth import DepthSettings
+    from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManager
+    from fluxdepth_ui.pipeline.sources import LoadedModel
+    from fluxdepth_ui.settings import ShotSettings, StyleLora
+    from fluxdepth_ui.shot import render_shot
+
+    case = CASES[name]
+    row: dict = {"case": name}
+    t = time.perf_counter()
+    components = prepared_components(case["variant"], build_small_parts())
+    if case.get("budget"):  # a fresh start has the weights in host memory; the budget plan places them
+        for part in components.values():
+            if isinstance(part, torch.nn.Module):
+                part.to("cpu")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    row["build_s"] = round(time.perf_counter() - t, 1)
+    cache_root = os.path.join(work, "cache-" + case.get("cache", name))
+    lora_dir = os.path.join(work, "loras")
+    os.makedirs(lora_dir, exist_ok=True)
+    manager = PipelineManager(ModelSource("random-weights/flux1-depth-dev-shaped"), variant=case["variant"],
+                              placement="auto" if case.get("budget") else "gpu", cache_root=cache_root,
+                              compile=bool(case.get("compile")), vram_budget=case.get("budget"), lora_dir=lora_dir,
+                              loader=lambda v, p: LoadedModel(components, "random"))
+    messages: list[str] = []
+    control = control_image()
+    torch.cuda.reset_peak_memory_stats()
+
+    def image(settings):
+        t0 = time.perf_counter()
+        result = manager.generate(control, settings, load_progress=lambda f, m: messages.append(m))
+        torch.cuda.synchronize()
+        pixels = result.pixels
+        if not np.isfinite(pixels).all() or float(pixels.std()) < 1e-4:
+            raise AssertionError(f"the image is not finite or flat (std {float(pixels.std()):.2e})")
+        return round(time.perf_counter() - t0, 2)
+
+    if case.get("plate"):
+        width, height = case["plate"]
+        path = depth_file(work, width, height)
+        settings = ShotSettings(DepthSettings(long_side=max(width, height)),
+                                GenerationSettings(PROMPT, seed=2, steps=STEPS, plate=True))
+        for label in ("first_plate_s", "second_plate_s"):
+            t0 = time.perf_counter()
+            result = render_shot(manager, path, settings, os.path.join(work, f"{name}.png"))
+            torch.cuda.synchronize()
+            row[label] = round(time.perf_counter() - t0, 2)
+        row["out"] = list(result.image.size)
+        row["passes"] = list(result.metadata.passes)
+    else:
+        row["first_image_s"] = image(GenerationSettings(PROMPT, seed=0, steps=STEPS))
+        row["second_image_s"] = image(GenerationSettings(PROMPT, seed=1, steps=STEPS))
+    if case.get("loras"):
+        row["lora_mb"] = [write_lora(os.path.join(lora_dir, f"style{i}.safetensors"),
+                                     manager._pipe.transformer, i, rank=8) for i in range(3)]
+        one = (StyleLora("style0.safetensors", 0.8),)
+        three = tuple(StyleLora(f"style{i}.safetensors", 0.5) for i in range(3))
+        t0 = time.perf_counter()
+        row["lora_step_ms"] = {"none": median_step(manager, control)}
+        row["lora_step_ms"]["one"] = median_step(manager, control, one)
+        row["lora_step_ms"]["three"] = median_step(manager, control, three)
+        row["lora_step_ms"]["none_again"] = median_step(manager, control)
+        row["lora_rows_s"] = round(time.perf_counter() - t0, 1)
+    status = manager.status()
+    row.update(peak_gib=round(torch.cuda.max_memory_allocated() / GIB, 2), compiled=status["compiled"],
+               placement=status["placement"], notes=status["notes"][-3:], messages=messages[-4:])
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--deadline", type=float, default=470, help="seconds after which no new case starts")
+    ap.add_argument("--case-timeout", type=float, default=180)
+    ap.add_argument("--case", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--work", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.case:
+        row = run_case(args.case, args.work)
+        print("ROW " + json.dumps(row), flush=True)
+        return 0
+    names = [n for n in args.cases.split(",") if n]
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        print(f"error: unknown case {unknown[0]!r}; choose from {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    from pipeline_gpu import versions
+
+    work = tempfile.mkdtemp(prefix="gpu-smoke-")
+    report: dict = {**versions(), "steps": STEPS, "cases": []}
+    try:
+        import torchao
+
+        report["torchao"] = torchao.__version__
+    except ImportError:
+        report["torchao"] = None
+    start = time.time()
+    for name in names:
+        if time.time() - start > args.deadline:
+            row = {"case": name, "ok": False, "error": f"not run: past the {args.deadline:.0f} s deadline"}
+        else:
+            t = time.time()
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            try:
+                p = subprocess.run([sys.executable, __file__, "--json", "-", "--case", name, "--work", work],
+                                   env=env, capture_output=True, text=True, timeout=args.case_timeout)
+                lines = [ln for ln in p.stdout.splitlines() if ln.startswith("ROW ")]
+                if p.returncode == 0 and lines:
+                    row = {**json.loads(lines[-1][4:]), "ok": True}
+                else:
+                    how = f"crashed (signal {-p.returncode})" if p.returncode < 0 else f"exit {p.returncode}"
+                    tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-6:]
+                    row = {"case": name, "ok": False, "error": how, "tail": tail}
+            except subprocess.TimeoutExpired:
+                row = {"case": name, "ok": False, "error": f"cut off after {args.case_timeout:.0f} s"}
+            row["process_s"] = round(time.time() - t, 1)
+        report["cases"].append(row)
+        print(json.dumps(row), flush=True)
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+    shutil.rmtree(work, ignore_errors=True)
+    failed = [r["case"] for r in report["cases"] if not r["ok"]]
+    print(f"\n{report['device']} torch {report['torch']} diffusers {report['diffusers']} torchao {report['torchao']}")
+    for r in report["cases"]:
+        figures = ", ".join(f"{k} {r[k]}" for k in ("first_image_s", "second_image_s", "first_plate_s",
+                                                     "second_plate_s", "peak_gib") if k in r)
+        print(f"{r['case']:22} {'ok  ' if r['ok'] else 'FAIL'} {r.get('error', figures)}")
+        if "lora_step_ms" in r:
+            print(f"{'':27} LoRA step ms {r['lora_step_ms']}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("gpu smoke: all cases passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
