@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 def run_child(variant: str, artifacts: str, load: bool) -> dict:
     import torch
 
-    from pipeline_gpu import build_transformer, step_inputs, sync
+    from pipeline_gpu import build_transformer, step_inputs, step_times, sync
+    from tiers_gpu import rel_error, summary
 
     t_all = time.perf_counter()
     if load:
@@ -53,24 +53,11 @@ def run_child(variant: str, artifacts: str, load: bool) -> dict:
     with torch.no_grad():
         ref = transformer(**kw)[0].float()
 
-    def steps(n: int = 10) -> dict:
-        times = []
-        with torch.no_grad():
-            transformer(**kw)
-            for _ in range(n):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                transformer(**kw)
-                b.record()
-                sync()
-                times.append(a.elapsed_time(b))
-        return {"median": round(statistics.median(times), 1), "min": round(min(times), 1),
-                "max": round(max(times), 1)}
+    def steps() -> dict:
+        return summary(step_times(transformer, 10))
 
     def rel_err() -> float:
-        with torch.no_grad():
-            out = transformer(**kw)[0].float()
-        return round(float((out - ref).norm() / ref.norm()), 4)
+        return round(rel_error(transformer, ref), 4)
 
     if base == "bf16":
         row["step_ms"] = steps()

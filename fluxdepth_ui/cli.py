@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("sequence", help="render a depth frame sequence with one normalization and one seed")
-    add_depth_arguments(q, "PATTERN", "frames: depth.####.exr, depth.$F4.exr, depth.%04d.exr, or a folder")
+    add_depth_arguments(q, "PATTERN", "frames: depth.####.exr, depth.$F4.exr, depth.%%04d.exr, or a folder")
     add_generation_arguments(q)
     q.add_argument("--out", required=True, metavar="DIR", help="folder for frame PNGs, sidecars and control maps")
     q.add_argument("--frames", metavar="A-B", help="render only these frames (the range still covers all)")

@@ -107,9 +107,15 @@ def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generati
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        actor = ray.remote(max_restarts=-1, **per_worker)(ShotWorker)
+        # No automatic restarts: a task sent to an actor Ray is still restarting can fail as well (issue 27 saw the
+        # next frame lost that way), so a dead worker is replaced by a fresh actor before anything else is sent to it.
+        actor = ray.remote(max_restarts=0, **per_worker)(ShotWorker)
         options = worker_options or {}
-        pool = [actor.remote(spec.to_dict(), **options) for _ in range(min(workers, len(todo)))]
+
+        def start_worker():
+            return actor.remote(spec.to_dict(), **options)
+
+        pool = [start_worker() for _ in range(min(workers, len(todo)))]
         shot_dict = shot.to_dict()
         attempts: dict[int, int] = {}
         queue = list(todo)
@@ -134,10 +140,13 @@ def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generati
                 report.rendered.append(frame.number)
                 status = "rendered"
             except Exception as exc:  # noqa: BLE001 - a worker's failure is this frame's result
+                if isinstance(exc, ray.exceptions.RayActorError):
+                    ray.kill(pool[index], no_restart=True)
+                    pool[index] = start_worker()
                 attempts[frame.number] = attempts.get(frame.number, 0) + 1
                 if attempts[frame.number] < ATTEMPTS:
                     report.retried.append(frame.number)
-                    queue.append(item)  # again, on whichever worker is free next (a dead one restarts)
+                    queue.append(item)  # again, on whichever worker is free next
                     status = "retrying"
                 else:
                     report.failed[frame.number] = _reason(exc)

@@ -15,9 +15,16 @@ for _key, _value in {
 
 import tempfile  # noqa: E402
 
-# Quantized weights, compile caches and measured step times go to a folder of this test session, not the user's
-# ~/.cache/fluxdepth (a developer's own tier labels must not show test timings).
-os.environ.setdefault("FLUXDEPTH_CACHE", tempfile.mkdtemp(prefix="fluxdepth-test-cache-"))
+# The suite runs the same for a user who has used the app: none of their FLUXDEPTH_* settings apply, and quantized
+# weights, compile caches, measured step times, presets and every library's config or cache folder go under a folder
+# of this test session, never the real ~/.config or ~/.cache (child processes inherit the same variables).
+for _key in [k for k in os.environ if k.startswith("FLUXDEPTH_")]:
+    del os.environ[_key]
+_HOME = tempfile.mkdtemp(prefix="fluxdepth-test-home-")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
+os.environ["XDG_CACHE_HOME"] = os.path.join(_HOME, "cache")
+os.environ["FLUXDEPTH_CACHE"] = os.path.join(_HOME, "cache", "fluxdepth")
+os.environ["FLUXDEPTH_PRESETS"] = os.path.join(_HOME, "config", "fluxdepth", "presets")
 
 import ipaddress  # noqa: E402
 import socket  # noqa: E402
@@ -123,3 +130,9 @@ def launch_app(tmp_path, *extra, auth=None, **launch_kw):
     demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                 **{**launch_options(studio, auth), **launch_kw})
     return studio, demo
+
+
+@pytest.fixture(autouse=True)
+def _own_presets_folder(tmp_path_factory, monkeypatch):
+    """Each test starts with no saved presets: one test's saved preset never shows in another's list."""
+    monkeypatch.setenv("FLUXDEPTH_PRESETS", str(tmp_path_factory.mktemp("presets")))

@@ -59,3 +59,21 @@ def test_preview_bad_inputs_exit_2_with_one_line(tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, proc.stderr)
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_every_help_prints_usage_without_a_traceback(capsys):
+    """`--help` of the program and of each subcommand (a stray % in a help string once crashed `sequence --help`)."""
+    import argparse
+
+    import pytest
+
+    from fluxdepth_ui.cli import build_parser, main
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"preview", "generate", "sequence", "warmup"} <= set(commands)
+    for argv in ([], *([name] for name in commands)):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--help"])
+        out = capsys.readouterr().out
+        assert exit_info.value.code == 0 and out.startswith("usage: fluxdepth"), argv

@@ -397,8 +397,11 @@ def test_previews_answer_while_the_generation_queue_is_full(tmp_path):
     try:
         real = studio.manager.generate
 
+        running = threading.Event()
+
         def held_generate(*a, **kw):
-            gate.wait(60)
+            running.set()
+            gate.wait(120)
             return real(*a, **kw)
 
         studio.manager.generate = held_generate
@@ -407,10 +410,15 @@ def test_previews_answer_while_the_generation_queue_is_full(tmp_path):
                    for i in range(3)]
         for t in waiting:
             t.start()
-        deadline = time.time() + 20
+        # The state this test needs: one generation held in the GPU slot and two waiting (the queue's size), however
+        # slowly a busy machine gets there.
+        assert running.wait(120)
+        deadline = time.time() + 120
         while len(demo._queue) < 2 and time.time() < deadline:
-            time.sleep(0.1)
-        assert "full" in raw_generate(demo, generate_args(record, seed=9)).lower()  # generations are refused ...
+            time.sleep(0.05)
+        assert len(demo._queue) == 2
+        refused = raw_generate(demo, generate_args(record, seed=9))
+        assert refused is not None and "full" in refused.lower()  # generations are refused ...
         t0 = time.perf_counter()
         assert raw_preview(demo, record) is None  # ... previews are not
         assert time.perf_counter() - t0 < 10

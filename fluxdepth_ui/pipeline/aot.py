@@ -225,14 +225,16 @@ class AotBlocks:
         key = package_key(kind, signature, self.tier, self._block_config, self.device, compiler)
         return os.path.join(self.folder, f"{kind}-{_key_name(key)}.pt2"), key
 
-    def unusable_path(self) -> str:
-        """The mark that no compiler here made a package that passed its check, for this GPU and torch."""
+    def unusable_path(self, compilers: list[str]) -> str:
+        """The mark that none of `compilers` made a package that passed its check, for this GPU and torch."""
         env = json.dumps({"torch": torch.__version__, "device": device_label(self.device),
-                          "compilers": compiler_candidates()}, sort_keys=True)
+                          "compilers": compilers}, sort_keys=True)
         return os.path.join(self.folder, f"unusable-{hashlib.sha256(env.encode()).hexdigest()[:16]}.json")
 
     def _prepare(self, kind: str, signature: str, args: tuple, kwargs: dict) -> list:
-        if os.path.exists(self.unusable_path()):
+        compilers = compiler_candidates()
+        unusable = self.unusable_path(compilers)
+        if os.path.exists(unusable):
             raise AotCheckFailed("an earlier start found that no package built on this machine passes its check")
         blocks = self.blocks(kind)
         if any(_uses_tensor_subclasses(block) for block in blocks):
@@ -243,7 +245,7 @@ class AotBlocks:
             for block in blocks:
                 unwrap_tensor_subclass(block)
         reasons = []
-        for compiler in compiler_candidates():
+        for compiler in compilers:
             path, key = self.package_path(kind, signature, compiler)
             waiting = f"waiting for another process compiling the same {_kind_label(kind)} (then loading them)"
             with exclusive(path, on_wait=lambda: self._say(waiting)):
@@ -253,16 +255,17 @@ class AotBlocks:
                 return runners
             reasons.append(f"{os.path.basename(compiler)}: {reason}")
         os.makedirs(self.folder, exist_ok=True)
-        write_text(self.unusable_path(), json.dumps({"reasons": reasons}, indent=1))
+        write_text(unusable, json.dumps({"reasons": reasons}, indent=1))
         raise AotCheckFailed("; ".join(reasons))
 
     def _load_or_compile(self, kind: str, path: str, key: dict, compiler: str, blocks, args: tuple,
                          kwargs: dict) -> tuple[list | None, str]:
         """Runners for `path` once it passed its check, or (None, why not). A package that failed is never loaded."""
-        verdict = read_verdict(path) if os.path.exists(path) else None
+        saved = os.path.exists(path)
+        verdict = read_verdict(path) if saved else None
         if verdict is not None and not verdict["passed"]:
             return None, verdict["reason"]
-        if os.path.exists(path):
+        if saved:
             t0 = time.perf_counter()
             self._say(f"loading the compiled {_kind_label(kind)} for this size from the cache")
             if verdict is None:  # saved by a version that did not check, or the check was cut off
@@ -325,8 +328,8 @@ class AotBlocks:
                    json.dumps({"key": key, "compile_s": round(time.perf_counter() - t0, 1)}, indent=1, default=str))
 
     def _device_index(self) -> int:
-        return self.device.index if self.device.type == "cuda" and self.device.index is not None else (
-            0 if self.device.type == "cuda" else -1)
+        """What aoti_load_package takes: the CUDA device's index, or -1 (the current device; the CPU)."""
+        return self.device.index if self.device.type == "cuda" and self.device.index is not None else -1
 
     def _bind(self, path: str, blocks) -> list:
         runners = []

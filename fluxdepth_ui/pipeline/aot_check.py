@@ -63,7 +63,12 @@ def run_check(package: str, spec_path: str, device_index: int) -> None:
     """The child's work. Raises (exit code 1) on any failure; a crash ends the process by itself."""
     with open(spec_path, encoding="utf-8") as fh:
         spec = json.load(fh)
-    device = torch.device("cuda", device_index) if device_index >= 0 else torch.device("cpu")
+    if not any(leaf.get("device") == "cuda" for leaf in spec["leaves"]):
+        device = torch.device("cpu")
+    elif device_index >= 0:
+        device = torch.device("cuda", device_index)
+    else:  # -1: the current device, as aoti_load_package takes it
+        device = torch.device("cuda")
     generator = torch.Generator("cpu").manual_seed(0)
     runner = torch._inductor.aoti_load_package(package, device_index=device_index)
     names = runner.get_constant_fqns()
