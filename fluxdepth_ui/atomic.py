@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from typing import Callable
@@ -32,6 +33,35 @@ def atomic_path(path: str):
         except OSError:
             pass
         raise
+
+
+_PART = re.compile(r"^\..*\.(\d+)-[0-9a-f]{8}\.part(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_parts(folder: str) -> list[str]:
+    """Before a resume: half-written files of a writer that was killed (SIGKILL skips the cleanup above), found by
+    the process id in their names. Files of a writer still running on this machine are left alone."""
+    removed = []
+    for base, _, names in os.walk(folder):
+        for name in names:
+            m = _PART.match(name)
+            if m and not _alive(int(m.group(1))):
+                try:
+                    os.unlink(os.path.join(base, name))
+                    removed.append(name)
+                except OSError:
+                    pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text(path: str, text: str) -> None:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .atomic import remove_stale_parts
 from .errors import FluxDepthError
 from .settings import PipelineSpec, ShotSettings
 
@@ -79,6 +80,7 @@ def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generati
     if workers < 1:
         raise FluxDepthError("--workers must be 1 or more")
     os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
+    remove_stale_parts(out_dir)  # a killed run's half-written files
     shot = ShotSettings(settings_with_stats(depth, stats), generation)
     keyer = PipelineManager.from_spec(spec)  # names the model and tier for the shot keys; loads nothing
     report = FarmReport(workers=workers)

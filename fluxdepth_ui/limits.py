@@ -28,6 +28,9 @@ class Limits:
     frames: int = _limit(1000, "most frames in one sequence")
     prompt_chars: int = _limit(2000, "longest prompt in characters (T5 reads at most 512 tokens)")
     body_kb: int = _limit(1024, "largest API request body in KB (file uploads have their own limit)")
+    cache_mb: int = _limit(768, "memory kept for read depth maps and the previews shown, all sessions together, in MB "
+                                "(the least recently used goes first)")
+    decode_s: int = _limit(30, "longest decode of a deep EXR, in seconds (deep files decode in a child process)")
 
     def __post_init__(self):
         for f in fields(self):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
 from . import limits
-from .atomic import write_text
+from .atomic import remove_stale_parts, write_text
 from .depth import DepthInputError, DepthRange, DepthSettings, NormalizeSettings, compute_sequence_range, load_depth
 from .depth.readers import DEPTH_SUFFIXES, check_regular_file, probe_size
 from .errors import display_name
@@ -80,14 +80,14 @@ def find_frames(pattern: str) -> list[Frame]:
         stems = {re.sub(r"\d+(?=\.[^.]+$)", "#", os.path.basename(f.path)) for f in frames}
         if len(stems) > 1:
             raise DepthInputError(
-                f"{pattern} holds more than one numbered sequence ({', '.join(sorted(stems)[:3])}); "
-                "pass a pattern such as depth.####.exr instead of the folder"
+                f"the frames hold more than one numbered sequence ({', '.join(sorted(stems)[:3])}); pass a pattern "
+                "such as depth.####.exr instead of the folder, or send one sequence at a time"
             )
     else:
         parsed = _pattern_regex(pattern)
         if parsed is None:
             raise DepthInputError(
-                f"{pattern} has no frame number placeholder; write it as depth.####.exr, depth.$F4.exr or "
+                f"{display_name(pattern)} has no frame number placeholder; write it as depth.####.exr, depth.$F4.exr or "
                 "depth.%04d.exr, or pass the folder"
             )
         glob_pattern, regex = parsed
@@ -275,6 +275,7 @@ def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: D
     from .shot import expected_key, render_shot
 
     os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
+    remove_stale_parts(out_dir)  # a killed run's half-written files
     shot = ShotSettings(settings_with_stats(depth, stats), generation)
     report = SequenceReport()
     t0 = time.perf_counter()

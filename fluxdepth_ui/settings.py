@@ -11,6 +11,8 @@ No torch here: front ends import this before any model code.
 
 from __future__ import annotations
 
+import math
+
 import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -43,7 +45,7 @@ def check_number(name: str, value, low, high, *, whole: bool = False, optional: 
         number = float(value)
     except (TypeError, ValueError):
         raise SettingsError(f"{name} must be a number, not {str(value)[:20]!r}; {fix}") from None
-    if isinstance(value, bool) or number != number or (whole and number != int(number)):
+    if isinstance(value, bool) or not math.isfinite(number) or (whole and number != int(number)):
         raise SettingsError(f"{name} must be a {'whole ' if whole else ''}number; {fix}")
     if number < low or number > high or (low_open and number == low):
         raise SettingsError(f"{name} {value} is out of range; {fix}")

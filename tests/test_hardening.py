@@ -77,14 +77,70 @@ def test_all_parts_and_channels_count_toward_the_decoded_limit(tmp_path, bound):
     assert load_depth(path).channel == "Z"
 
 
-def test_tiff_stack_counts_toward_the_decoded_limit(tmp_path, bound):
+def test_many_page_tiff_reads_its_first_page_without_walking_the_others(tmp_path, bound):
+    """Issue 24: a TIFF of thousands of tiny pages held a preview slot for minutes (the page list is parsed in time
+    that grows with the square of the page count). Only the first page is ever read."""
     import tifffile
 
-    path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, np.ones((40, 256, 256), np.float32))  # 10 MB decoded
+    path = tmp_path / "pages.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for i in range(6000):
+            tif.write(np.full((64, 64), 100 + i, np.uint16), contiguous=False)
+    bound(decoded_mb=1)
+    t0 = time.perf_counter()
+    depth = load_depth(str(path))
+    assert time.perf_counter() - t0 < 5  # the issue's bound; walking all 6000 pages takes seconds more
+    assert (depth.width, depth.height) == (64, 64) and np.all(depth.values == 100)
+
+
+def test_tiff_volume_counts_toward_the_decoded_limit(tmp_path, bound):
+    import tifffile
+
+    path = tmp_path / "planes.tif"
+    tifffile.imwrite(path, np.ones((40, 256, 256), np.float32), planarconfig="separate", photometric="minisblack")  # one page, 10 MB
     bound(decoded_mb=4)
-    with pytest.raises(DepthInputError, match="stack of images"):
+    with pytest.raises(DepthInputError, match="would decode to 10 MB"):
         load_depth(str(path))
+
+
+def deep_exr(path, h, w, samples_per_pixel):
+    import OpenEXR
+
+    one = np.linspace(5, 50, samples_per_pixel, dtype=np.float32)
+    pixels = np.empty((h, w), dtype=object)
+    for y in range(h):
+        for x in range(w):
+            pixels[y, x] = one
+    OpenEXR.File({"type": OpenEXR.deepscanline, "compression": OpenEXR.ZIPS_COMPRESSION}, {"Z": pixels}).write(
+        str(path))
+    return str(path)
+
+
+def test_deep_sample_bomb_is_refused_within_the_memory_and_time_bounds(tmp_path, bound):
+    """Issue 24: a deep EXR's header does not say how many samples it holds (400x400 x 2000 samples, 8 MB on disk,
+    took 2.5 GB under a 64 MB limit). The decode runs in a child capped near the limit."""
+    import resource
+
+    path = deep_exr(tmp_path / "bomb.exr", 80, 80, 4000)  # 102 MB of samples, about 1 MB on disk
+    assert os.path.getsize(path) < 3 * 2**20
+    bound(decoded_mb=1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with pytest.raises(DepthInputError, match=r"^bomb\.exr.*deep samples.*1 MB"):
+        load_depth(path)
+    assert time.perf_counter() - t0 < 5
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024  # not decoded in this process
+    bound(decoded_mb=2048)
+    assert load_depth(path).values.min() == pytest.approx(5.0)  # the same file under a roomy limit reads
+
+
+def test_deep_samples_count_toward_the_decoded_limit(tmp_path, bound):
+    path = deep_exr(tmp_path / "many.exr", 64, 64, 300)  # 4.7 MB of samples: decodes under the cap, then counted
+    bound(decoded_mb=2)
+    with pytest.raises(DepthInputError, match="5 MB of deep samples in one channel, above the 2 MB limit"):
+        load_depth(path)
+    bound(decoded_mb=8)
+    assert load_depth(path).values.max() == pytest.approx(5.0)
 
 
 def test_png_header_bomb_and_pillow_limit_untouched(tmp_path):

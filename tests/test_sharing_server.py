@@ -151,6 +151,13 @@ def _refusals(tmp):
             d, {"path": _someone_elses_result(d, s), "meta": {"_type": "gradio.FileData"}}), None),
         ("a served result as a record", lambda d, s: raw_preview(d, _served_result_record(d)),
          "not uploaded to this server"),
+        # issue 24: each of these once gave "internal error"
+        ("seed Infinity", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), seed=float("inf"))),
+         "seed must be a whole number"),
+        ("steps -Infinity", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), steps=float("-inf"))),
+         "steps must be a whole number"),
+        ("loras as a number", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), loras=5)),
+         "loras must be a list"),
     ]
 
 
@@ -306,6 +313,33 @@ def test_oversized_request_body_is_refused_before_it_reaches_a_handler(shared):
     r = httpx.post(base(demo) + "/gradio_api/call/generate", json={"data": generate_args(None, big)}, timeout=30)
     assert r.status_code == 413 and "\n" not in r.text
     assert_healthy(demo)
+
+
+def test_every_route_refuses_an_oversized_body_before_reading_it(shared):
+    """Issue 24: paths ending in /upload skipped the bound (a 150 MB JSON body to /gradio_api/run/upload was parsed
+    before the login check). Only gradio's own upload route takes large bodies, and only multipart ones."""
+    studio, demo = shared
+    big = b"[" + b"1," * (300 * 1024) + b"1]"  # 600 KB of JSON, above --max-body-kb 256
+    for route in ("/gradio_api/run/upload", "/gradio_api/call/upload", "/gradio_api/run/predict", "/upload",
+                  "/gradio_api/queue/join", "/login"):
+        r = httpx.post(base(demo) + route, content=big, headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 413 and "\n" not in r.text, route
+    r = httpx.post(base(demo) + "/gradio_api/upload", content=b"{}", headers={"content-type": "application/json"},
+                   timeout=30)
+    assert r.status_code == 415
+    assert_healthy(demo)
+
+
+def test_a_forged_forwarded_address_per_attempt_does_not_escape_the_login_slow_down(tmp_path):
+    """The back-off keys on the last X-Forwarded-For entry (the one a proxy in front adds) and on all clients
+    together, so a new forged address per attempt is slowed down as well."""
+    studio, demo = launch_app(tmp_path, "--auth", "artist:s3cret", auth=parse_auth("artist:s3cret"))
+    try:
+        codes = [httpx.post(base(demo) + "/login", data={"username": "artist", "password": f"guess{i}"},
+                            headers={"x-forwarded-for": f"198.51.100.{i}"}).status_code for i in range(56)]
+        assert codes[:50] == [400] * 50 and codes[-1] == 429
+    finally:
+        demo.close()
 
 
 def test_failed_logins_slow_down_per_client(tmp_path):

@@ -181,8 +181,8 @@ def probe_size(path: str) -> tuple[int, int]:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                return series.shape[series.axes.index("X")], series.shape[series.axes.index("Y")]
+                page = tif.pages.first  # never the page list: see _read_tiff
+                return page.shape[page.axes.index("X")], page.shape[page.axes.index("Y")]
         if fmt == "npy":
             shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
             return shape[1], shape[0]
@@ -239,7 +239,21 @@ def _read_exr(path: str, fmt: str) -> Raster:
     width, height = int(x1 - x0 + 1), int(y1 - y0 + 1)
     check_shape(width, height, name)
     check_exr_parts(head.parts, name)
+    if any("deep" in str(part.header.get("type", "")).lower() for part in head.parts):
+        from .deep import read_deep_exr  # unknown sample counts: decoded in a bounded child (depth/deep.py)
 
+        return read_deep_exr(path, fmt)
+    return decode_exr(path, fmt)
+
+
+def decode_exr(path: str, fmt: str) -> Raster:
+    """Every part and channel, after _read_exr's header checks; deep parts are flattened (bounded by the caller)."""
+    import OpenEXR
+
+    name = display_name(path)
+    head = OpenEXR.File(path, header_only=True)
+    (x0, y0), (x1, y1) = (np.asarray(v) for v in head.parts[0].header["displayWindow"])
+    width, height = int(x1 - x0 + 1), int(y1 - y0 + 1)
     channels: list[Channel] = []
     notes: list[str] = []
     views: tuple[str, ...] = ()
@@ -267,7 +281,8 @@ def _read_exr(path: str, fmt: str) -> Raster:
                 if pixels is None:
                     continue
                 if deep:
-                    pixels = _flatten_deep(pixels, front_most=cname.lower().split(".")[-1] in _DEPTH_LAST_TOKENS)
+                    pixels = _flatten_deep(pixels, front_most=cname.lower().split(".")[-1] in _DEPTH_LAST_TOKENS,
+                                           name=name)
                 channels.append(Channel(cname, pixels, _exr_sample_type(pixels), index, origin,
                                         part_name or (f"part{index}" if multi else ""), part_view))
             if deep:
@@ -302,10 +317,14 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
 
 
-def _flatten_deep(samples: np.ndarray, front_most: bool) -> np.ndarray:
+def _flatten_deep(samples: np.ndarray, front_most: bool, name: str = "deep EXR") -> np.ndarray:
     """Per-pixel sample arrays -> one value: the smallest depth for depth channels, the first sample otherwise."""
     flat = samples.ravel()
     counts = np.fromiter((0 if s is None else len(s) for s in flat), dtype=np.int64, count=flat.size)
+    total = int(counts.sum()) * 4
+    if total > limits.current().max_decoded_bytes:  # the samples count toward the decoded-bytes limit too
+        raise DepthInputError(f"{name} holds {total / 2**20:.0f} MB of deep samples in one channel, above the "
+                              f"{limits.current().decoded_mb} MB limit; export a flat depth AOV")
     out = np.full(flat.size, np.nan, dtype=np.float32)
     filled = counts > 0
     if filled.any():
@@ -406,17 +425,20 @@ def _read_tiff(path: str, fmt: str) -> Raster:
 
     name = display_name(path)
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        axes, shape = series.axes, series.shape
+        # The first page only: a depth pass is one image, and reading the page list (tif.pages, tif.series) walks
+        # every page of the file first, in time that grows with the square of the page count (issue 24: a 37 MB
+        # file of 50,000 pages held a preview for minutes).
+        page = tif.pages.first
+        axes, shape = page.axes, page.shape
         if "Y" not in axes or "X" not in axes:
             raise DepthInputError(f"{name}: TIFF layout {axes} has no image plane; export a single depth image")
         check_shape(shape[axes.index("X")], shape[axes.index("Y")], name)
-        decoded = int(np.prod(shape, dtype=np.int64)) * series.dtype.itemsize
+        decoded = int(np.prod(shape, dtype=np.int64)) * page.dtype.itemsize
         if decoded > limits.current().max_decoded_bytes:
-            raise DepthInputError(f"{name} would decode to {decoded / 2**20:.0f} MB (a stack of images), above the "
+            raise DepthInputError(f"{name} would decode to {decoded / 2**20:.0f} MB (a volume), above the "
                                   f"{limits.current().decoded_mb} MB limit; save a single depth image")
-        arr = series.asarray()
-    # Keep the first image of any stack; move samples last.
+        arr = page.asarray()
+    # Keep the first plane of any volume; move samples last.
     for ax in list(axes):
         if ax not in "YXS":
             arr = np.take(arr, 0, axis=axes.index(ax))

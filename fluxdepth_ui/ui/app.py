@@ -7,6 +7,7 @@ settings record, so it is tested without a browser (tests/test_handlers.py).
 from __future__ import annotations
 
 import contextlib
+import html
 import inspect
 import os
 import threading
@@ -124,6 +125,10 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         wire_memory(app)
 
         def end_session(request: gr.Request):
+            # gradio runs this when any client closes /heartbeat/{id}, logged in or not: on a server with a login,
+            # only a logged-in client ends a session (issue 24: a cookie-less loop broke logged-in previews).
+            if demo.auth and not getattr(request, "username", None):
+                return
             studio.end_session(request.session_hash)
 
         demo.unload(end_session)
@@ -142,7 +147,7 @@ def wire_preview(app: Wiring) -> dict:
         try:
             return user_facing(preview_panel)(form, request.session_hash)
         except gr.Error as exc:  # outside the queue an error cannot be a toast: it shows where the artist looks
-            return None, None, None, f"⚠ **{exc.message}**", rescue_channels(form)
+            return None, None, None, f"⚠ **{h.md_text(html.unescape(exc.message))}**", rescue_channels(form)
 
     def rescue_channels(form: dict):
         """When no depth channel is found by name, the Channel menu offers every channel of the file."""
@@ -289,7 +294,7 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
                 d.get("long_side", DEFAULT_LONG_SIDE), g.get("prompt", gr.update()),
                 tier if tier in policy.tiers else studio.manager.variant, g.get("steps", DEFAULT_STEPS),
                 g.get("guidance", DEFAULT_GUIDANCE), *preset_lora_slots(g.get("loras"), studio.manager.lora_dir),
-                f"**{preset.name}**: {preset.description}")
+                f"**{h.md_text(preset.name)}**: {h.md_text(preset.description)}")
 
     w.preset_apply.click(apply_preset, [w.preset_menu], [*app.components(*targets), w.preset_status],
                          api_visibility="private").then(**preview_kw)
@@ -306,7 +311,7 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
                      "guidance": float(form["guidance"]),
                      "loras": [{"name": x.name, "scale": x.scale} for x in h.loras_from_form(form)]},
                     overwrite=bool(overwrite))
-        return menu(name.strip()), f"Saved preset **{name.strip()}**"
+        return menu(name.strip()), f"Saved preset **{h.md_text(name.strip())}**"
 
     w.preset_save.click(store_preset, [w.preset_name, w.preset_overwrite, *app.components(*targets)],
                         [w.preset_menu, w.preset_status], api_visibility="private")
@@ -316,7 +321,7 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
         if not policy.save_presets:
             raise FluxDepthError("deleting presets is off on this shared server")
         delete_preset(name)
-        return menu(), f"Deleted preset **{name}**"
+        return menu(), f"Deleted preset **{h.md_text(name)}**"
 
     w.preset_delete.click(remove_preset, [w.preset_menu], [w.preset_menu, w.preset_status], api_visibility="private")
     # The menu is read again on every page load: presets saved in another tab or session show up after a reload.
@@ -481,10 +486,12 @@ def preview_endpoint(app: Wiring):
                     far=far, long_side=long_side, edges=edges, polarity=polarity)
         settings = h.depth_from_form(form)
         source = app.gate.resolve(depth, record_only=True)
-        with app.preview_slot():
+        # An API call's control map is written in a folder of its own and served as a copy: concurrent callers
+        # (who all lack a page session) never prune or remove each other's files.
+        with app.preview_slot(), studio.workspace.scratch() as folder:
             result = h.run_preview(studio, source, settings)
-            png = h.write_control_png(studio, session_of(request), result)
-        return FileData(path=app.serve(png)), result.stats.to_dict()
+            png = app.serve(h.write_control_png(studio, None, result, folder=folder))
+        return FileData(path=png), result.stats.to_dict()
 
     return fluxdepth_preview
 

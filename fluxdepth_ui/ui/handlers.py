@@ -7,13 +7,13 @@ the `/preview` and `/generate` API endpoints and the tests share one code path w
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +60,12 @@ class Studio:
     farm: dict | None = None
     # FLUX.1 Depth [pro] through BFL's API (bfl.BflBackend), offered when the host started with --bfl; None: off.
     bfl: object | None = None
-    previews: dict = field(default_factory=dict)  # session -> (path, settings, DepthPreview) last shown
+    # session -> (path, settings, DepthPreview) last shown, and the last maps read: bounded in bytes over all
+    # sessions (limits.cache_mb), least recently used first, whether or not a session ever ends (docs/sharing.md).
+    previews: "cachetools.LRUCache" = field(default_factory=lambda: _byte_bounded_cache())
     made_depths: dict = field(default_factory=dict)  # real path -> DepthMap estimated here (keeps its polarity)
-    _depth_cache: OrderedDict = field(default_factory=OrderedDict)
+    _depth_cache: "cachetools.LRUCache" = field(default_factory=lambda: _byte_bounded_cache())
+    _stems: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def session_dir(self, session: str | None) -> Path:
@@ -74,6 +77,21 @@ class Studio:
         except OSError as exc:
             raise FluxDepthError(f"the results folder cannot be written ({exc.strerror}); tell the host") from None
         return path
+
+    def unique_stem(self, stem: str) -> str:
+        """A result name no other result of this server has or is about to get (two images with one seed in one
+        second once overwrote each other): `stem`, else `stem-2`, `stem-3`, ..."""
+        with self._lock:
+            taken = self._stems
+            name, n = stem, 1
+            while name in taken:
+                n += 1
+                name = f"{stem}-{n}"
+            taken.add(name)
+            if len(taken) > 10_000:
+                taken.clear()  # names carry the second: a clash needs the same second anyway
+                taken.add(name)
+            return name
 
     def cancel_event(self, session: str | None) -> threading.Event:
         with self._lock:
@@ -105,15 +123,49 @@ class Studio:
         stat = os.stat(path)
         key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size, channel)
         with self._lock:
-            if key in self._depth_cache:
-                self._depth_cache.move_to_end(key)
-                return self._depth_cache[key]
+            kept = self._depth_cache.get(key)
+        if kept is not None:
+            return kept
         depth = load_depth(path, channel)
-        with self._lock:
-            self._depth_cache[key] = depth
-            while len(self._depth_cache) > 4:
-                self._depth_cache.popitem(last=False)
+        keep(self._depth_cache, key, depth, self._lock)
         return depth
+
+
+# Each kept entry counts at least this much, so the count is bounded too (cache_mb / 8 entries at most).
+_ENTRY_FLOOR = 8 * 2**20
+
+
+def _byte_bounded_cache():
+    import cachetools
+
+    return cachetools.LRUCache(maxsize=limits.current().cache_mb * 2**20 // 2,
+                               getsizeof=lambda value: max(_ENTRY_FLOOR, held_bytes(value)))
+
+
+def keep(cache, key, value, lock) -> None:
+    """Store in a byte-bounded cache; a value larger than the whole cache is simply not kept."""
+    with lock:
+        try:
+            cache[key] = value
+        except ValueError:  # cachetools: larger than maxsize
+            cache.pop(key, None)
+
+
+def held_bytes(value, _seen: set | None = None) -> int:
+    """Bytes of the numpy arrays a record holds (fields, nested records, tuples, dicts), each array once."""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, (list, tuple)):
+        return sum(held_bytes(v, seen) for v in value)
+    if isinstance(value, dict):
+        return sum(held_bytes(v, seen) for v in value.values())
+    if hasattr(value, "__dict__") and not isinstance(value, type):
+        return sum(held_bytes(v, seen) for v in vars(value).values())
+    return 0
 
 
 def check_outputs_writable(outputs: Path) -> Path:
@@ -181,8 +233,7 @@ def run_preview(studio: Studio, path: str, settings: DepthSettings, log_histogra
     depth = studio.load_depth(path, settings.channel)
     preview = prepare_loaded(depth, settings, log_histogram)
     if session is not None:
-        with studio._lock:
-            studio.previews[session] = (path, settings, preview)
+        keep(studio.previews, session, (path, settings, preview), studio._lock)
     return preview
 
 
@@ -194,9 +245,10 @@ def recall_preview(studio: Studio, session: str | None, path: str, settings: Dep
     return None
 
 
-def write_control_png(studio: Studio, session: str | None, result: DepthPreview, keep: int = 4) -> str:
-    """16-bit PNG of the control map in the session's scratch folder; older previews are pruned."""
-    folder = studio.workspace.folder(session, "previews")
+def write_control_png(studio: Studio, session: str | None, result: DepthPreview, keep: int = 4,
+                      folder: Path | None = None) -> str:
+    """16-bit PNG of the control map in the session's scratch folder (or `folder`); older previews are pruned."""
+    folder = folder or studio.workspace.folder(session, "previews")
     path = folder / f"control-{time.time_ns()}.png"
     write_preview_png(result.control, str(path), compress_level=1)  # a throwaway preview: speed over size
     for old in sorted(folder.glob("control-*.png"))[:-keep]:
@@ -222,13 +274,22 @@ def histogram_frames(result: DepthPreview):
     return raw_df, control_df
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~&])")
+
+
+def md_text(text: str) -> str:
+    """Text from a file or a visitor (channel names, file names, preset names) shown literally in a Markdown
+    component: every character Markdown or HTML would act on is escaped, so no markup or remote image is rendered."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
 def stats_markdown(result: DepthPreview) -> str:
     s = result.stats
-    lines = [f"**{s.summary()}**"]
+    lines = [f"**{md_text(s.summary())}**"]
     if s.raw_clip:
         far, near = s.raw_clip
         lines.append(f"Far end ↔ near end in file units: {far:.4g} ↔ {near:.4g}")
-    lines += [f"- ⚠ {w}" for w in s.warnings]
+    lines += [f"- ⚠ {md_text(w)}" for w in s.warnings]
     return "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if len(lines) > 2 else "")
 
 
@@ -317,7 +378,7 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
         manager.configure(variant=variant)  # serialized: generations share one GPU slot
     cancel = studio.cancel_event(session)
     cancel.clear()
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-seed{generation.seed}"
+    stem = studio.unique_stem(f"{time.strftime('%Y%m%d-%H%M%S')}-seed{generation.seed}")
     # When the results folder fails, the image goes to the session's scratch folder: it is never lost.
     fallback = studio.workspace.folder(session, "unsaved")
     try:
@@ -331,14 +392,19 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
                        fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
                        formats=formats)
     meta = shot.metadata.to_dict()
+    unsaved = not shot.saved or folder == fallback
+    if unsaved:  # API callers see it in the metadata they get back
+        meta["notes"] = [*meta["notes"], "the results folder could not be written: this image is not kept on "
+                                          "the server, save it now"]
     message = (f"seed **{meta['seed']}** · {meta['width']}×{meta['height']} · {meta['steps']} steps · "
                f"guidance {meta['guidance']:g} · {meta['variant']} · {meta['seconds']:.1f} s")
     if switched:
         message += f"\n\nThe model was switched to **{variant}** (for every visitor of this server)."
-    if not shot.saved or folder == fallback:
+    if unsaved:
         message += "\n\n⚠ The results folder could not be written: **download this image now**, it is not kept."
-    if meta["notes"]:
-        message += "\n\n⚠ " + " · ".join(meta["notes"])
+    notes = [n for n in meta["notes"] if not n.startswith("the results folder could not be written")]
+    if notes:
+        message += "\n\n⚠ " + " · ".join(md_text(n) for n in notes)
     return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message, dict(shot.extras))
 
 
@@ -383,7 +449,7 @@ def seed_value(seed, randomize: bool = False) -> int | None:
         value = float(seed)
     except (TypeError, ValueError):
         raise FluxDepthError(f"seed must be a whole number, not {str(seed)[:20]!r}") from None
-    if value != value or value != int(value):
+    if not math.isfinite(value) or value != int(value):
         raise FluxDepthError("seed must be a whole number (or -1 for a random one)")
     return None if value < 0 else int(value)
 
@@ -410,6 +476,8 @@ def loras_from_form(form: dict) -> tuple:
         items = form["loras"]
         if isinstance(items, (str, dict)):
             items = [items]
+        if not isinstance(items, (list, tuple)):
+            raise FluxDepthError("loras must be a list of \"NAME\" or \"NAME:SCALE\" strings")
         return tuple(StyleLora.from_value(item) for item in items)
     chosen = []
     for index in range(1, 9):
@@ -505,8 +573,12 @@ def gather_sequence(studio: Studio, session: str | None, files: list, settings: 
     from ..sequence import check_frames, compute_stats, find_frames
 
     folder, skipped = stage_sequence(studio, session, files)
-    frames = check_frames(find_frames(folder))
-    stats = compute_stats(frames, settings, folder, seed=seed)
+    try:
+        frames = check_frames(find_frames(folder))
+        stats = compute_stats(frames, settings, folder, seed=seed)
+    except FluxDepthError:
+        studio.workspace.discard(session, folder)  # a refused upload leaves no files behind (issue 24)
+        raise
     shared = DepthSettings(channel=settings.channel, normalize=settings.normalize, long_side=settings.long_side,
                            fixed_range=stats.range)
     previews = []
@@ -522,7 +594,7 @@ def gather_sequence(studio: Studio, session: str | None, files: list, settings: 
                f"{r.low:.4g} … {r.high:.4g}{', inverted' if r.inverted else ''}")
     if skipped:
         shown = ", ".join(skipped[:5]) + (" …" if len(skipped) > 5 else "")
-        summary += f"\n\n⚠ left out {len(skipped)} file(s) that are not depth maps: {shown}"
+        summary += f"\n\n⚠ left out {len(skipped)} file(s) that are not depth maps: {md_text(shown)}"
     return SequenceSetup(folder, frames, stats, previews, summary, tuple(file_channels(frames[0].path)))
 
 
@@ -532,10 +604,15 @@ def sequence_channels(studio: Studio, session: str | None, files: list) -> list[
 
     try:
         folder, _ = stage_sequence(studio, session, files)
-        frames = find_frames(folder)
     except FluxDepthError:
         return [AUTO_CHANNEL]
-    return file_channels(frames[0].path) if frames else [AUTO_CHANNEL]
+    try:
+        frames = find_frames(folder)
+        return file_channels(frames[0].path) if frames else [AUTO_CHANNEL]
+    except FluxDepthError:
+        return [AUTO_CHANNEL]
+    finally:
+        studio.workspace.discard(session, folder)  # only called after a refusal: nothing of it is kept
 
 
 @dataclass(frozen=True)
@@ -557,7 +634,10 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
     from ..sequence import render_sequence, save_stats, settle_seed, write_video
     from ..settings import GenerationSettings
 
+    from ..settings import check_number
+
     formats = check_formats(formats)
+    fps = check_number("fps", fps, 1, 120)  # checked before any frame renders, not when the video is written
     stats = settle_seed(setup.stats)
     generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance,
                                     loras=loras)

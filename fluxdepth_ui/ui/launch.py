@@ -138,7 +138,9 @@ def guard_middleware(bound: limits.Limits):
 
     from .sharing import GuardMiddleware
 
-    return Middleware(GuardMiddleware, body_limit=bound.body_kb * 1024)
+    # An upload request may carry a whole sequence (many files): bounded by what one zip may expand to.
+    return Middleware(GuardMiddleware, body_limit=bound.body_kb * 1024,
+                      upload_limit=max(bound.upload_mb, bound.zip_mb) * 2**20)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FluxDepthError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from .sharing import start_retention, sweep_outputs
+    from .sharing import remove_scratch_on_signals, start_retention, sweep_outputs, sweep_stale_scratch
+
+    sweep_stale_scratch()  # what a killed or crashed server left in the temp folder
+    remove_scratch_on_signals(studio.workspace)
 
     if args.share and not auth:
         print("warning: --share without --auth: anyone with the link can use this GPU; add --auth USER:PASS",

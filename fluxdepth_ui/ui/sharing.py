@@ -13,16 +13,20 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import hashlib
+import html
 import logging
 import math
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,48 +154,140 @@ def _sha256(path: str) -> str:
 # --- per-session scratch space -----------------------------------------------------------------------------------
 
 
+SCRATCH_PREFIX = "fluxdepth-sessions-"
+
+
+def _new_scratch_root() -> Path:
+    # The process id in the name lets the next start remove what a killed server left (sweep_stale_scratch).
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
 @dataclass
 class Workspace:
     """Private temp folders per session (under the system temp dir, which gradio may serve from), removed at the
-    session's end. Zips unpack here once per upload."""
+    session's end, at the server's end (SIGTERM and SIGINT included: launch.py) and, for a killed server, at the
+    next start. Bounded whatever a client skips (heartbeats, cookies): at most `max_sessions` sessions hold scratch
+    (the least recently used one goes first), a session keeps only its latest unpacked upload, and unpacked uploads
+    of all sessions together stay under `max_staged_mb` (docs/sharing.md)."""
 
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="fluxdepth-sessions-")))
-    _staged: dict = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    root: Path = field(default_factory=_new_scratch_root)
+    max_sessions: int = 64
+    max_staged_mb: int = 8192
+    _staged: OrderedDict = field(default_factory=OrderedDict)  # (session, key) -> (entry, folder, bytes)
+    _used: OrderedDict = field(default_factory=OrderedDict)  # session -> None, least recently used first
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self):
         atexit.register(self.close)  # scratch files never outlive the server process
 
     def folder(self, session: str | None, *parts: str) -> Path:
-        path = self.root.joinpath(_safe_session(session), *parts)
-        path.mkdir(parents=True, exist_ok=True)
+        safe = _safe_session(session)
+        with self._lock:
+            self._used[safe] = None
+            self._used.move_to_end(safe)
+            while len(self._used) > self.max_sessions:
+                self._end(next(iter(self._used)))
+            path = self.root.joinpath(safe, *parts)
+            path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @contextlib.contextmanager
+    def scratch(self):
+        """A folder of one request (API calls, which have no page session), removed when the request is done."""
+        requests = self.root / ".requests"  # no session name can start with "." (_safe_session)
+        requests.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix="request-", dir=requests))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
     def staged(self, session: str | None, key: tuple, make) -> object:
-        """`make(folder)` once per (session, key): the same upload is never unpacked twice."""
+        """`make(folder)` once per (session, key): the same upload is never unpacked twice. A `make` that raises
+        leaves nothing behind."""
+        safe = _safe_session(session)
         with self._lock:
-            entry = self._staged.get((_safe_session(session), key))
-        if entry is not None:
-            return entry
+            kept = self._staged.get((safe, key))
+            if kept is not None:
+                self._staged.move_to_end((safe, key))
+                return kept[0]
         folder = self.folder(session, f"upload-{time.time_ns()}")
         try:
             entry = make(folder)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         with self._lock:
-            self._staged[(_safe_session(session), key)] = entry
+            for other in [k for k in self._staged if k[0] == safe]:  # a session works on its latest upload
+                self._drop(other)
+            self._staged[(safe, key)] = (entry, folder, size)
+            while sum(v[2] for v in self._staged.values()) > self.max_staged_mb * 2**20 and len(self._staged) > 1:
+                self._drop(next(iter(self._staged)))
         return entry
 
-    def end(self, session: str | None) -> None:
-        safe = _safe_session(session)
+    def discard(self, session: str | None, folder: str | Path) -> None:
+        """An unpacked upload that was refused after unpacking: its files go now, not at the session's end."""
+        safe, folder = _safe_session(session), Path(folder)
         with self._lock:
-            for k in [k for k in self._staged if k[0] == safe]:
-                del self._staged[k]
-        shutil.rmtree(self.root / safe, ignore_errors=True)
+            for k in [k for k, v in self._staged.items() if k[0] == safe and v[1] == folder]:
+                self._drop(k)
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def end(self, session: str | None) -> None:
+        with self._lock:
+            self._end(_safe_session(session))
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def _end(self, safe: str) -> None:
+        for k in [k for k in self._staged if k[0] == safe]:
+            del self._staged[k]
+        self._used.pop(safe, None)
+        shutil.rmtree(self.root / safe, ignore_errors=True)
+
+    def _drop(self, key: tuple) -> None:
+        _, folder, _ = self._staged.pop(key)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_scratch_on_signals(workspace: Workspace) -> None:
+    """SIGTERM (how hosts stop a Space) and SIGINT skip atexit: remove the scratch root, then end as the signal
+    would have. Main thread only (launch.main)."""
+
+    def handler(signum, frame):
+        workspace.close()
+        signal.signal(signum, signal.SIG_DFL)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # gradio's own shutdown on Ctrl+C
+        os.kill(os.getpid(), signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
+def sweep_stale_scratch(temp_dir: str | None = None) -> list[str]:
+    """At start: remove the scratch roots of servers that are no longer running (killed, crashed)."""
+    removed = []
+    base = Path(temp_dir or tempfile.gettempdir())
+    for path in base.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def _safe_session(session: str | None) -> str:
@@ -252,8 +348,8 @@ def user_facing(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except FluxDepthError as exc:
-            raise gr.Error(one_line(str(exc)), print_exception=False) from None
+        except FluxDepthError as exc:  # gradio renders a toast's text as HTML: a file name must stay text
+            raise gr.Error(html.escape(one_line(str(exc)), quote=False), print_exception=False) from None
         except Exception:  # noqa: BLE001 - the one place unexpected errors are turned into a safe message
             ident = secrets.token_hex(4)
             log.exception("internal error %s in %s", ident, getattr(fn, "__name__", "handler"))
@@ -279,7 +375,9 @@ def as_toast(outputs: int, status: int | None = None):
                 gr.Warning(exc.message)
                 updates = [gr.update() for _ in range(outputs)]
                 if status is not None:
-                    updates[status] = f"⚠ {exc.message}"
+                    from .handlers import md_text
+
+                    updates[status] = f"⚠ {md_text(html.unescape(exc.message))}"
                 return tuple(updates) if outputs > 1 else updates[0]
 
         return wrapper
@@ -303,55 +401,66 @@ class LoginThrottle:
             fails, until = self._fails.get(client, (0, 0.0))
         return max(0.0, until - self.clock())
 
-    def record(self, client: str, ok: bool) -> None:
+    def record(self, client: str, ok: bool, free: int | None = None) -> None:
+        free = self.free if free is None else free
         with self._lock:
             if ok:
-                self._fails.pop(client, None)
+                if client != ALL_CLIENTS:  # one visitor's good login does not lift the slow-down for all
+                    self._fails.pop(client, None)
                 return
             fails = self._fails.get(client, (0, 0.0))[0] + 1
-            delay = 0.0 if fails <= self.free else min(self.most, 2.0 ** (fails - self.free - 1))
+            delay = 0.0 if fails <= free else min(self.most, 2.0 ** (fails - free - 1))
             self._fails[client] = (fails, self.clock() + delay)
             if len(self._fails) > 10_000:  # bounded memory under a spray of addresses
                 self._fails.pop(next(iter(self._fails)))
 
 
-class GuardMiddleware:
-    """ASGI: refuse request bodies above `body_limit` bytes (uploads excepted, gradio bounds those) and slow down
-    repeated failed logins per client."""
+UPLOAD_ROUTE = "/gradio_api/upload"  # gradio's file upload: multipart, streamed to disk, each file bounded by gradio
 
-    def __init__(self, app, body_limit: int, throttle: LoginThrottle | None = None):
+
+class GuardMiddleware:
+    """ASGI: refuse request bodies above `body_limit` bytes on every route before they are read (gradio's upload
+    route: `upload_limit`, and multipart only), and slow down repeated failed logins (docs/sharing.md)."""
+
+    def __init__(self, app, body_limit: int, upload_limit: int | None = None, throttle: LoginThrottle | None = None):
         self.app, self.body_limit, self.throttle = app, body_limit, throttle or LoginThrottle()
+        self.upload_limit = upload_limit or body_limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if scope.get("method") == "POST" and path.rstrip("/").endswith("/login"):
-            return await self._login(scope, receive, send)
-        if path.rstrip("/").endswith("/upload"):
-            return await self.app(scope, receive, send)
+        path = scope.get("path", "").rstrip("/")
+        limit = self.body_limit
+        if path == UPLOAD_ROUTE and scope.get("method") == "POST":
+            if not (_header(scope, b"content-type") or "").lower().startswith("multipart/form-data"):
+                return await _plain(send, 415, "uploads are sent as multipart/form-data")
+            limit = self.upload_limit
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.body_limit:
+        if length and (not length.isdigit() or int(length) > limit):
             return await _plain(send, 413, "request body too large for this server")
         seen = 0
 
-        async def counted_receive():
+        async def counted_receive():  # a body without a length (chunked) is counted as it arrives
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.body_limit:
+                if seen > limit:
                     raise _BodyTooLarge()
             return message
 
         try:
+            if scope.get("method") == "POST" and path.endswith("/login"):
+                return await self._login(scope, counted_receive, send)
             return await self.app(scope, counted_receive, send)
         except _BodyTooLarge:
             return await _plain(send, 413, "request body too large for this server")
 
     async def _login(self, scope, receive, send):
         client = _client_key(scope)
-        wait = self.throttle.wait_s(client)
+        # Per client, and over all clients together (a bucket of its own with more free attempts): a forged
+        # address per attempt cannot get around the slow-down.
+        wait = max(self.throttle.wait_s(client), self.throttle.wait_s(ALL_CLIENTS))
         if wait > 0:
             return await _plain(send, 429, f"too many failed logins; wait {math.ceil(wait)} s",
                                 [(b"retry-after", str(math.ceil(wait)).encode())])
@@ -363,7 +472,9 @@ class GuardMiddleware:
             await send(message)
 
         await self.app(scope, receive, watched_send)
-        self.throttle.record(client, status.get("code") == 200)
+        ok = status.get("code") == 200
+        self.throttle.record(client, ok)
+        self.throttle.record(ALL_CLIENTS, ok, free=ALL_CLIENTS_FREE)
 
 
 class _BodyTooLarge(Exception):
@@ -377,12 +488,18 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
+ALL_CLIENTS = "*"
+ALL_CLIENTS_FREE = 50
+
+
 def _client_key(scope) -> str:
-    """The client's address; behind a proxy on this machine (gradio's share tunnel, a Space) the forwarded one."""
+    """The client's address; behind a proxy on this machine (gradio's share tunnel, a Space) the forwarded one that
+    proxy added: the last entry of X-Forwarded-For (proxies append; the entries before it are the client's own
+    claim, free to forge)."""
     host = (scope.get("client") or ("unknown", 0))[0]
     forwarded = _header(scope, b"x-forwarded-for")
     if forwarded and host in ("127.0.0.1", "::1", "localhost"):
-        return forwarded.split(",")[0].strip()[:64]
+        return forwarded.split(",")[-1].strip()[:64] or host
     return host
 
 
