@@ -194,9 +194,8 @@ class Workspace:
     @contextlib.contextmanager
     def scratch(self):
         """A folder of one request (API calls, which have no page session), removed when the request is done."""
-        requests = self.root / ".requests"  # no session name can start with "." (_safe_session)
-        requests.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix="request-", dir=requests))
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=".request-", dir=self.root))  # no session's name starts with "."
         try:
             yield path
         finally:
