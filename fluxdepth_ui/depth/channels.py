@@ -8,7 +8,7 @@ Three kinds of content (docs/depth.md, "What the numbers mean"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,6 +43,11 @@ class DepthMap:
     alpha: np.ndarray | None = None  # bool (H, W): pixel has coverage; None when the file has no alpha
     notes: tuple[str, ...] = ()
     near_is_bright: bool = False  # polarity known (e.g. Depth Anything output): auto invert never flips it
+    # Made images (kind "image"): what their layout says (depth/layout.py): the polarity (None: unknown) and the
+    # flat regions that are empty background.
+    made_near_white: bool | None = None
+    background: np.ndarray | None = None
+    layout_reason: str = ""
 
     @property
     def width(self) -> int:
@@ -86,12 +91,22 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
     else:
         chosen, kind, extra = _auto_channel(raster)
         notes += extra
+    mist = "mist" in chosen.label.lower().split(".")
+    if mist and kind == "metric":
+        # Blender's Mist pass: distance remapped by the mist start, depth and falloff into 0 (near) .. 1 (far and
+        # sky). Not distances (0 is its near end, not "no data"): a made image whose near end is black.
+        kind = "image"
+        notes.append(f"{chosen.label} is Blender's Mist pass (a remapped distance, near = black): read as a made "
+                     "depth image; render the Z pass (Depth) for true inverse depth")
     if kind == "metric" and _written_by_nuke(raster) and "depth" in chosen.label.lower():
         kind = "inverse"
         notes.append(f"{chosen.label} was written by Nuke, which stores 1/Z: read as inverse depth")
 
     values = _place(chosen, raster.width, raster.height)
     coverage = _coverage_for(raster, chosen)
+    if abs(raster.pixel_aspect - 1.0) > 1e-3:
+        values, coverage, note = _to_square_pixels(values, coverage, raster.pixel_aspect, name)
+        notes.append(note)
     alpha = None if coverage is None else coverage > 0
     sample_type = chosen.sample_type
     integer = chosen.data.dtype.kind in "ui"
@@ -104,6 +119,14 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
     elif kind == "image" and integer and chosen.data.dtype.itemsize >= 2:
         kind, extra = _classify_integer_grey(values)
         notes += extra
+    elif kind == "image" and chosen.data.dtype.kind == "f" and chosen.name == "Y" and raster.format == "exr" and \
+            not {"RY", "BY", "R", "G", "B"} & {c.name for c in raster.channels} and _beyond_unit(values):
+        # A lone Y holding values beyond a made image's 0..1 is a distance pass written to the luminance channel.
+        kind = "metric"
+        finite = values[np.isfinite(values)]
+        notes.append(f"the lone Y channel holds {finite.min():.4g}..{finite.max():.4g}, beyond a made image's 0..1: "
+                     "read as distances (near = small); if it is a made depth image, choose mode passthrough "
+                     "(--mode passthrough)")
     elif kind == "image" and chosen.data.dtype.kind == "f" and (
             (chosen.name == "Y" and raster.format != "exr")
             or (channel and chosen.name.split(".")[-1].upper() not in ("R", "G", "B", "A", "Y"))):
@@ -124,8 +147,20 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
     if kind in ("metric", "inverse") and coverage is not None:
         values, extra = _settle_partial_coverage(values, coverage)
         notes += extra
-    if kind == "metric" and not integer:
-        notes += _metric_polarity_warning(values, chosen.label)
+    looks_inverse = kind == "metric" and not integer and _metric_polarity_warning(values, chosen.label)
+    if kind == "metric" and coverage is None and not looks_inverse:
+        values, extra = _settle_background_edges(values)
+        notes += extra
+    if looks_inverse:
+        notes += looks_inverse
+    layout = None
+    if kind == "image":
+        from .layout import read_layout
+
+        valid = np.isfinite(values) if alpha is None else np.isfinite(values) & alpha
+        layout = read_layout(values, valid)
+        if mist:  # its polarity is known; the layout still finds the sky (1.0)
+            layout = replace(layout, near_white=False, reason="Blender Mist pass")
     return DepthMap(
         values=values.astype(np.float32, copy=False),
         kind=kind,
@@ -136,6 +171,9 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
         name=name,
         alpha=alpha,
         notes=tuple(notes),
+        made_near_white=None if layout is None else layout.near_white,
+        background=None if layout is None else layout.background,
+        layout_reason="" if layout is None else layout.reason,
     )
 
 
@@ -303,6 +341,78 @@ def _settle_partial_coverage(values: np.ndarray, coverage: np.ndarray) -> tuple[
                  "object rims keep their object's depth"]
 
 
+_MAX_PIXEL_ASPECT = 4.0
+
+
+def _to_square_pixels(values, coverage, aspect: float, name: str):
+    """An anamorphic plate (pixelAspectRatio != 1) stretched to square pixels, so the control map and the image
+    keep the picture's display aspect. Nearest neighbour: depth is never blended across an edge."""
+    from .readers import check_pixels
+
+    if not (1 / _MAX_PIXEL_ASPECT <= aspect <= _MAX_PIXEL_ASPECT):
+        raise DepthInputError(f"{name} declares a pixel aspect ratio of {aspect:g}; only 1/4 to 4 is supported, "
+                              "export the depth pass with square pixels")
+    h, w = values.shape
+    if aspect > 1:
+        new_w, new_h = int(round(w * aspect)), h
+    else:
+        new_w, new_h = w, int(round(h / aspect))
+    check_pixels(new_w, new_h, f"{name} (at square pixels)")
+    cols = np.minimum((np.arange(new_w) * w / new_w).astype(np.int64), w - 1)
+    rows = np.minimum((np.arange(new_h) * h / new_h).astype(np.int64), h - 1)
+    stretch = (lambda a: a[np.ix_(rows, cols)]) if aspect < 1 else (lambda a: a[:, cols])
+    values = stretch(values)
+    coverage = None if coverage is None else stretch(coverage)
+    return values, coverage, (f"pixel aspect ratio {aspect:g} (anamorphic): stretched from {w}x{h} to "
+                              f"{new_w}x{new_h} square pixels, the picture's display aspect")
+
+
+def _settle_background_edges(values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Without alpha: edge pixels that a pixel filter averaged with an empty (0) background (Mantra / Karma Pz with
+    the default filter) come out nearer than the surface they belong to, a bright rim around every object. A pixel
+    that touches the background and is nearer than every pixel around it that does not is such a blend: it takes
+    its surface's depth when it was mostly covered, else it is background (docs/depth.md, "Edges")."""
+    with np.errstate(invalid="ignore"):
+        surface = np.isfinite(values) & (values > 0) & (values < 1e9)
+    empty = ~surface
+    if not empty.any() or empty.all():
+        return values, []
+    h, w = values.shape
+    rims = np.zeros_like(surface)
+    rims[1:] |= empty[:-1]
+    rims[:-1] |= empty[1:]
+    rims[:, 1:] |= empty[:, :-1]
+    rims[:, :-1] |= empty[:, 1:]
+    rims &= surface
+    ys, xs = np.nonzero(rims)
+    if ys.size == 0:
+        return values, []
+    inner = surface & ~rims
+    nearest = np.full(ys.size, np.inf, dtype=np.float32)
+    for dy in (-2, -1, 0, 1, 2):
+        for dx in (-2, -1, 0, 1, 2):
+            yy, xx = np.clip(ys + dy, 0, h - 1), np.clip(xs + dx, 0, w - 1)
+            ok = inner[yy, xx]
+            nearest[ok] = np.minimum(nearest[ok], values[yy[ok], xx[ok]])
+    here = values[ys, xs]
+    blended = np.isfinite(nearest) & (here < 0.97 * nearest)
+    if np.count_nonzero(blended) < max(8, 0.05 * ys.size):
+        return values, []  # the edges keep their surface's depth: nothing to settle
+    out = np.array(values, dtype=np.float32)
+    covered = here[blended] >= 0.5 * nearest[blended]
+    by, bx = ys[blended], xs[blended]
+    out[by[covered], bx[covered]] = nearest[blended][covered]
+    out[by[~covered], bx[~covered]] = np.nan
+    return out, [f"{int(blended.sum())} edge pixels were blended with the empty background (a pixel filter without "
+                 "alpha): set to their surface's depth or to background, so no object gets a bright rim"]
+
+
+def _beyond_unit(values: np.ndarray) -> bool:
+    sample = coarse(values)
+    finite = sample[np.isfinite(sample)]
+    return bool(finite.size) and (float(finite.max()) > 1.0 + 1e-6 or float(finite.min()) < -1e-6)
+
+
 def _written_by_nuke(raster: Raster) -> bool:
     if any(key.lower().startswith("nuke") for key in raster.metadata):
         return True
@@ -336,8 +446,12 @@ def polarity_vote(values: np.ndarray, valid: np.ndarray) -> int:
     border = np.zeros_like(valid)
     border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
     if background.mean() >= 0.03 and (background & border).sum() > 0.1 * border.sum():
-        edge = valid & (np.roll(background, 1, 0) | np.roll(background, -1, 0) | np.roll(background, 1, 1)
-                        | np.roll(background, -1, 1))
+        # The surface two and three rows below the background (the horizon under a sky): not the pixels right at
+        # its edge, which a pixel filter blends with the empty background, and not what stands beside it.
+        below = np.zeros_like(background)
+        below[2:] = background[:-2]
+        below[3:] |= background[:-3]
+        edge = valid & below & ~background
         near_sky = values[edge]
         if near_sky.size > 16:
             everything = values[valid]
@@ -398,11 +512,20 @@ def _classify_integer_grey(values: np.ndarray) -> tuple[str, list[str]]:
                                      "made depth image"]
 
 
+def speck_floor(values: np.ndarray) -> float:
+    """Distances below this are not depth: a lossy codec's specks in an empty (0) sky, B44 rounding about 1e-5
+    where the render wrote 0. A ten-thousandth of the median distance is nearer than any near plane."""
+    sample = coarse(values)
+    with np.errstate(invalid="ignore"):
+        sample = sample[np.isfinite(sample) & (sample > 0) & (sample < 1e9)]
+    return float(np.median(sample)) * 1e-4 if sample.size else 0.0
+
+
 def _metric_polarity_warning(values: np.ndarray, label: str) -> list[str]:
     """Distances run near = small; a channel whose layout says the opposite is probably 1/Z without metadata."""
     values = coarse(values)
     with np.errstate(invalid="ignore"):
-        valid = np.isfinite(values) & (values > 0) & (values < 1e9)
+        valid = np.isfinite(values) & (values > speck_floor(values)) & (values < 1e9)
     if polarity_vote(values, valid) < 0:
         return [f"{label} looks like inverse depth (1/Z): its larger values are the nearer ones (ground at the "
                 "bottom, sky at the edges); if near is dark in the preview, choose mode inverse (--mode inverse)"]

@@ -54,7 +54,7 @@ def read_deep_exr(path: str, fmt: str):
             channels = tuple(Channel(c["name"], arrays[f"c{i}"], c["sample_type"], c["part"], tuple(c["origin"]),
                                      c["part_name"], c["view"]) for i, c in enumerate(record["channels"]))
     return Raster(path, fmt, record["width"], record["height"], channels, tuple(record["views"]),
-                  record["metadata"], tuple(record["notes"]))
+                  record["metadata"], tuple(record["notes"]), float(record["pixel_aspect"]))
 
 
 def _child(path: str, work: str, bound: dict) -> int:
@@ -81,6 +81,7 @@ def _child(path: str, work: str, bound: dict) -> int:
         return _REFUSED
     np.savez(os.path.join(work, "pixels.npz"), **{f"c{i}": c.data for i, c in enumerate(raster.channels)})
     record = dict(width=raster.width, height=raster.height, views=list(raster.views), notes=list(raster.notes),
+                  pixel_aspect=raster.pixel_aspect,
                   metadata=raster.metadata,
                   channels=[dict(name=c.name, sample_type=c.sample_type, part=c.part, origin=list(c.origin),
                                  part_name=c.part_name, view=c.view) for c in raster.channels])

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .channels import DepthMap, polarity_vote
+from .channels import DepthMap, polarity_vote, speck_floor
 from .errors import DepthInputError
 
 MODES = ("auto", "disparity", "linear", "inverse", "passthrough")
@@ -30,6 +30,7 @@ EDGE_CHOICES = ("snap", "near", "far", "off")
 DEFAULT_EDGES = EDGE_CHOICES[0]
 DEFAULT_CLIP = (0.5, 99.5)
 GAP_MAX = 0.25
+PASSTHROUGH_GAP = 0.04  # a made image's far end over an empty background: about 10 of 255 grey levels
 # Below this share of invalid pixels there is no background worth a gap (a few NaN edge pixels are not sky).
 _BACKGROUND_MIN_FRACTION = 0.001
 _HALF_MAX = 65504.0
@@ -122,15 +123,36 @@ def resolve_mode(depth: DepthMap, settings: NormalizeSettings) -> str:
     return {"metric": "disparity", "inverse": "inverse", "image": "passthrough"}[depth.kind]
 
 
+def as_settings_say(depth: DepthMap, settings: NormalizeSettings) -> DepthMap:
+    """An 8/16-bit file read as raw distances is a made image when the artist says what its ends mean
+    (--polarity), or gives near and far that cannot be distances in its units (all values far beyond far)."""
+    if depth.kind != "metric" or depth.sample_type not in ("uint8", "uint16"):
+        return depth
+    from .layout import as_made_image
+
+    if settings.polarity != "auto":
+        return as_made_image(depth, f"polarity {settings.polarity} given: read as a made depth image")
+    if settings.near is not None and settings.far is not None:
+        finite = depth.values[np.isfinite(depth.values) & (depth.values > 0)]
+        if finite.size and float(np.median(finite)) > 10 * settings.far:
+            return as_made_image(depth, f"values {finite.min():.0f}..{finite.max():.0f} cannot be distances with far "
+                                        f"{settings.far:g}: read as a made depth image between near and far")
+    return depth
+
+
 def valid_mask(depth: DepthMap) -> np.ndarray:
     """Pixels that carry depth. Everything else is background and ends at 0 (black, far)."""
     v = depth.values
     valid = np.isfinite(v)
     if depth.alpha is not None:
         valid &= depth.alpha
+    if depth.background is not None:
+        valid &= ~depth.background
     if depth.kind in ("metric", "inverse"):
         with np.errstate(invalid="ignore"):
             valid &= v > 0
+            if depth.kind == "metric" and depth.sample_type in ("half", "float", "float32"):
+                valid &= v >= speck_floor(v)  # a lossy codec's specks in an empty sky are background
             if depth.kind == "metric":
                 valid &= v < (_HALF_MAX if depth.sample_type == "half" else _SENTINEL_MIN)
                 if depth.sample_type == "uint16":
@@ -155,21 +177,27 @@ def _working_values(depth: DepthMap, mode: str, valid: np.ndarray, settings: Nor
     return np.array(x, dtype=np.float32)  # a copy: normalize() works on it in place
 
 
-def made_image_near_white(depth: DepthMap, settings: NormalizeSettings, valid: np.ndarray) -> bool:
-    """Which end of a made depth image is near: as stated, as known (Depth Anything), or from the frame's layout."""
+def made_polarity(depth: DepthMap, settings: NormalizeSettings) -> bool | None:
+    """Whether a made depth image's near end is white: as stated (--polarity), as known (Depth Anything), or as its
+    layout says (depth/layout.py); None when none of these tells."""
     if settings.polarity != "auto":
         return settings.polarity == "near-white"
     if depth.near_is_bright:
         return True
-    return polarity_vote(depth.values, valid) < 0  # larger nearer: near = white; no evidence: a Z remap, near = black
+    return depth.made_near_white
+
+
+def made_image_near_white(depth: DepthMap, settings: NormalizeSettings, valid: np.ndarray) -> bool:
+    """For converting a made image back to distances: unknown polarity is taken as a Z remap (near = black)."""
+    known = made_polarity(depth, settings)
+    return bool(known) if known is not None else False
 
 
 def made_image_polarity_note(depth: DepthMap, settings: NormalizeSettings, valid: np.ndarray) -> str | None:
-    if settings.polarity != "auto" or depth.near_is_bright:
-        return None
-    if polarity_vote(depth.values, valid) == 0:
-        return ("the file's polarity could not be read from the frame (no ground or sky): assumed near = black, a "
-                "linear remap of Z; if near is white in the file, set polarity near-white (--polarity near-white)")
+    if made_polarity(depth, settings) is None:
+        return (f"the file's polarity could not be read from the frame ({depth.layout_reason}): assumed near = "
+                "black, a linear remap of Z; if near is white in the file, set polarity near-white "
+                "(--polarity near-white)")
     return None
 
 
@@ -207,13 +235,14 @@ class _Samples:
     mode: str
     values: np.ndarray  # working values on valid pixels (subsampled for big frames)
     background: bool
-    bright_background: bool | None  # passthrough polarity vote
+    near_black: bool | None  # passthrough polarity vote
     working: np.ndarray | None = None  # the full working-value frame, kept for normalize()
     valid: np.ndarray | None = None
 
 
 def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False,
              max_samples: int = _MAX_SAMPLES_PER_FRAME) -> _Samples:
+    depth = as_settings_say(depth, settings)
     mode = resolve_mode(depth, settings)
     _check_mode_fits(depth, mode, settings)
     valid = valid_mask(depth)
@@ -228,7 +257,10 @@ def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False,
     if values.size > max_samples:
         values = values[:: values.size // max_samples + 1].copy()
     background = (valid.size - count) >= valid.size * _BACKGROUND_MIN_FRACTION
-    bright = _background_is_bright(x, valid) if mode == "passthrough" and not depth.near_is_bright else None
+    bright = None
+    if mode == "passthrough":  # flip when near is black: as stated, as known or as the layout says
+        near_white = made_polarity(depth, settings)
+        bright = None if near_white is None else not near_white
     if keep:
         return _Samples(mode, values, background, bright, x, valid)
     return _Samples(mode, values, background, bright)
@@ -255,9 +287,11 @@ def _range_from_samples(samples: list[_Samples], settings: NormalizeSettings) ->
 
     if mode == "passthrough":
         low, high = float(values.min()), float(values.max())
-        votes = [s.bright_background for s in samples if s.bright_background is not None]
+        votes = [s.near_black for s in samples if s.near_black is not None]
         auto_invert = bool(votes) and sum(votes) * 2 > len(votes)
-        return DepthRange(mode, low, high, 0.0, _decide_invert(settings, auto_invert))
+        # With an empty background (alpha, a detected sky), the farthest surface stays above its black.
+        gap = PASSTHROUGH_GAP if background else 0.0
+        return DepthRange(mode, low, high, gap, _decide_invert(settings, auto_invert))
 
     # `values` is our own copy: let percentile partition it in place instead of copying it again.
     p_lo, p_hi = np.percentile(values, settings.clip, overwrite_input=True)
@@ -284,38 +318,13 @@ def _decide_invert(settings: NormalizeSettings, auto_value: bool) -> bool:
     return {"on": True, "off": False}.get(settings.invert, auto_value)
 
 
-def _background_is_bright(x: np.ndarray, valid: np.ndarray) -> bool | None:
-    """Polarity check for made images: the biggest flat region touching the border is background and should be dark.
-
-    Returns True (bright: flip), False (dark: keep) or None (no such region: keep, and say so).
-    """
-    border = np.concatenate([x[0], x[-1], x[1:-1, 0], x[1:-1, -1]])
-    border_valid = np.concatenate([valid[0], valid[-1], valid[1:-1, 0], valid[1:-1, -1]])
-    border = border[border_valid]
-    if border.size == 0:
-        return None
-    lo, hi = float(x[valid].min()), float(x[valid].max())
-    if hi <= lo:
-        return None
-    q_border = np.round((border - lo) / (hi - lo) * 1023).astype(np.int64)
-    level = int(np.bincount(q_border, minlength=1024).argmax())
-    value = lo + level / 1023 * (hi - lo)
-    flat = np.count_nonzero(valid & (np.abs(x - value) <= (hi - lo) / 1023))
-    if flat < valid.size * 0.05:
-        return None
-    if level >= 0.9 * 1023:
-        return True
-    if level <= 0.1 * 1023:
-        return False
-    return None
-
-
 def normalize(
     depth: DepthMap,
     settings: NormalizeSettings = NormalizeSettings(),
     fixed_range: DepthRange | None = None,
 ) -> ControlMap:
     """Map a depth channel to the control map. `fixed_range` (from `compute_sequence_range`) overrides the ends."""
+    depth = as_settings_say(depth, settings)
     # A note that suggests choosing a mode is moot once the artist has chosen one.
     warnings = [n for n in depth.notes if settings.mode == "auto" or "choose mode" not in n]
     if fixed_range is not None:
@@ -332,11 +341,11 @@ def normalize(
         samples = _samples(depth, settings, keep=True)
         rng = _range_from_samples([samples], settings)
         mode, x, valid = rng.mode, samples.working, samples.valid
-        if mode == "passthrough" and not rng.inverted and settings.invert == "auto" and not depth.near_is_bright:
-            if samples.bright_background is None:
-                warnings.append(
-                    "polarity could not be checked (no flat background): near must be white in the preview"
-                )
+        if mode == "passthrough" and settings.invert == "auto" and samples.near_black is None:
+            warnings.append(
+                f"the file's polarity could not be read from the frame ({depth.layout_reason}): kept as it is "
+                "(near = white); if near is dark in the preview, set polarity near-black (--polarity near-black)"
+            )
 
     if mode == "disparity" and depth.kind == "image":
         note = made_image_polarity_note(depth, settings, valid)

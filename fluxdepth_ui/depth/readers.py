@@ -81,6 +81,7 @@ class Raster:
     views: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    pixel_aspect: float = 1.0  # EXR pixelAspectRatio: a pixel's width over its height (anamorphic plates)
 
     def names(self) -> tuple[str, ...]:
         return tuple(c.label for c in self.channels)
@@ -289,7 +290,13 @@ def decode_exr(path: str, fmt: str) -> Raster:
                 notes.append(f"deep EXR part {index}: flattened to the front-most sample per pixel")
     if not channels:
         raise DepthInputError(f"{name} holds no pixel channels; export the depth pass again")
-    return Raster(path, fmt, width, height, tuple(channels), views, metadata, tuple(notes))
+    aspect = head.parts[0].header.get("pixelAspectRatio", 1.0)
+    try:
+        aspect = float(aspect)
+    except (TypeError, ValueError):
+        aspect = 1.0
+    return Raster(path, fmt, width, height, tuple(channels), views, metadata, tuple(notes),
+                  aspect if np.isfinite(aspect) and aspect > 0 else 1.0)
 
 
 def _window_size(window) -> tuple[int, int]:
