@@ -13,17 +13,24 @@ from fluxdepth_ui.cli import main
 from fluxdepth_ui.pipeline import read_metadata
 
 
-def test_generate_writes_png_and_sidecar_and_reproduces(tmp_path):
+def test_generate_writes_png_and_sidecar_and_reproduces(tmp_path, capsys):
+    """The first run is a real process (the CLI contract: JSON on stdout); the second runs in this process, and
+    both write the same bytes."""
     outs = []
     for name in ("a.png", "b.png"):
         out = tmp_path / name
-        proc = subprocess.run(
-            [sys.executable, "-m", "fluxdepth_ui.cli", "generate", str(BEACHBALL), "--prompt", "a beach ball",
-             "--model", "tiny-random", "--steps", "3", "--seed", "11", "--long-side", "256", "--out", str(out)],
-            capture_output=True, text=True, timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr
-        info = json.loads(proc.stdout)
+        argv = ["generate", str(BEACHBALL), "--prompt", "a beach ball", "--model", "tiny-random", "--steps", "3",
+                "--seed", "11", "--long-side", "256", "--out", str(out)]
+        if name == "a.png":
+            proc = subprocess.run([sys.executable, "-m", "fluxdepth_ui.cli", *argv], capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            stdout = proc.stdout
+        else:
+            capsys.readouterr()
+            assert main(argv) == 0
+            stdout = capsys.readouterr().out
+        info = json.loads(stdout)
         assert info["out"] == str(out) and info["seed"] == 11 and info["variant"] == "bf16"
         assert info["model"] == "tiny-random-seed0" and info["seconds"] > 0
         assert (info["width"], info["height"]) == (256, 192)

@@ -33,6 +33,17 @@ def files(folder):
     return {n: (folder / n).read_bytes() for n in names}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """One local Ray cluster for the module (2 CPUs): the in-process runs find it initialized and keep it, the
+    CLI processes join it with --ray-address, so no test pays for starting Ray again."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     root = tmp_path_factory.mktemp("single")
@@ -70,7 +81,7 @@ def test_a_worker_killed_mid_frame_is_retried_elsewhere(single, tmp_path):
         {n: expected[n] for n in expected if not n.endswith("stats.json")}
 
 
-def test_a_frame_that_fails_twice_is_reported_and_the_rest_finish(single, tmp_path, capsys):
+def test_a_frame_that_fails_twice_is_reported_and_the_rest_finish(single, tmp_path, capsys, cluster):
     pattern, expected = single
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -85,7 +96,8 @@ def test_a_frame_that_fails_twice_is_reported_and_the_rest_finish(single, tmp_pa
     bad = frames / "shot.0004.exr"
     bad.write_bytes(bad.read_bytes()[:600])
     run = subprocess.run([sys.executable, "-m", "fluxdepth_ui.cli", "sequence", str(frames / "shot.####.exr"),
-                          *COMMON, "--out", str(out), "--stats", str(stats), "--workers", "2", "--frames", "3-6"],
+                          *COMMON, "--out", str(out), "--stats", str(stats), "--workers", "2", "--frames", "3-6",
+                          "--ray-address", cluster],
                          capture_output=True, text=True, timeout=300)
     info = json.loads(run.stdout)
     assert run.returncode == 1 and list(info["failed"]) == ["4"] and info["rendered"] == [3, 5, 6]
@@ -93,16 +105,16 @@ def test_a_frame_that_fails_twice_is_reported_and_the_rest_finish(single, tmp_pa
     assert "corrupt or truncated" in info["failed"]["4"]
 
 
-def test_resume_after_the_driver_is_killed(single, tmp_path):
+def test_resume_after_the_driver_is_killed(single, tmp_path, cluster):
     pattern, expected = single
     out = tmp_path / "out"
     command = [sys.executable, "-m", "fluxdepth_ui.cli", "sequence", str(pattern), *COMMON, "--workers", "2",
-               "--out", str(out)]
+               "--out", str(out), "--ray-address", cluster]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("frame.*.json"))) < 2 and proc.poll() is None:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and every worker it started
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver: Ray ends the workers of its job
     proc.wait()
     done = len(list(out.glob("frame.*.json")))
     assert done >= 2
@@ -143,11 +155,11 @@ def test_houdini_pdg_commands_render_like_one_process(tmp_path):
     import fluxdepth_pdg
 
     assert fluxdepth_pdg.chunk_ranges(1001, 1010, 4) == [(1001, 1004), (1005, 1008), (1009, 1010)]
-    pattern = make_frames(tmp_path / "frames", count=5)
-    stats, chunks = fluxdepth_pdg.commands(str(pattern), 1, 5, str(tmp_path / "pdg"), "a hall", chunk=2, seed=4,
+    pattern = make_frames(tmp_path / "frames", count=4)
+    stats, chunks = fluxdepth_pdg.commands(str(pattern), 1, 4, str(tmp_path / "pdg"), "a hall", chunk=2, seed=4,
                                            fluxdepth=f"{sys.executable} -m fluxdepth_ui.cli",
                                            extra=["--model", "tiny-random", "--steps", "1", "--long-side", "256"])
-    assert len(chunks) == 3
+    assert len(chunks) == 2
     for line in [stats, *chunks]:
         done = subprocess.run(shlex.split(line), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr

@@ -198,8 +198,10 @@ def _is_depth_like(name: str) -> bool:
 
 def _auto_channel(raster: Raster) -> tuple[Channel, str, list[str]]:
     """The depth channel by name (docs/depth.md, "Which channel"); grey colour only when the file has nothing else."""
-    hero = raster.views[0].lower() if raster.views else ""
-    other_views = {v.lower() for v in raster.views[1:]}
+    # The hero view: multiView's first; without that attribute, the view of the first part that names one.
+    part_views = [c.view.lower() for c in sorted(raster.channels, key=lambda c: c.part) if c.view]
+    hero = raster.views[0].lower() if raster.views else (part_views[0] if part_views else "")
+    other_views = {v.lower() for v in raster.views[1:]} | {v for v in part_views if v != hero}
 
     def view_penalty(chan: Channel) -> int:
         if chan.view and hero:

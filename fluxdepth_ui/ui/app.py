@@ -349,7 +349,7 @@ def wire_sequence(app: Wiring) -> None:
             # As on the single frame: the error where the artist looks, and every channel of the first frame in
             # the Channel menu (the rescue when no depth channel is found by name).
             channels = h.sequence_channels(studio, request.session_hash, uploads)
-            return None, [], f"⚠ **{one_line(str(exc))}**", gr.update(choices=channels)
+            return None, [], f"⚠ **{h.md_text(one_line(str(exc)))}**", gr.update(choices=channels)
         labels = ["first", "middle", "last"]
         value = form["seq_channel"] if form["seq_channel"] in setup.channels else h.AUTO_CHANNEL
         return (setup, [(p, labels[i]) for i, p in enumerate(setup.previews)], setup.summary,
