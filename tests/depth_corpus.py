@@ -198,6 +198,13 @@ def _write_anamorphic(scene):
     return write
 
 
+def _render_target(r):
+    """A game engine's render-target export: scene depth in R (the sky at the half-float maximum), G and B zero."""
+    z = np.where(np.isfinite(r.zmin), r.zmin, 65504.0).astype(np.float16)
+    zero = np.zeros_like(z)
+    return {"R": z, "G": zero, "B": zero, "A": np.ones_like(z)}
+
+
 def _write_alpha_png(scene):
     """An 8-bit near-white map with an alpha channel; the far wall nearly as dark as the transparent background."""
     def write(folder: Path) -> str:
@@ -260,6 +267,8 @@ def cases() -> list[Case]:
         Case("float TIFF, LZW + predictor", _write_tiff(SKY, "lzw", 3), truth_of(SKY)),
         Case("float TIFF, deflate + predictor", _write_tiff(SKY, "zlib", 3), truth_of(SKY)),
         Case("anamorphic plate, pixelAspectRatio 2", _write_anamorphic(SKY), truth_of(SKY)),
+        Case("render-target export, --channel R", _write_exr(SKY, "render-target", _render_target), truth_of(SKY),
+             channel="R"),
         Case("near-black remap with no cue to its polarity (a tilted wall)", _write_tilted, _tilted_wall),
         Case("float Z, flat pillar at the border", _write_exr(SLAB, "slab", lambda r: {"Z": r.zmin}), truth_of(SLAB)),
         Case("float Z, flat pillar beside a sky", _write_exr(SLAB_SKY, "slab-sky",

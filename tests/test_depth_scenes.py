@@ -256,3 +256,15 @@ def test_sequence_stats_carry_the_frames_warnings(tmp_path, sky):
     assert len(stats.warnings) == 1 and "--mode inverse" in stats.warnings[0]
     save_stats(stats, str(tmp_path / "s.json"))
     assert load_stats(str(tmp_path / "s.json")).warnings == stats.warnings
+
+
+def test_world_space_p_z_is_not_diagnosed_as_inverse_depth(tmp_path, sky):
+    """Issue 25: a world-space P (camera looking down world -z) has larger z nearer; it is not 1/Z, and the
+    advice to read it as inverse depth would be wrong."""
+    z = np.where(np.isfinite(sky.zmin), sky.zmin, np.nan).astype(np.float32)
+    world_z = (100.0 - z).astype(np.float32)
+    path = write_exr(tmp_path / "p.exr", {"P.x": np.zeros_like(z), "P.y": np.zeros_like(z), "P.z": world_z})
+    depth = load_depth(path)
+    assert depth.channel == "P.z"
+    text = " ".join(depth.notes)
+    assert "world-space P" in text and "export a depth AOV" in text and "inverse depth (1/Z)" not in text

@@ -139,6 +139,14 @@ def interpret(raster: Raster, channel: str | None = None) -> DepthMap:
             if channel:
                 notes.append(f"{chosen.label} holds floats {finite.min():.4g}..{finite.max():.4g}: read as distances "
                              "(near = small); choose mode passthrough if it is a made depth image")
+    elif kind == "image" and channel and chosen.data.dtype.kind == "f" and _beyond_unit(values):
+        # A colour channel picked by hand that holds values beyond 0..1: an engine's render-target export keeps
+        # scene depth in R (its sky at the half-float maximum). Read as distances, not stretched as a picture.
+        kind = "metric"
+        finite = values[np.isfinite(values)]
+        notes.append(f"{chosen.label} holds floats {finite.min():.4g}..{finite.max():.4g}, beyond a made image's 0..1: "
+                     "read as distances (near = small); if it is a made depth image, choose mode passthrough "
+                     "(--mode passthrough)")
     if kind == "metric":
         values, extra = _fix_sign(values)
         notes += extra
@@ -529,6 +537,9 @@ def _metric_polarity_warning(values: np.ndarray, label: str) -> list[str]:
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(values) & (values > speck_floor(values)) & (values < 1e9)
     if polarity_vote(values, valid) < 0:
+        if label.lower().split(".")[-2:] == ["p", "z"]:  # a position's z: not 1/Z, not camera depth either
+            return [f"{label} does not run like camera depth (its larger values are the nearer ones): a world-space "
+                    "P, or a lat-long or otherwise rotated camera; export a depth AOV (Pz, depth) and read that"]
         return [f"{label} looks like inverse depth (1/Z): its larger values are the nearer ones (ground at the "
                 "bottom, sky at the edges); if near is dark in the preview, choose mode inverse (--mode inverse)"]
     return []
