@@ -38,13 +38,43 @@ class Layout:
     reason: str  # what decided, for the notes
 
 
+# The cues are read on a strided grid of about this many pixels: enough for a frame's layout, and the border flood
+# below stays a few milliseconds on an 8K frame.
+_GRID_PIXELS = 40_000
+
+
+def connected_to_border(mask: np.ndarray) -> np.ndarray:
+    """The pixels of `mask` 4-connected to the frame's border: a flood fill from the border, on the small grid.
+    (scipy.ndimage.label would do it, but importing scipy.ndimage takes 0.6-0.9 s on the 2-core dev machine, more
+    than the whole-process preview budget of docs/depth.md.)"""
+    region = np.zeros_like(mask)
+    region[0], region[-1], region[:, 0], region[:, -1] = mask[0], mask[-1], mask[:, 0], mask[:, -1]
+    count = int(np.count_nonzero(region))
+    while True:
+        grown = region.copy()
+        grown[1:] |= region[:-1]
+        grown[:-1] |= region[1:]
+        grown[:, 1:] |= region[:, :-1]
+        grown[:, :-1] |= region[:, 1:]
+        grown &= mask
+        now = int(np.count_nonzero(grown))
+        if now == count:
+            return grown
+        region, count = grown, now
+
+
+def _grow(mask: np.ndarray) -> np.ndarray:
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
 def read_layout(values: np.ndarray, valid: np.ndarray) -> Layout:
-    from scipy import ndimage
-
-    from .channels import coarse
-
-    stride = max(1, int(np.sqrt(values.size / 250_000)))
-    cv, cm = coarse(values), coarse(valid)
+    stride = max(1, int(np.sqrt(values.size / _GRID_PIXELS)))
+    cv, cm = values[::stride, ::stride], valid[::stride, ::stride]
     if not cm.any():
         return Layout(None, None, "no valid pixels")
     vv = cv[cm]
@@ -54,12 +84,9 @@ def read_layout(values: np.ndarray, valid: np.ndarray) -> Layout:
     tol = (hi - lo) / _STEPS
     regions: dict[str, np.ndarray] = {}
     for end, value in (("low", lo), ("high", hi)):
-        flat = cm & (np.abs(cv - value) <= tol)
-        labels, count = ndimage.label(flat)
-        if count == 0:
-            continue
-        on_border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        region = np.isin(labels, on_border[on_border > 0])
+        with np.errstate(invalid="ignore"):
+            flat = cm & (np.abs(cv - value) <= tol)
+        region = connected_to_border(flat)
         if region.mean() >= _MIN_REGION:
             regions[end] = region
     def sky_like(region: np.ndarray) -> bool:
@@ -155,8 +182,11 @@ def read_layout(values: np.ndarray, valid: np.ndarray) -> Layout:
         full = np.zeros(values.shape, dtype=bool)
         for end, region in chosen:
             value = hi if end == "high" else lo
+            # Each grid cell stands for the stride x stride pixels after it; one cell more all round, so the pixels
+            # at the region's edge that the grid skipped are taken too (only those at the region's exact value).
+            region = _grow(region)
             cells = np.repeat(np.repeat(region, stride, axis=0), stride, axis=1)[: values.shape[0], : values.shape[1]]
-            with np.errstate(invalid="ignore"):  # each strided cell stands for the stride x stride pixels after it
+            with np.errstate(invalid="ignore"):
                 full |= cells & valid & (np.abs(values - value) <= tol)
         background = full if full.any() else None
     return Layout(near_white, background, cues)
