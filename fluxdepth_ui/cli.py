@@ -324,25 +324,18 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         warn(stats.warnings)
         return 0
     generation = generation.with_seed(stats.seed)
-    farm = None
+    manager = _manager(spec)  # loads nothing until a frame renders here (with --workers, on the workers)
     with _progress_bar(len(selected), "frames (pass 2)") as bar:
         def on_frame(i, n, frame, status):
             bar.set_postfix_str(f"{frame.number} {status}")
             bar.update(1)
 
-        if args.workers:
-            from .farm import render_sequence_ray
-
-            report = farm = render_sequence_ray(spec, selected, stats, settings, generation, args.out, args.workers,
-                                                address=args.ray_address, formats=formats, on_frame=on_frame)
-            source_key = _manager(spec).source.key
-        else:
-            manager = _manager(spec)
-            report = render_sequence(manager, selected, stats, settings, generation, args.out, formats=formats,
-                                     load_progress=_load_printer(), on_frame=on_frame)
-            source_key = manager.source.key
+        report = render_sequence(manager, selected, stats, settings, generation, args.out, formats=formats,
+                                 load_progress=_load_printer(), on_frame=on_frame, workers=args.workers or 0,
+                                 address=args.ray_address)
+    source_key = manager.source.key
     videos = []
-    failed = farm.failed if farm else {}
+    failed = report.failed
     if args.video and not failed:
         videos.append(write_video(report.outputs, args.video, args.fps))
         root, ext = os.path.splitext(args.video)
@@ -356,7 +349,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     }))
     warn(stats.warnings)
     if failed:
-        print(f"error: {farm.failure_line()}; the others are done: run the same command again to retry them",
+        print(f"error: {report.failure_line()}; the others are done: run the same command again to retry them",
               file=sys.stderr)
         return 1
     return 0

@@ -2,8 +2,9 @@
 
 Frames are independent once the stats file fixes the range and the seed, so the driver hands them out and every
 worker renders through the same shot function as any other path (`shot.render_shot`): the files are byte-identical
-to a single-process run. No scheduler here: Ray's actors and `ray.wait` do the scheduling; this module decides what
-is left to do (resume), retries a frame whose worker died, and reports a frame that failed twice.
+to a single-process run. No scheduler here: Ray's actors and `ray.wait` do the scheduling; what is left to do is
+planned by the sequence service (sequence.render_sequence, which calls this with `workers`); this module retries a
+frame whose worker died and reports a frame that failed twice.
 
 Ray is an optional extra (`pip install -e ".[farm]"`); this module imports it only when called.
 """
@@ -11,11 +12,8 @@ Ray is an optional extra (`pip install -e ".[farm]"`); this module imports it on
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
 from typing import Callable
 
-from .atomic import remove_stale_parts
 from .errors import FluxDepthError
 from .settings import PipelineSpec, ShotSettings
 
@@ -47,61 +45,17 @@ class ShotWorker:
         return number
 
 
-@dataclass
-class FarmReport:
-    rendered: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    failed: dict[int, str] = field(default_factory=dict)  # frame -> last error, after ATTEMPTS tries
-    retried: list[int] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    controls: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    workers: int = 0
-
-    def failure_line(self) -> str:
-        """'frame(s) 4, 9 failed twice (why)': the one message the CLI and the app give."""
-        numbers = ", ".join(map(str, sorted(self.failed)))
-        return f"frame(s) {numbers} failed twice ({next(iter(self.failed.values()))})"
-
-
-def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generation, out_dir: str, workers: int,
-                        address: str | None = None, formats: tuple[str, ...] = (),
-                        on_frame: Callable[[int, int, object, str], None] | None = None,
-                        worker_options: dict | None = None) -> FarmReport:
-    """Render `frames` on `workers` Ray actors (one GPU each when the cluster has GPUs, else one CPU each)."""
+def render_jobs_on_ray(spec: PipelineSpec, jobs: list, shot: ShotSettings, formats: tuple[str, ...], workers: int,
+                       address: str | None, report, worker_options: dict | None = None,
+                       on_done: Callable[[object, str], None] | None = None) -> None:
+    """Render the planned frames (sequence.plan_frames) on `workers` Ray actors, one GPU each when the cluster has
+    GPUs, else one CPU each; fills `report` (sequence.SequenceReport): rendered, retried, failed."""
     try:
         import ray
     except ImportError:
         raise FluxDepthError('--workers needs Ray: pip install -e ".[farm]"') from None
-    from .pipeline import PipelineManager
-    from .sequence import frame_is_done, output_paths, settings_with_stats
-    from .shot import expected_key
-
     if workers < 1:
         raise FluxDepthError("--workers must be 1 or more")
-    os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
-    remove_stale_parts(out_dir)  # a killed run's half-written files
-    shot = ShotSettings(settings_with_stats(depth, stats), generation)
-    keyer = PipelineManager.from_spec(spec)  # names the model and tier for the shot keys; loads nothing
-    report = FarmReport(workers=workers)
-    todo = []
-    for frame in frames:
-        png, sidecar, control_png = output_paths(out_dir, frame)
-        key = expected_key(keyer, frame.path, shot)
-        report.outputs.append(png)
-        report.controls.append(control_png)
-        if frame_is_done(png, sidecar, control_png, key, formats):
-            report.skipped.append(frame.number)
-        else:
-            todo.append((frame, png, control_png, key))
-    done_count = len(report.skipped)
-    if on_frame:
-        for i, number in enumerate(report.skipped):
-            on_frame(i + 1, len(frames), next(f for f in frames if f.number == number), "skipped")
-    if not todo:
-        return report
-
-    t0 = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -117,17 +71,17 @@ def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generati
         def start_worker():
             return actor.remote(spec.to_dict(), **options)
 
-        pool = [start_worker() for _ in range(min(workers, len(todo)))]
+        pool = [start_worker() for _ in range(min(workers, len(jobs)))]
         shot_dict = shot.to_dict()
         attempts: dict[int, int] = {}
-        queue = list(todo)
-        running: dict = {}  # object ref -> (actor index, item)
+        queue = list(jobs)
+        running: dict = {}  # object ref -> (actor index, job)
 
         def submit(index: int) -> None:
-            frame, png, control_png, key = item = queue.pop(0)
-            ref = pool[index].render.remote(frame.path, frame.number, shot_dict, png, control_png, key,
-                                            tuple(formats))
-            running[ref] = (index, item)
+            job = queue.pop(0)
+            ref = pool[index].render.remote(job.frame.path, job.frame.number, shot_dict, job.png, job.control_png,
+                                            job.key, tuple(formats))
+            running[ref] = (index, job)
 
         for index in range(len(pool)):
             if queue:
@@ -135,36 +89,31 @@ def render_sequence_ray(spec: PipelineSpec, frames: list, stats, depth, generati
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
             ref = ready[0]
-            index, item = running.pop(ref)
-            frame = item[0]
+            index, job = running.pop(ref)
+            number = job.frame.number
             try:
                 ray.get(ref)
-                report.rendered.append(frame.number)
+                report.rendered.append(number)
                 status = "rendered"
             except Exception as exc:  # noqa: BLE001 - a worker's failure is this frame's result
                 if isinstance(exc, ray.exceptions.RayActorError):
                     ray.kill(pool[index], no_restart=True)
                     pool[index] = start_worker()
-                attempts[frame.number] = attempts.get(frame.number, 0) + 1
-                if attempts[frame.number] < ATTEMPTS:
-                    report.retried.append(frame.number)
-                    queue.append(item)  # again, on whichever worker is free next
+                attempts[number] = attempts.get(number, 0) + 1
+                if attempts[number] < ATTEMPTS:
+                    report.retried.append(number)
+                    queue.append(job)  # again, on whichever worker is free next
                     status = "retrying"
                 else:
-                    report.failed[frame.number] = _reason(exc)
+                    report.failed[number] = _reason(exc)
                     status = "failed"
-            if status != "retrying":
-                done_count += 1
-                if on_frame:
-                    on_frame(done_count, len(frames), frame, status)
+            if status != "retrying" and on_done:
+                on_done(job.frame, status)
             if queue:
                 submit(index)
     finally:
         if started_here:
             ray.shutdown()
-    report.rendered.sort()
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _reason(exc: BaseException) -> str:

@@ -249,11 +249,50 @@ def settings_with_stats(settings: DepthSettings, stats: SequenceStats) -> DepthS
 
 @dataclass
 class SequenceReport:
+    """What a sequence run did, here or on Ray workers (farm.py)."""
+
     rendered: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     controls: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    failed: dict[int, str] = field(default_factory=dict)  # frame -> last error, after farm.ATTEMPTS tries
+    retried: list[int] = field(default_factory=list)
+    workers: int = 1
+
+    def failure_line(self) -> str:
+        """'frame(s) 4, 9 failed twice (why)': the one message the CLI and the app give."""
+        numbers = ", ".join(map(str, sorted(self.failed)))
+        return f"frame(s) {numbers} failed twice ({next(iter(self.failed.values()))})"
+
+
+@dataclass(frozen=True)
+class FrameJob:
+    frame: Frame
+    png: str
+    control_png: str
+    key: str
+
+
+def plan_frames(manager, frames: list[Frame], shot: ShotSettings, out_dir: str, formats: tuple[str, ...],
+                report: SequenceReport) -> list[FrameJob]:
+    """The resume rule, for every way a sequence renders: a frame whose files are whole and carry this shot's key
+    is done (skipped); the others are returned, in order. Fills the report's outputs, controls and skipped."""
+    from .shot import expected_key
+
+    os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
+    remove_stale_parts(out_dir)  # a killed run's half-written files
+    jobs = []
+    for frame in frames:
+        png, sidecar, control_png = output_paths(out_dir, frame)
+        key = expected_key(manager, frame.path, shot)
+        report.outputs.append(png)
+        report.controls.append(control_png)
+        if frame_is_done(png, sidecar, control_png, key, formats):
+            report.skipped.append(frame.number)
+        else:
+            jobs.append(FrameJob(frame, png, control_png, key))
+    return jobs
 
 
 def output_paths(out_dir: str, frame: Frame, stem: str = "frame") -> tuple[str, str, str]:
@@ -264,37 +303,47 @@ def output_paths(out_dir: str, frame: Frame, stem: str = "frame") -> tuple[str, 
 def render_sequence(manager, frames: list[Frame], stats: SequenceStats, depth: DepthSettings, generation,
                     out_dir: str, on_frame: Callable[[int, int, Frame, str], None] | None = None,
                     on_step=None, cancel=None, formats: tuple[str, ...] = (),
-                    load_progress=None) -> SequenceReport:
-    """Render `frames` with the sequence's fixed range and seed. Frames already done with the same settings are kept.
+                    load_progress=None, workers: int = 0, address: str | None = None,
+                    worker_options: dict | None = None) -> SequenceReport:
+    """The sequence service: render `frames` with the sequence's fixed range and seed, here or, with `workers`, on
+    that many Ray workers (farm.py; `address` joins a cluster). The CLI, the app and farm jobs all call this.
 
-    Each frame is one shot (`shot.render_shot`), so a frame's files equal what `fluxdepth generate --stats` makes
-    for it. `generation` carries the sequence seed; `on_frame(i, n, frame, status)` reports progress ("rendered" /
-    "skipped").
+    1. Plan: frames already done with the same settings are kept (plan_frames).
+    2. Render what is left: each frame is one shot (`shot.render_shot`), so a frame's files equal what
+       `fluxdepth generate --stats` makes for it, wherever it renders.
+    `generation` carries the sequence seed; `on_frame(i, n, frame, status)` reports progress ("rendered",
+    "skipped", "failed").
     """
     from .pipeline import GenerationCancelled
-    from .shot import expected_key, render_shot
+    from .shot import render_shot
 
-    os.makedirs(os.path.join(out_dir, "control"), exist_ok=True)
-    remove_stale_parts(out_dir)  # a killed run's half-written files
     shot = ShotSettings(settings_with_stats(depth, stats), generation)
-    report = SequenceReport()
+    report = SequenceReport(workers=max(1, workers or 1))
+    jobs = plan_frames(manager, frames, shot, out_dir, formats, report)
+    by_number = {f.number: f for f in frames}
+    done = 0
+    if on_frame:
+        for number in report.skipped:
+            done += 1
+            on_frame(done, len(frames), by_number[number], "skipped")
     t0 = time.perf_counter()
-    for i, frame in enumerate(frames):
-        png, sidecar, control_png = output_paths(out_dir, frame)
-        key = expected_key(manager, frame.path, shot)
-        if frame_is_done(png, sidecar, control_png, key, formats):
-            status = "skipped"
-        else:
+    if workers and jobs:
+        from .farm import render_jobs_on_ray
+
+        render_jobs_on_ray(manager.spec(), jobs, shot, formats, workers, address, report, worker_options,
+                           lambda frame, status: on_frame and on_frame(done + len(report.rendered)
+                                                                      + len(report.failed), len(frames), frame,
+                                                                      status))
+    else:
+        for job in jobs:
             if cancel is not None and cancel.is_set():
-                raise GenerationCancelled(f"cancelled before frame {frame.number}")
-            render_shot(manager, frame.path, shot, png, key=key, control_png=control_png, on_step=on_step,
-                        cancel=cancel, formats=formats, load_progress=load_progress)
-            status = "rendered"
-        (report.skipped if status == "skipped" else report.rendered).append(frame.number)
-        report.outputs.append(png)
-        report.controls.append(control_png)
-        if on_frame:
-            on_frame(i + 1, len(frames), frame, status)
+                raise GenerationCancelled(f"cancelled before frame {job.frame.number}")
+            render_shot(manager, job.frame.path, shot, job.png, key=job.key, control_png=job.control_png,
+                        on_step=on_step, cancel=cancel, formats=formats, load_progress=load_progress)
+            report.rendered.append(job.frame.number)
+            if on_frame:
+                on_frame(done + len(report.rendered), len(frames), job.frame, "rendered")
+    report.rendered.sort()
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -63,8 +63,8 @@ def test_two_workers_write_the_same_bytes_as_one_process(single, tmp_path, capsy
 
 def test_a_worker_killed_mid_frame_is_retried_elsewhere(single, tmp_path):
     from fluxdepth_ui.depth import DepthSettings
-    from fluxdepth_ui.farm import render_sequence_ray
-    from fluxdepth_ui.sequence import compute_stats, find_frames, settle_seed
+    from fluxdepth_ui.pipeline import PipelineManager
+    from fluxdepth_ui.sequence import compute_stats, find_frames, render_sequence, settle_seed
     from fluxdepth_ui.settings import GenerationSettings, PipelineSpec
 
     pattern, expected = single
@@ -72,10 +72,15 @@ def test_a_worker_killed_mid_frame_is_retried_elsewhere(single, tmp_path):
     depth = DepthSettings(long_side=256)
     stats = settle_seed(compute_stats(frames, depth, str(pattern), seed=4), 4)
     out = tmp_path / "out"
-    report = render_sequence_ray(PipelineSpec(model="tiny-random"), frames, stats, depth,
-                                 GenerationSettings("a hall", seed=4, steps=1), str(out), 2,
-                                 worker_options={"fail_once_on": 3})
+    seen = []
+    report = render_sequence(PipelineManager.from_spec(PipelineSpec(model="tiny-random")), frames, stats, depth,
+                             GenerationSettings("a hall", seed=4, steps=1), str(out), workers=2,
+                             worker_options={"fail_once_on": 3},
+                             on_frame=lambda i, n, frame, status: seen.append((i, n, status)))
+    # What the retry guarantees, whichever worker takes which frame: frame 3 is tried again once (its worker died
+    # mid-frame), every frame is rendered once in the end, nothing failed, progress counted each frame once.
     assert report.retried == [3] and report.rendered == [1, 2, 3, 4, 5, 6] and not report.failed
+    assert sorted(i for i, _, _ in seen) == [1, 2, 3, 4, 5, 6] and {s for _, _, s in seen} == {"rendered"}
     got = files(out)
     assert {n: got[n] for n in got if not n.endswith("stats.json")} == \
         {n: expected[n] for n in expected if not n.endswith("stats.json")}

@@ -408,19 +408,6 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message, dict(shot.extras))
 
 
-def _render_on_ray(studio: Studio, setup: SequenceSetup, stats, settings, generation, out_dir: str, formats,
-                   on_frame):
-    """The Sequence tab on the configured Ray cluster: the same frames, through the same shot service."""
-    from ..farm import render_sequence_ray
-
-    report = render_sequence_ray(studio.manager.spec(), setup.frames, stats, settings, generation, out_dir, studio.farm["workers"],
-                                 address=studio.farm.get("address"), formats=formats, on_frame=on_frame)
-    if report.failed:
-        raise FluxDepthError(f"{report.failure_line()} on the cluster; the other frames are saved: render again to "
-                             "retry only those")
-    return report
-
-
 def set_vram_budget(studio: Studio, value) -> str:
     """The app's VRAM budget box: GiB, "auto" or empty (none). Applies from the next Generate (the model reloads)."""
     from ..pipeline.budget import parse_budget
@@ -648,12 +635,14 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
     cancel = studio.cancel_event(session)
     cancel.clear()
     out_dir = str(studio.session_dir(session) / f"sequence-{time.strftime('%Y%m%d-%H%M%S')}")
-    if studio.farm:
-        report = _render_on_ray(studio, setup, stats, settings, generation, out_dir, formats, on_frame)
-    else:
-        report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
-                                 on_frame=on_frame, on_step=on_step, cancel=cancel, formats=formats,
-                                 load_progress=load_progress)
+    farm = studio.farm or {}
+    report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
+                             on_frame=on_frame, on_step=on_step, cancel=cancel, formats=formats,
+                             load_progress=load_progress, workers=farm.get("workers", 0),
+                             address=farm.get("address"))
+    if report.failed:
+        raise FluxDepthError(f"{report.failure_line()} on the cluster; the other frames are saved: render again to "
+                             "retry only those")
     video = write_video(report.outputs, os.path.join(out_dir, "sequence.mp4"), fps)
     control_video = write_video(report.controls, os.path.join(out_dir, "sequence_control.mp4"), fps)
     stats_file = os.path.join(out_dir, "sequence_stats.json")
