@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from .defaults import DEFAULT_DEPTH_LORA_SCALE, DEFAULT_FPS, DEFAULT_VARIANT
 from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthSettings, NormalizeSettings
 from .depth.control import DEFAULT_LONG_SIDE
 from .depth.normalize import DEFAULT_EDGES, EDGE_CHOICES, POLARITY_CHOICES
@@ -125,6 +126,14 @@ def big_image_options(args: argparse.Namespace) -> dict:
     return {"plate": bool(args.plate), "plate_strength": args.plate_strength, "vae_tiling": args.vae_tiling}
 
 
+def generation_from_args(args: argparse.Namespace, seed: int | None):
+    """The generation half of a shot from `generate` and `sequence` alike (one builder for both commands)."""
+    from .settings import GenerationSettings
+
+    return GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps, guidance=args.guidance,
+                              strength=args.strength, loras=style_loras(args), **big_image_options(args))
+
+
 def style_loras(args: argparse.Namespace) -> tuple:
     """The --lora options, each checked to name a .safetensors file before any model loads."""
     from .loras import lora_folder, resolve_lora
@@ -175,12 +184,14 @@ def add_pipeline_arguments(g) -> None:
     """What `pipeline_spec` reads: the model, its tier and where it runs."""
     from .defaults import DEFAULT_MODEL, PLACEMENTS, VARIANT_NAMES as VARIANTS
 
-    g.add_argument("--variant", choices=list(VARIANTS), default="bf16", help="precision tier (default bf16)")
+    g.add_argument("--variant", choices=list(VARIANTS), default=DEFAULT_VARIANT,
+                   help=f"precision tier (default {DEFAULT_VARIANT})")
     g.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"Hub id, local diffusers folder, or tiny-random (default {DEFAULT_MODEL})")
     g.add_argument("--revision", help="Hub branch, tag or commit")
     g.add_argument("--depth-lora", help="the Depth LoRA to fuse into a FLUX.1-dev base model (a Hub id or folder)")
-    g.add_argument("--depth-lora-scale", type=float, default=0.85, help="Depth LoRA scale (default 0.85)")
+    g.add_argument("--depth-lora-scale", type=float, default=DEFAULT_DEPTH_LORA_SCALE,
+                   help=f"Depth LoRA scale (default {DEFAULT_DEPTH_LORA_SCALE})")
     g.add_argument("--placement", choices=PLACEMENTS, default="auto", help="GPU placement (default auto)")
     g.add_argument("--compile", action="store_true",
                    help="compile the transformer (CUDA GPUs): the first image at each size compiles, later ones run "
@@ -246,7 +257,7 @@ def _backend(args: argparse.Namespace, spec):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .image_files import check_formats
-    from .settings import GenerationSettings, ShotSettings
+    from .settings import ShotSettings
     from .shot import render_shot
 
     seed = args.seed
@@ -254,10 +265,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .sequence import load_stats
 
         seed = load_stats(args.stats).seed  # a frame re-rendered under its sequence gets the sequence's seed
-    settings = ShotSettings(depth_settings_from_args(args),
-                            GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps,
-                                               guidance=args.guidance, strength=args.strength,
-                                               loras=style_loras(args), **big_image_options(args)))
+    settings = ShotSettings(depth_settings_from_args(args), generation_from_args(args, seed))
     spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
     formats = check_formats(args.also_save)
@@ -289,10 +297,8 @@ def cmd_sequence(args: argparse.Namespace) -> int:
         check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
         settle_seed, stats_match, write_video,
     )
-    from .settings import GenerationSettings
 
-    generation = GenerationSettings(prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                    strength=args.strength, loras=style_loras(args), **big_image_options(args))
+    generation = generation_from_args(args, args.seed)
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
     if args.backend != "local":
@@ -422,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, metavar="DIR", help="folder for frame PNGs, sidecars and control maps")
     q.add_argument("--frames", metavar="A-B", help="render only these frames (the range still covers all)")
     q.add_argument("--video", metavar="OUT.mp4", help="also write a video (mp4/mov/mkv/gif) and OUT_control.*")
-    q.add_argument("--fps", type=float, default=24.0, help="video frame rate (default 24)")
+    q.add_argument("--fps", type=float, default=DEFAULT_FPS, help=f"video frame rate (default {DEFAULT_FPS:g})")
     q.add_argument("--stats-only", action="store_true",
                    help="compute (or check) the stats file and stop: a farm's first task (docs/farm.md)")
     q.add_argument("--workers", type=int, metavar="N",

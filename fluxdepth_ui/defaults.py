@@ -7,5 +7,9 @@ DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ defaul
 DEFAULT_STRENGTH = 0.6  # img2img
 PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
 VARIANT_NAMES = ("bf16", "qint8", "qint4", "fp8")  # the tiers, in the order the app lists them
+DEFAULT_VARIANT = VARIANT_NAMES[0]
+DEFAULT_DEPTH_LORA_SCALE = 0.85  # black-forest-labs/flux cli_control.py's scale for the depth LoRA
+DEFAULT_FPS = 24.0  # sequence videos
+STYLE_LORA_SLOTS = 2  # style LoRA rows in the app (settings.MAX_STYLE_LORAS bounds the API and the CLI)
 # Files written beside the 8-bit PNG, from the VAE's float decode (docs/outputs.md).
 EXTRA_FORMATS = {"png16": "16-bit PNG (sRGB)", "exr": "half-float EXR (linear Rec.709)"}

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 from . import limits
 from .atomic import remove_stale_parts, write_text
+from .defaults import DEFAULT_FPS
 from .depth import DepthInputError, DepthRange, DepthSettings, NormalizeSettings, compute_sequence_range, load_depth
 from .depth.readers import DEPTH_SUFFIXES, check_regular_file, probe_size
 from .errors import display_name
@@ -386,7 +387,7 @@ def frame_is_done(png: str, sidecar: str, control_png: str, key: str, formats: t
 # --- video -------------------------------------------------------------------------------------------------------
 
 
-def write_video(paths: list[str], out: str, fps: float = 24.0) -> str:
+def write_video(paths: list[str], out: str, fps: float = DEFAULT_FPS) -> str:
     """MP4 (H.264 through the ffmpeg that imageio-ffmpeg ships) or GIF, by the extension of `out`."""
     import imageio.v3 as iio
     import numpy as np

@@ -17,7 +17,10 @@ import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from . import limits
-from .defaults import DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, PLACEMENTS, VARIANT_NAMES
+from .defaults import (
+    DEFAULT_DEPTH_LORA_SCALE, DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_VARIANT, PLACEMENTS,
+    VARIANT_NAMES,
+)
 from .depth import DepthSettings, NormalizeSettings
 from .errors import FluxDepthError
 
@@ -219,13 +222,13 @@ class PipelineSpec:
     """What a pipeline manager loads: the model, the tier, where it runs."""
 
     model: str = DEFAULT_MODEL
-    variant: str = "bf16"
+    variant: str = DEFAULT_VARIANT
     placement: str = "auto"
     compile: bool = False
     device: str | None = None
     revision: str | None = None
     depth_lora: str | None = None  # the Depth LoRA fused into a FLUX.1-dev base (style LoRAs: GenerationSettings)
-    depth_lora_scale: float = 0.85
+    depth_lora_scale: float = DEFAULT_DEPTH_LORA_SCALE
     vram_budget: str | None = None  # GiB ("12"), "auto", or None: pipeline/budget.py
     lora_dir: str | None = None  # the host's style LoRA folder (loras.py); None: FLUXDEPTH_LORA_DIR
 

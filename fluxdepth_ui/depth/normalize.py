@@ -17,7 +17,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .channels import DepthMap, polarity_vote, speck_floor
+from .channels import DepthMap, speck_floor
 from .errors import DepthInputError
 
 MODES = ("auto", "disparity", "linear", "inverse", "passthrough")

@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from gradio import FileData
 
-from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
+from ..defaults import DEFAULT_FPS, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
 from ..depth import DEFAULT_CLIP
 from ..depth.control import DEFAULT_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES
@@ -277,7 +277,7 @@ def preset_lora_slots(loras, folder) -> list:
 def wire_presets(app: Wiring, preview_kw: dict) -> None:
     studio, w, policy = app.studio, app.w, app.studio.policy
     targets = ("mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "prompt", "variant", "steps",
-               "guidance", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale")
+               "guidance", *(name for slot in LORA_SLOTS for name in slot))
 
     def menu(value=None):
         return gr.update(choices=[p.name for p in list_presets()], value=value)
@@ -375,7 +375,7 @@ def wire_sequence(app: Wiring) -> None:
                                                                              bool(form["seq_random"]))))
         done = h.run_sequence(
             studio, request.session_hash, setup, depth_of(form), form["seq_prompt"], form["variant"],
-            form["seq_steps"], form["seq_guidance"], float(form["seq_fps"] or 24), formats=form["seq_also_save"],
+            form["seq_steps"], form["seq_guidance"], float(form["seq_fps"] or DEFAULT_FPS), formats=form["seq_also_save"],
             loras=h.loras_from_form(form),
             on_frame=lambda i, n, frame, status: progress((i, n), unit="frames",
                                                           desc=f"frame {frame.number} {status}"),
@@ -468,7 +468,7 @@ def preview_endpoint(app: Wiring):
         Args:
             depth: the depth pass as a file (handle_file): EXR (Mantra Pz, Karma depth), PNG, TIFF, PFM, NPY, JPEG.
             channel: channel to read, e.g. "Z" or "depth.Z"; "auto" searches Pz, depth, Z, ... in every part.
-            mode: normalization: auto, linear, inverse or log ("auto" picks by the kind of file).
+            mode: normalization: auto, disparity, linear, inverse or passthrough ("auto" picks by the kind of file).
             invert: flip near/far: auto, on or off.
             clip_low: far-end percentile of the valid depths (0-100).
             clip_high: near-end percentile of the valid depths (0-100).

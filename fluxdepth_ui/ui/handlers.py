@@ -62,9 +62,9 @@ class Studio:
     bfl: object | None = None
     # session -> (path, settings, DepthPreview) last shown, and the last maps read: bounded in bytes over all
     # sessions (limits.cache_mb), least recently used first, whether or not a session ever ends (docs/sharing.md).
-    previews: "cachetools.LRUCache" = field(default_factory=lambda: _byte_bounded_cache())
+    previews: object = field(default_factory=lambda: _byte_bounded_cache())  # a cachetools.LRUCache
     made_depths: dict = field(default_factory=dict)  # real path -> DepthMap estimated here (keeps its polarity)
-    _depth_cache: "cachetools.LRUCache" = field(default_factory=lambda: _byte_bounded_cache())
+    _depth_cache: object = field(default_factory=lambda: _byte_bounded_cache())
     _stems: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -467,10 +467,12 @@ def loras_from_form(form: dict) -> tuple:
             raise FluxDepthError("loras must be a list of \"NAME\" or \"NAME:SCALE\" strings")
         return tuple(StyleLora.from_value(item) for item in items)
     chosen = []
-    for index in range(1, 9):
-        name = form.get(f"lora_{index}")
+    index = 1
+    while f"lora_{index}" in form:  # as many slots as the form has (defaults.STYLE_LORA_SLOTS in the app)
+        name = form[f"lora_{index}"]
         if name:
             chosen.append(StyleLora(name, form.get(f"lora_{index}_scale", 1.0)))
+        index += 1
     return tuple(chosen)
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import limits
+from ..defaults import DEFAULT_VARIANT, VARIANT_NAMES
 
 # Before gradio or huggingface_hub are imported: no analytics, no version check, no hub telemetry.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=_env("MODEL"),
                    help="Hub id, local diffusers folder or tiny-random (env FLUXDEPTH_MODEL; default "
                         "black-forest-labs/FLUX.1-Depth-dev)")
-    p.add_argument("--variant", default=_env("VARIANT", "bf16"), choices=["bf16", "qint8", "qint4", "fp8"],
+    p.add_argument("--variant", default=_env("VARIANT", DEFAULT_VARIANT), choices=list(VARIANT_NAMES),
                    help="precision tier (env FLUXDEPTH_VARIANT)")
     p.add_argument("--compile", action="store_true", default=_env("COMPILE", "") in ("1", "true", "True"),
                    help="torch.compile the transformer on CUDA GPUs (env FLUXDEPTH_COMPILE=1): the first image at "

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import limits
-from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, EXTRA_FORMATS
+from ..defaults import DEFAULT_FPS, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, EXTRA_FORMATS, STYLE_LORA_SLOTS
+from ..settings import MAX_GUIDANCE, MAX_STEPS
 from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
 from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
 from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
@@ -29,16 +30,15 @@ DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 # The single-frame form: the names handlers read a settings record by (handlers.generate_from_form).
 DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
                 "edges")
+LORA_SLOTS = tuple((f"lora_{i}", f"lora_{i}_scale") for i in range(1, STYLE_LORA_SLOTS + 1))
 GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
-                     "strength", "also_save", "lora_1", "lora_1_scale", "lora_2", "lora_2_scale", "plate",
+                     "strength", "also_save", *(name for slot in LORA_SLOTS for name in slot), "plate",
                      "plate_strength", "backend")
-LORA_SLOTS = (("lora_1", "lora_1_scale"), ("lora_2", "lora_2_scale"))
 # The Sequence tab's depth controls: the same fields, prefixed (layout._depth_controls).
 SEQUENCE_DEPTH_FIELDS = tuple("seq_" + n for n in DEPTH_FIELDS if n != "depth_file")
 # What the browser remembers across reloads: every setting but the files and the channel of one file.
-REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS if n not in ("depth_file", "init_image",
-                                                                                      "channel", "lora_1", "lora_2",
-                                                                                      "backend"))
+REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS
+                          if n not in ("depth_file", "init_image", "channel", "backend", *(s[0] for s in LORA_SLOTS)))
 
 
 # Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
@@ -240,7 +240,7 @@ def _sequence_tab(w: SimpleNamespace) -> None:
             with gr.Row():
                 w.seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0, minimum=0)
                 w.seq_random = gr.Checkbox(True, label="Random seed")
-                w.seq_fps = gr.Number(24, label="Video fps", minimum=1, maximum=120)
+                w.seq_fps = gr.Number(DEFAULT_FPS, label="Video fps", minimum=1, maximum=120)
             w.seq_also_save = _also_save()
             with gr.Row():
                 w.seq_render = gr.Button("Render all frames", variant="primary", elem_id="seq-render")
@@ -266,5 +266,6 @@ def _long_side_slider(**kw) -> gr.Slider:
 def _steps_and_guidance() -> tuple[gr.Slider, gr.Slider]:
     """The same two sliders, with the model's defaults, on the single-image and the sequence tabs."""
     with gr.Row():
-        return (gr.Slider(1, 60, value=DEFAULT_STEPS, step=1, label="Steps"),
-                gr.Slider(0, 30, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance"))
+        # The ranges the settings accept (settings.py), so the slider never offers less than the CLI and API.
+        return (gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps"),
+                gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance"))
