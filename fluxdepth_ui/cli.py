@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -293,10 +294,7 @@ def _progress_bar(total: int, desc: str):
 
 def cmd_sequence(args: argparse.Namespace) -> int:
     from .image_files import check_formats
-    from .sequence import (
-        check_frames, compute_stats, find_frames, load_stats, parse_frame_range, render_sequence, save_stats,
-        settle_seed, stats_match, write_video,
-    )
+    from .sequence import find_frames, parse_frame_range
 
     generation = generation_from_args(args, args.seed)
     if args.init_image:
@@ -308,7 +306,30 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     formats = check_formats(args.also_save)
     settings = _plain_depth_settings(args)
     wanted = parse_frame_range(args.frames)
-    frames = find_frames(args.depth)
+    with contextlib.ExitStack() as scope:
+        frames = find_frames(_unzipped(args.depth, scope))
+        return _sequence_from_frames(args, spec, formats, settings, wanted, frames, generation)
+
+
+def _unzipped(pattern: str, scope: contextlib.ExitStack) -> str:
+    """A zip of frames (as the app takes them): its depth files in a temp folder for this command, else the
+    pattern as given."""
+    from .archive import extract_depth_members, is_zip
+
+    if not (os.path.isfile(pattern) and is_zip(pattern)):
+        return pattern
+    import tempfile
+
+    folder = scope.enter_context(tempfile.TemporaryDirectory(prefix="fluxdepth-zip-"))
+    extract_depth_members(pattern, folder)
+    return folder
+
+
+def _sequence_from_frames(args, spec, formats, settings, wanted, frames, generation) -> int:
+    from .sequence import (
+        check_frames, compute_stats, load_stats, render_sequence, save_stats, settle_seed, stats_match, write_video,
+    )
+
     check_frames(frames)  # the whole sequence: gaps and mixed sizes are reported before anything renders
     selected = check_frames(frames, wanted)
     if args.video:
@@ -448,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `fluxdepth`: what it does and its commands
+        parser.print_help(sys.stderr)
+        return 2
     try:
         args = parser.parse_args(argv)
         return args.func(args)

@@ -252,3 +252,37 @@ def test_a_batch_of_seeds_fills_the_gallery(app_url, browser):
     page.wait_for_function("() => document.querySelectorAll('#gallery img').length === 3", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "desktop-batch.png"))
     page.close()
+
+
+def test_a_typo_in_a_clip_box_is_one_line_and_escape_cancels(app_url, browser):
+    """Issue 28: 150 in "Near clip" once gave gradio's own error toast, red Error badges over the panel and HTTP
+    500s; now the stats line says what is wrong in one line and nothing else is disturbed. Escape cancels a
+    running image, as the Cancel button does."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(app_url)
+    upload(page, BEACHBALL)
+    page.wait_for_selector("#preview img", timeout=30_000)
+    shown = preview_src(page)
+    page.get_by_text("Range, size and edges", exact=True).first.click()
+    near = page.get_by_label("Near clip (percentile)").first
+    near.fill("150")
+    near.press("Tab")
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('near clip 150')",
+                           timeout=30_000)
+    assert page.locator(".error").filter(has_text="Error").count() == 0
+    assert "\n" not in page.locator("#stats").inner_text().strip()
+    assert preview_src(page) == shown  # the map last shown stays
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "clip-typo-1280x720.png"))
+    near.fill("99.5")
+    near.press("Tab")
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('disparity')", timeout=30_000)
+
+    page.locator("#prompt textarea").fill("a beach ball")
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#generate').disabled", timeout=30_000)
+    page.keyboard.press("Escape")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('Cancelled')",
+                           timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('#generate').disabled", timeout=30_000)
+    page.close()

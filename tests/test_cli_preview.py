@@ -77,3 +77,6 @@ def test_every_help_prints_usage_without_a_traceback(capsys):
             main([*argv, "--help"])
         out = capsys.readouterr().out
         assert exit_info.value.code == 0 and out.startswith("usage: fluxdepth"), argv
+    # Bare `fluxdepth`: the usage and the commands, exit 2.
+    bare = subprocess.run([sys.executable, "-m", "fluxdepth_ui.cli"], capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and bare.stderr.startswith("usage: fluxdepth") and "sequence" in bare.stderr

@@ -156,3 +156,25 @@ def test_shot_seed_asked_for_wins_then_the_stats_file_then_a_draw(tmp_path):
     assert settle_seed(stored, 9).seed == 9 and settle_seed(stored, 9).range == stored.range
     drawn = settle_seed(compute_stats(frames, DepthSettings(), "shot.####.exr"))
     assert isinstance(drawn.seed, int) and 0 <= drawn.seed <= 2**32 - 1
+
+
+def test_a_zip_of_frames_renders_like_the_folder_and_resumes(tmp_path, capsys):
+    """The app takes a zip of frames; so does `fluxdepth sequence` (it said "no frame number placeholder")."""
+    import zipfile
+
+    folder = make_sequence(tmp_path / "seq")
+    archive = tmp_path / "frames.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.iterdir()):
+            zf.write(path, f"renders/{path.name}")
+    common = ["--prompt", "a corridor", "--model", "tiny-random", "--steps", "1", "--long-side", "256", "--seed", "5"]
+    rc, out, err = run_cli(capsys, "sequence", folder, *common, "--out", tmp_path / "from-folder")
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, "sequence", archive, *common, "--out", tmp_path / "from-zip")
+    assert rc == 0, err
+    assert json.loads(out)["rendered"] == [1, 2, 3, 4]
+    for n in range(1, 5):
+        for name in (f"frame.{n:04d}.png", f"control/frame.{n:04d}.png"):
+            assert (tmp_path / "from-folder" / name).read_bytes() == (tmp_path / "from-zip" / name).read_bytes()
+    rc, out, err = run_cli(capsys, "sequence", archive, *common, "--out", tmp_path / "from-zip")
+    assert rc == 0 and json.loads(out)["skipped"] == [1, 2, 3, 4]

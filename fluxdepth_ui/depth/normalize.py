@@ -61,7 +61,8 @@ class NormalizeSettings:
             raise DepthInputError(f"unknown invert setting {self.invert!r}; use auto, on or off")
         lo, hi = self.clip
         if not (0.0 <= lo < hi <= 100.0):
-            raise DepthInputError(f"clip percentiles {lo} {hi} must satisfy 0 <= low < high <= 100")
+            raise DepthInputError(f"far clip {lo:g} and near clip {hi:g} (percentiles) must satisfy 0 <= far < near "
+                                  f"<= 100, e.g. {DEFAULT_CLIP[0]:g} and {DEFAULT_CLIP[1]:g}")
         for label, value in (("near", self.near), ("far", self.far)):
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise DepthInputError(f"{label} distance must be a positive number, got {value}")

@@ -40,11 +40,16 @@ from .sharing import DAY, UploadGate, as_toast, user_facing
 PREVIEW_SLOTS = 4
 PREVIEW_WAIT_S = 30.0
 PREVIEW_OUTPUTS = ("preview_img", "raw_plot", "control_plot", "stats", "channel")
+# Ctrl/Cmd+Enter generates, Escape cancels the running image (as a DCC's render and stop keys).
 GENERATE_SHORTCUT_JS = """() => {
   document.addEventListener("keydown", (event) => {
     if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
       const button = document.querySelector("#generate");
       if (button && !button.disabled) { event.preventDefault(); button.click(); }
+    } else if (event.key === "Escape") {
+      const generate = document.querySelector("#generate");
+      const cancel = document.querySelector("#cancel");
+      if (cancel && generate && generate.disabled) { event.preventDefault(); cancel.click(); }
     }
   });
 }"""
@@ -144,6 +149,11 @@ def wire_preview(app: Wiring) -> dict:
 
     def ui_preview(data: dict, request: gr.Request):
         form = app.record(data)
+        try:
+            h.depth_from_form(form)
+        except FluxDepthError as exc:  # a typo in a box: say so, and keep the map and histograms last shown
+            keep = gr.update()
+            return keep, keep, keep, f"⚠ **{h.md_text(one_line(str(exc)))}**", keep
         try:
             return user_facing(preview_panel)(form, request.session_hash)
         except gr.Error as exc:  # outside the queue an error cannot be a toast: it shows where the artist looks
@@ -387,12 +397,17 @@ def wire_sequence(app: Wiring) -> None:
                 app.serve(done.video), [app.serve(done.archive), app.serve(done.video),
                                         app.serve(done.control_video)], message, done.seed)
 
-    w.seq_render.click(ui_seq_render,
-                       {w.seq_setup, *app.components(*depth_names), w.seq_prompt, w.variant, w.seq_steps,
-                        w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save,
-                        *app.components(*(name for slot in LORA_SLOTS for name in slot))},
-                       [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
-                       concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
+    # As Generate: the button is off while the frames render (a second click would queue the sequence again).
+    w.seq_render.click(lambda: gr.update(interactive=False, value="Rendering…"), None, w.seq_render, queue=False,
+                       api_visibility="private").then(
+        ui_seq_render,
+        {w.seq_setup, *app.components(*depth_names), w.seq_prompt, w.variant, w.seq_steps,
+         w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save,
+         *app.components(*(name for slot in LORA_SLOTS for name in slot))},
+        [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
+        concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
+        lambda: gr.update(interactive=True, value="Render all frames"), None, w.seq_render, queue=False,
+        api_visibility="private")
 
 
 def wire_memory(app: Wiring) -> None:

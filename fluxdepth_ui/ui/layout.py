@@ -122,11 +122,13 @@ def _depth_controls(w: SimpleNamespace, prefix: str, elem_ids: bool = False) -> 
     put("invert", gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", **ids("invert")))
     with gr.Accordion("Range, size and edges", open=False):
         with gr.Row():
-            put("clip_low", gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)", minimum=0, maximum=100))
-            put("clip_high", gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)", minimum=0, maximum=100))
+            # No minimum/maximum on these boxes: gradio's own check would answer a typo with its error toast and
+            # red badges over the panel; the settings refuse it in one line instead (normalize.NormalizeSettings).
+            put("clip_low", gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)"))
+            put("clip_high", gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)"))
         with gr.Row():
-            put("near", gr.Number(None, label="Near distance (0 = from percentiles)", minimum=0))
-            put("far", gr.Number(None, label="Far distance (0 = from percentiles)", minimum=0))
+            put("near", gr.Number(None, label="Near distance (0 = from percentiles)"))
+            put("far", gr.Number(None, label="Far distance (0 = from percentiles)"))
         put("long_side", _long_side_slider(**ids("long_side")))
         put("edges", gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", info="anti-aliased "
                                  "pixels between surfaces", **ids("edges")))
@@ -186,7 +188,7 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                              visible=studio.bfl is not None, elem_id="backend")
         w.steps, w.guidance = _steps_and_guidance()
         with gr.Row():
-            w.seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+            w.seed = gr.Number(0, label="Seed", precision=0)
             w.randomize = gr.Checkbox(True, label="Random seed")
             w.batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Images",
                                 info="one seed each; pick one in the gallery to continue")
@@ -238,9 +240,9 @@ def _sequence_tab(w: SimpleNamespace) -> None:
             w.seq_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="seq-prompt")
             w.seq_steps, w.seq_guidance = _steps_and_guidance()
             with gr.Row():
-                w.seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0, minimum=0)
+                w.seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0)
                 w.seq_random = gr.Checkbox(True, label="Random seed")
-                w.seq_fps = gr.Number(DEFAULT_FPS, label="Video fps", minimum=1, maximum=120)
+                w.seq_fps = gr.Number(DEFAULT_FPS, label="Video fps")
             w.seq_also_save = _also_save()
             with gr.Row():
                 w.seq_render = gr.Button("Render all frames", variant="primary", elem_id="seq-render")
