@@ -29,5 +29,5 @@ def test_the_corpus_covers_every_class_of_the_issue():
     for fragment in ("cops remap near-black, sky 0", "inverted, sky white", "pz filtered edges", "pillar",
                      "mist", "lone Y", "stereo parts without multiView", "b44", "alpha-masked", "LZW",
                      "pixelAspectRatio", "--polarity near-black", "--mode disparity --near 1 --far 40",
-                     "sky clamped white", "no cue to its polarity", "--channel R"):
+                     "sky clamped white", "no cue to its polarity", "--channel R", "--invert on"):
         assert fragment in names, fragment

@@ -423,6 +423,8 @@ def test_full_disk_refused_before_the_loop_and_unwritable_results_kept(tmp_path)
         outcome = h.run_generate(studio, "s", str(DEPTH_SYN), h.depth_settings(long_side=256), "x", "bf16", 1, 10.0,
                                  5)
         assert "download this image now" in outcome.message and Image.open(outcome.png).size == (256, 192)
+        # API callers get the metadata, not the message: it says so there too (issue 24).
+        assert any("results folder could not be written" in n for n in outcome.metadata["notes"])
     finally:
         demo.close()
 

@@ -126,13 +126,16 @@ def resolve_mode(depth: DepthMap, settings: NormalizeSettings) -> str:
 
 def as_settings_say(depth: DepthMap, settings: NormalizeSettings) -> DepthMap:
     """An 8/16-bit file read as raw distances is a made image when the artist says what its ends mean
-    (--polarity), or gives near and far that cannot be distances in its units (all values far beyond far)."""
+    (--polarity), asks for its values flipped (--invert on), or gives near and far that cannot be distances in its
+    units (all values far beyond far)."""
     if depth.kind != "metric" or depth.sample_type not in ("uint8", "uint16"):
         return depth
     from .layout import as_made_image
 
     if settings.polarity != "auto":
         return as_made_image(depth, f"polarity {settings.polarity} given: read as a made depth image")
+    if settings.invert == "on":  # "flip this export's values": the long-standing workaround for near-black exports
+        return as_made_image(depth, "invert on: read as a made depth image, its values flipped")
     if settings.near is not None and settings.far is not None:
         finite = depth.values[np.isfinite(depth.values) & (depth.values > 0)]
         if finite.size and float(np.median(finite)) > 10 * settings.far:
