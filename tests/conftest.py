@@ -25,6 +25,8 @@ os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_HOME, "cache")
 os.environ["FLUXDEPTH_CACHE"] = os.path.join(_HOME, "cache", "fluxdepth")
 os.environ["FLUXDEPTH_PRESETS"] = os.path.join(_HOME, "config", "fluxdepth", "presets")
+# gradio's upload and result cache: not /tmp/gradio, which other gradio apps (or a second suite) share and clean.
+os.environ["GRADIO_TEMP_DIR"] = os.path.join(_HOME, "gradio")
 
 import ipaddress  # noqa: E402
 import socket  # noqa: E402

@@ -38,7 +38,8 @@ def browser():
 
 def upload(page, path):
     """Drop a file on the depth input; a file already shown there is cleared first, as a user would."""
-    page.wait_for_selector("#depth-file input[type=file], #depth-file button[aria-label='Clear']", state="attached")
+    page.wait_for_selector("#depth-file input[type=file], #depth-file button[aria-label='Clear']", state="attached",
+                           timeout=120_000)  # a first page load on a busy machine
     field = page.locator("#depth-file input[type=file]")
     if field.count() == 0:
         page.locator("#depth-file button[aria-label='Clear']").first.click(force=True)

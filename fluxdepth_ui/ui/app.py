@@ -236,8 +236,11 @@ def wire_generate(app: Wiring) -> None:
                 first.metadata["seed"])
 
     # Generate is disabled while this session's job runs (a second click would queue a second image).
-    w.generate_btn.click(lambda: gr.update(interactive=False, value="Generating…"), None, w.generate_btn,
-                         queue=False, api_visibility="private").then(
+    def ui_arm(request: gr.Request):
+        studio.arm_cancel(request.session_hash)
+        return gr.update(interactive=False, value="Generating…")
+
+    w.generate_btn.click(ui_arm, None, w.generate_btn, queue=False, api_visibility="private").then(
         ui_generate, inputs={*form_components(w), w.history},
         outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed],
         concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
@@ -398,8 +401,11 @@ def wire_sequence(app: Wiring) -> None:
                                         app.serve(done.control_video)], message, done.seed)
 
     # As Generate: the button is off while the frames render (a second click would queue the sequence again).
-    w.seq_render.click(lambda: gr.update(interactive=False, value="Rendering…"), None, w.seq_render, queue=False,
-                       api_visibility="private").then(
+    def ui_arm_render(request: gr.Request):
+        studio.arm_cancel(request.session_hash)
+        return gr.update(interactive=False, value="Rendering…")
+
+    w.seq_render.click(ui_arm_render, None, w.seq_render, queue=False, api_visibility="private").then(
         ui_seq_render,
         {w.seq_setup, *app.components(*depth_names), w.seq_prompt, w.variant, w.seq_steps,
          w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save,
@@ -571,6 +577,7 @@ def generate_endpoint(app: Wiring):
             resolve_lora(lora.name, studio.manager.lora_dir, allow_paths=False)
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
+        studio.arm_cancel(session_of(request))
         outcome = generate_on_gpu(studio, session_of(request), form, None, None)[0]
         extras = [FileData(path=app.serve(p)) for p in outcome.extras.values()]
         return FileData(path=app.serve(outcome.png)), outcome.metadata, extras

@@ -93,6 +93,11 @@ class Studio:
                 taken.add(name)
             return name
 
+    def arm_cancel(self, session: str | None) -> None:
+        """A new job of this session starts counting cancels: called when Generate (or Render) is clicked, so a
+        Cancel pressed while the job still waits in the queue or loads the model is honoured, not cleared."""
+        self.cancel_event(session).clear()
+
     def cancel_event(self, session: str | None) -> threading.Event:
         with self._lock:
             return self.cancels.setdefault(session or "local", threading.Event())
@@ -376,8 +381,7 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     switched = backend == "local" and manager.variant != variant
     if backend == "local":
         manager.configure(variant=variant)  # serialized: generations share one GPU slot
-    cancel = studio.cancel_event(session)
-    cancel.clear()
+    cancel = studio.cancel_event(session)  # armed when the job was asked for (Studio.arm_cancel)
     stem = studio.unique_stem(f"{time.strftime('%Y%m%d-%H%M%S')}-seed{generation.seed}")
     # When the results folder fails, the image goes to the session's scratch folder: it is never lost.
     fallback = studio.workspace.folder(session, "unsaved")
@@ -634,8 +638,7 @@ def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, sett
     studio.policy.check_tier(variant)
     studio.manager.configure(variant=variant)
     check_free_space(studio)
-    cancel = studio.cancel_event(session)
-    cancel.clear()
+    cancel = studio.cancel_event(session)  # armed when the job was asked for (Studio.arm_cancel)
     out_dir = str(studio.session_dir(session) / f"sequence-{time.strftime('%Y%m%d-%H%M%S')}")
     farm = studio.farm or {}
     report = render_sequence(studio.manager, setup.frames, stats, settings, generation, out_dir,
