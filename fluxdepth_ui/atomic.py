@@ -45,7 +45,7 @@ def remove_stale_parts(folder: str) -> list[str]:
     for base, _, names in os.walk(folder):
         for name in names:
             m = _PART.match(name)
-            if m and not _alive(int(m.group(1))):
+            if m and not process_alive(int(m.group(1))):
                 try:
                     os.unlink(os.path.join(base, name))
                     removed.append(name)
@@ -54,7 +54,8 @@ def remove_stale_parts(folder: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -138,3 +138,14 @@ def launch_app(tmp_path, *extra, auth=None, **launch_kw):
 def _own_presets_folder(tmp_path_factory, monkeypatch):
     """Each test starts with no saved presets: one test's saved preset never shows in another's list."""
     monkeypatch.setenv("FLUXDEPTH_PRESETS", str(tmp_path_factory.mktemp("presets")))
+
+
+@pytest.fixture
+def bound():
+    """Lowered limits for one test, restored after."""
+    from fluxdepth_ui import limits
+
+    def set_(**kw):
+        limits.configure(limits.Limits(**kw))
+    yield set_
+    limits.configure(limits.Limits())

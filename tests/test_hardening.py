@@ -19,15 +19,6 @@ from fluxdepth_ui.depth import DepthInputError, load_depth
 from fluxdepth_ui.errors import FluxDepthError, display_name
 
 
-@pytest.fixture
-def bound():
-    """Lowered limits for one test, restored after."""
-    def set_(**kw):
-        limits.configure(limits.Limits(**kw))
-    yield set_
-    limits.configure(limits.Limits())
-
-
 def run_cli(capsys, *argv, timeout=60):
     """The CLI in a thread, so a hang fails the test instead of blocking the suite."""
     box = {}

@@ -18,19 +18,10 @@ import pytest
 
 from conftest import DEPTH_SYN, write_exr
 from hostile import zip_of
-from fluxdepth_ui import limits
 from fluxdepth_ui.depth import DepthSettings
 from fluxdepth_ui.errors import FluxDepthError
 from fluxdepth_ui.ui import handlers as h
 from fluxdepth_ui.ui.sharing import SCRATCH_PREFIX, Workspace, sweep_stale_scratch
-
-
-@pytest.fixture
-def bound():
-    def set_(**kw):
-        limits.configure(limits.Limits(**kw))
-    yield set_
-    limits.configure(limits.Limits())
 
 
 def rss_mb() -> float:

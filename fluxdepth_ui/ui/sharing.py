@@ -30,6 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..atomic import process_alive
 from ..depth import DepthInputError
 from ..errors import FluxDepthError, one_line
 
@@ -272,21 +273,11 @@ def sweep_stale_scratch(temp_dir: str | None = None) -> list[str]:
     base = Path(temp_dir or tempfile.gettempdir())
     for path in base.glob(f"{SCRATCH_PREFIX}*-*"):
         pid = path.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or _alive(int(pid)):
+        if not pid.isdigit() or not path.is_dir() or path.is_symlink() or process_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path.name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
 
 
 def _safe_session(session: str | None) -> str:
