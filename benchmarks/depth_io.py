@@ -1,7 +1,9 @@
 """Depth ingest benchmark: a float32 EXR with a 1e10 sky -> 1024 control image, and `fluxdepth preview` as a process.
 
-Targets (issue 11): a 7680x4320 EXR in-process <= 1.0 s with peak memory <= 6x the raw float image; a 640x480 16-bit
-PNG preview as a whole process (`python -m fluxdepth_ui.cli preview`) <= 1.0 s; on the 2-core dev machine.
+Targets (issues 11 and 25): a 7680x4320 EXR in-process <= 1.0 s with peak memory <= 6x the raw float image; a
+640x480 16-bit PNG preview as a whole process (`python -m fluxdepth_ui.cli preview`) <= 0.3 s; on the 2-core dev
+machine. The whole-process runs use compiled bytecode, as an installed package has (pip compiles it at install time):
+`PYTHONDONTWRITEBYTECODE` is dropped for them, and the first run, not counted, writes it.
 
     python benchmarks/depth_io.py [--width 7680 --height 4320] [--repeat 5] [--json out.json]
 
@@ -71,11 +73,12 @@ def cli_preview_seconds(tmp: str, repeat: int) -> list[float]:
     depth[:80] = 0
     png = os.path.join(tmp, "sensor.png")
     Image.fromarray(depth).save(png)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     times = []
-    for _ in range(repeat + 1):  # the first run warms the disk cache
+    for _ in range(repeat + 1):  # the first run warms the disk cache and writes the bytecode
         t = time.perf_counter()
         subprocess.run([sys.executable, "-m", "fluxdepth_ui.cli", "preview", png, "--out",
-                        os.path.join(tmp, "out.png")], check=True, capture_output=True)
+                        os.path.join(tmp, "out.png")], check=True, capture_output=True, env=env)
         times.append(time.perf_counter() - t)
     return times[1:]
 
@@ -125,7 +128,7 @@ def main() -> None:
         "target": "<= 1.0 s, <= 6x raw",
         "cli_preview_640x480_png_seconds_median": statistics.median(cli),
         "cli_preview_640x480_png_seconds_max": max(cli),
-        "cli_target": "<= 1.0 s as a whole process",
+        "cli_target": "<= 0.3 s as a whole process",
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
