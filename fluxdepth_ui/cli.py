@@ -10,9 +10,7 @@ import sys
 import time
 
 from .defaults import DEFAULT_DEPTH_LORA_SCALE, DEFAULT_FPS, DEFAULT_VARIANT
-from .depth import DEFAULT_CLIP, INVERT_CHOICES, MODES, DepthSettings, NormalizeSettings
-from .depth.control import DEFAULT_LONG_SIDE
-from .depth.normalize import DEFAULT_EDGES, EDGE_CHOICES, POLARITY_CHOICES
+from .depth import DepthSettings
 from .errors import FluxDepthError, display_name
 
 
@@ -57,43 +55,33 @@ class _Parser(argparse.ArgumentParser):
 
 def add_depth_arguments(p: argparse.ArgumentParser, metavar: str = "DEPTH",
                         help_text: str = "depth file: EXR, PNG, TIFF, PFM, NPY, JPEG, PGM") -> None:
+    from .settings import add_shot_arguments
+
     g = p.add_argument_group("depth")
     g.add_argument("depth", metavar=metavar, help=help_text)
-    g.add_argument("--channel", help="channel to read (default: search Pz, depth, Z, ... in every part)")
-    g.add_argument("--mode", choices=MODES, default="auto", help="normalization (default auto)")
-    g.add_argument("--invert", choices=INVERT_CHOICES, default="auto", help="flip near/far (default auto)")
-    g.add_argument("--clip", nargs=2, type=float, metavar=("LOW", "HIGH"), default=DEFAULT_CLIP,
-                   help=f"percentile ends (default {DEFAULT_CLIP[0]:g} {DEFAULT_CLIP[1]:g})")
-    g.add_argument("--near", type=float, help="distance that maps to white (scene units)")
-    g.add_argument("--far", type=float, help="distance that maps to the far end (scene units)")
-    g.add_argument("--polarity", choices=POLARITY_CHOICES, default="auto",
-                   help="which end of a made depth image is near, for --near/--far (default: read from the frame)")
-    g.add_argument("--edges", choices=EDGE_CHOICES, default=DEFAULT_EDGES,
-                   help="anti-aliased pixels between two surfaces: snap to the closer surface (default), take the "
-                        "near or far one, or off")
-    g.add_argument("--long-side", type=int, default=DEFAULT_LONG_SIDE,
-                   help=f"control image long side in pixels (default {DEFAULT_LONG_SIDE})")
+    add_shot_arguments(g, "depth")  # --channel, --mode, --clip, ... from the settings schema (settings.py)
     g.add_argument("--stats", metavar="STATS.json", help="use a sequence's normalization range (fluxdepth sequence)")
 
 
+def shot_from_args(args: argparse.Namespace, seed: int | None = None):
+    """The shot the options describe (the one codec of settings.py); `seed` replaces --seed when given."""
+    from .settings import form_from_args, shot_from_form
+
+    form = form_from_args(args, None if hasattr(args, "prompt") else "depth")
+    if "loras" in form:
+        form["loras"] = style_loras(args)
+    if seed is not None:
+        form["seed"] = seed
+    return shot_from_form(form)
+
+
 def depth_settings_from_args(args: argparse.Namespace) -> DepthSettings:
-    settings = _plain_depth_settings(args)
+    settings = shot_from_args(args).depth
     if getattr(args, "stats", None) and args.command != "sequence":
         from .sequence import load_stats, settings_with_stats
 
         return settings_with_stats(settings, load_stats(args.stats))
     return settings
-
-
-def _plain_depth_settings(args: argparse.Namespace) -> DepthSettings:
-    return DepthSettings(
-        channel=args.channel,
-        normalize=NormalizeSettings(
-            mode=args.mode, invert=args.invert, clip=tuple(args.clip), near=args.near, far=args.far,
-            polarity=args.polarity, edges=args.edges,
-        ),
-        long_side=args.long_side,
-    )
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -123,59 +111,30 @@ def _renamed(old: str, new: str):
     return refuse
 
 
-def big_image_options(args: argparse.Namespace) -> dict:
-    return {"plate": bool(args.plate), "plate_strength": args.plate_strength, "vae_tiling": args.vae_tiling}
-
-
-def generation_from_args(args: argparse.Namespace, seed: int | None):
-    """The generation half of a shot from `generate` and `sequence` alike (one builder for both commands)."""
-    from .settings import GenerationSettings
-
-    return GenerationSettings(prompt=args.prompt, seed=seed, steps=args.steps, guidance=args.guidance,
-                              strength=args.strength, loras=style_loras(args), **big_image_options(args))
-
-
 def style_loras(args: argparse.Namespace) -> tuple:
     """The --lora options, each checked to name a .safetensors file before any model loads."""
     from .loras import lora_folder, resolve_lora
     from .settings import StyleLora
 
-    loras = tuple(StyleLora.parse(text) for text in args.lora)
+    loras = tuple(StyleLora.parse(text) for text in args.loras)
     for lora in loras:
         resolve_lora(lora.name, lora_folder(args.lora_dir), allow_paths=True)
     return loras
 
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    from .defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
-    from .settings import DEFAULT_PLATE_STRENGTH, VAE_TILING
+    from .settings import add_shot_arguments
 
     g = p.add_argument_group("generation")
-    g.add_argument("--prompt", required=True, help="what the image shows")
-    g.add_argument("--seed", type=int, help="random seed (default: drawn and reported)")
-    g.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
-    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help=f"guidance scale (default {DEFAULT_GUIDANCE:g})")
+    add_shot_arguments(g, "generation")  # --prompt, --seed, --steps, ... from the settings schema (settings.py)
     add_pipeline_arguments(g)
-    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
-                   help="a style LoRA (.safetensors; diffusers, Kohya or ComfyUI keys) and its scale (default 1.0), "
-                        "a file or a name in --lora-dir; repeat for more, applied in order (docs/loras.md)")
     g.add_argument("--backend", choices=("local", "bfl"), default="local",
                    help="local: FLUX.1-Depth-dev on this machine (default); bfl: FLUX.1 Depth [pro] through BFL's "
                         "API (needs BFL_API_KEY; costs credits; docs/bfl.md)")
-    g.add_argument("--plate", action="store_true",
-                   help="two passes for big images (2K): about 1 MP first, then refined at the full size from it "
-                        "with the same control map (docs/plates.md)")
-    g.add_argument("--plate-strength", type=float, default=DEFAULT_PLATE_STRENGTH,
-                   help=f"how much the plate's second pass changes (default {DEFAULT_PLATE_STRENGTH})")
-    g.add_argument("--vae-tiling", choices=VAE_TILING, default="auto",
-                   help="decode in tiles: auto = when a whole decode would not fit the GPU memory left (default)")
     g.add_argument("--lora-dir", default=os.environ.get("FLUXDEPTH_LORA_DIR"), metavar="DIR",
                    help="folder of style LoRAs that --lora names refer to (env FLUXDEPTH_LORA_DIR)")
     g.add_argument("--lora-scale", type=_renamed("--lora-scale", "--depth-lora-scale"), help=argparse.SUPPRESS)
     g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
-    g.add_argument("--strength", type=float, default=DEFAULT_STRENGTH,
-                   help=f"img2img strength (default {DEFAULT_STRENGTH:g})")
     g.add_argument("--also-save", metavar="FORMATS", default="",
                    help="also write these from the float decode: png16 (16-bit PNG, sRGB), exr (half float, linear "
                         "Rec.709); comma-separated")
@@ -183,7 +142,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_pipeline_arguments(g) -> None:
     """What `pipeline_spec` reads: the model, its tier and where it runs."""
-    from .defaults import DEFAULT_MODEL, PLACEMENTS, VARIANT_NAMES as VARIANTS
+    from .defaults import DEFAULT_MODEL, DEFAULT_VRAM_HEADROOM_GIB, PLACEMENTS, VARIANT_NAMES as VARIANTS
 
     g.add_argument("--variant", choices=list(VARIANTS), default=DEFAULT_VARIANT,
                    help=f"precision tier (default {DEFAULT_VARIANT})")
@@ -201,7 +160,11 @@ def add_pipeline_arguments(g) -> None:
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
     g.add_argument("--vram-budget", metavar="GiB|auto", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
                    help="never use more GPU memory than this (auto = free memory minus a margin); what does not fit "
-                        "streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
+                        "streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md). Without it, "
+                        "placement auto plans by the GPU's free memory before every image")
+    g.add_argument("--vram-headroom", metavar="GiB", default=os.environ.get("FLUXDEPTH_VRAM_HEADROOM"),
+                   help=f"GPU memory left free for other programs such as Houdini when placement auto plans "
+                        f"(default {DEFAULT_VRAM_HEADROOM_GIB:g}; env FLUXDEPTH_VRAM_HEADROOM)")
 
 
 def load_init_image(path: str | None):
@@ -236,7 +199,8 @@ def pipeline_spec(args: argparse.Namespace):
     return PipelineSpec(model=args.model, variant=args.variant, placement=args.placement, compile=args.compile,
                         device=args.device, revision=args.revision, depth_lora=args.depth_lora,
                         depth_lora_scale=args.depth_lora_scale,
-                        vram_budget=args.vram_budget, lora_dir=getattr(args, "lora_dir", None))
+                        vram_budget=args.vram_budget, lora_dir=getattr(args, "lora_dir", None),
+                        vram_headroom=args.vram_headroom)
 
 
 def _manager(spec):
@@ -266,7 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         from .sequence import load_stats
 
         seed = load_stats(args.stats).seed  # a frame re-rendered under its sequence gets the sequence's seed
-    settings = ShotSettings(depth_settings_from_args(args), generation_from_args(args, seed))
+    settings = ShotSettings(depth_settings_from_args(args), shot_from_args(args, seed).generation)
     spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
     formats = check_formats(args.also_save)
@@ -296,7 +260,7 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     from .image_files import check_formats
     from .sequence import find_frames, parse_frame_range
 
-    generation = generation_from_args(args, args.seed)
+    shot = shot_from_args(args)
     if args.init_image:
         raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
     if args.backend != "local":
@@ -304,11 +268,10 @@ def cmd_sequence(args: argparse.Namespace) -> int:
                          "generate)")
     spec = pipeline_spec(args)
     formats = check_formats(args.also_save)
-    settings = _plain_depth_settings(args)
     wanted = parse_frame_range(args.frames)
     with contextlib.ExitStack() as scope:
         frames = find_frames(_unzipped(args.depth, scope))
-        return _sequence_from_frames(args, spec, formats, settings, wanted, frames, generation)
+        return _sequence_from_frames(args, spec, formats, shot.depth, wanted, frames, shot.generation)
 
 
 def _unzipped(pattern: str, scope: contextlib.ExitStack) -> str:

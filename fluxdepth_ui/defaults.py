@@ -6,6 +6,8 @@ DEFAULT_STEPS = 28  # the model's own practice: 28-30 steps
 DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ default of 3.5 is for FLUX.1-dev
 DEFAULT_STRENGTH = 0.6  # img2img
 PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
+# GiB of the card that placement auto leaves to other programs (Houdini's viewport, Karma XPU): docs/vram.md.
+DEFAULT_VRAM_HEADROOM_GIB = 1.5
 VARIANT_NAMES = ("bf16", "qint8", "qint4", "fp8")  # the tiers, in the order the app lists them
 DEFAULT_VARIANT = VARIANT_NAMES[0]
 DEFAULT_DEPTH_LORA_SCALE = 0.85  # black-forest-labs/flux cli_control.py's scale for the depth LoRA

@@ -12,13 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .depth import DEFAULT_CLIP, DepthInputError, NormalizeSettings
 from .atomic import write_text
+from .defaults import VARIANT_NAMES
 from .errors import FluxDepthError
-from .settings import GenerationSettings
 
-DEPTH_KEYS = ("mode", "invert", "clip", "near", "far", "long_side")
-GENERATION_KEYS = ("prompt", "variant", "steps", "guidance", "loras")  # loras: [{"name", "scale"}]
 MAX_NAME = 80
 
 
@@ -70,16 +67,25 @@ def load_preset(path: str | Path, builtin: bool = False) -> Preset:
         raise PresetError(f"preset {path.name} needs a \"name\"")
     depth = data.get("depth", {}) or {}
     generation = data.get("generation", {}) or {}
-    unknown = (set(depth) - set(DEPTH_KEYS)) | (set(generation) - set(GENERATION_KEYS))
-    if unknown:
-        raise PresetError(f"preset {path.name} has unknown settings: {', '.join(sorted(unknown))}")
     try:
-        NormalizeSettings(mode=depth.get("mode", "auto"), invert=depth.get("invert", "auto"),
-                          clip=tuple(depth.get("clip", DEFAULT_CLIP)), near=depth.get("near"), far=depth.get("far"))
-        GenerationSettings(prompt="", loras=generation.get("loras") or ())
-    except (DepthInputError, TypeError, ValueError) as exc:
+        check_sections(depth, generation)
+    except (FluxDepthError, TypeError, ValueError) as exc:
         raise PresetError(f"preset {path.name}: {exc}") from None
     return Preset(data["name"].strip(), str(data.get("description", "")), depth, generation, str(path), builtin)
+
+
+def check_sections(depth: dict, generation: dict) -> None:
+    """A preset's settings are the schema's (settings.preset_sections: the names of the settings records, a pair as
+    a list, style LoRAs as [{"name", "scale"}]) plus the tier; each value is checked as a shot would check it."""
+    from .settings import form_from_sections, shot_from_form
+
+    if not isinstance(depth, dict) or not isinstance(generation, dict):
+        raise PresetError("\"depth\" and \"generation\" must be objects")
+    generation = dict(generation)
+    variant = generation.pop("variant", None)
+    if variant is not None and variant not in VARIANT_NAMES:
+        raise PresetError(f"unknown variant {str(variant)[:20]!r}; use one of: {', '.join(VARIANT_NAMES)}")
+    shot_from_form(form_from_sections({"depth": depth, "generation": generation}))
 
 
 def list_presets() -> list[Preset]:
@@ -118,8 +124,8 @@ def save_preset(name: str, depth: dict, generation: dict, description: str = "",
     except OSError as exc:
         raise PresetError(f"cannot create the presets folder ({exc.strerror}); set FLUXDEPTH_PRESETS to a "
                           "writable folder") from None
-    preset = Preset(name.strip(), description, {k: depth[k] for k in DEPTH_KEYS if k in depth},
-                    {k: generation[k] for k in GENERATION_KEYS if k in generation})
+    check_sections(depth, generation)
+    preset = Preset(name.strip(), description, dict(depth), dict(generation))
     same = next((p for p in list_presets() if p.name.lower() == preset.name.lower()), None)
     if same is not None and same.builtin:
         raise PresetError(f"{preset.name!r} is a built-in preset; save yours under another name")

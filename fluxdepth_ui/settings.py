@@ -11,18 +11,17 @@ No torch here: front ends import this before any model code.
 
 from __future__ import annotations
 
-import math
-
 import secrets
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 
-from . import limits
+from . import limits, schema
 from .defaults import (
-    DEFAULT_DEPTH_LORA_SCALE, DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_VARIANT, PLACEMENTS,
-    VARIANT_NAMES,
+    DEFAULT_DEPTH_LORA_SCALE, DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_VARIANT,
+    DEFAULT_VRAM_HEADROOM_GIB, PLACEMENTS, VARIANT_NAMES,
 )
 from .depth import DepthSettings, NormalizeSettings
 from .errors import FluxDepthError
+from .schema import check_fields, setting, spec_of
 
 MAX_SEED = 2**32 - 1
 MAX_STEPS = 100
@@ -36,23 +35,18 @@ class SettingsError(FluxDepthError, ValueError):
 
 def check_number(name: str, value, low, high, *, whole: bool = False, optional: bool = False,
                  low_open: bool = False, hint: str = ""):
-    """One message for every way a number can be wrong: not a number, NaN, fractional, out of range.
+    """schema.check_number raising SettingsError: one message for every way a number can be wrong."""
+    return schema.check_number(name, value, low, high, whole=whole, optional=optional, low_open=low_open, hint=hint,
+                               error=SettingsError)
 
-    Returns the value as int (whole) or float; None when optional and missing.
-    """
-    if value is None and optional:
-        return None
-    span = f"a value in ({low}, {high}]" if low_open else f"{low}..{high}"
-    fix = f"use {span}" + (f" ({hint})" if hint else "")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"{name} must be a number, not {str(value)[:20]!r}; {fix}") from None
-    if isinstance(value, bool) or not math.isfinite(number) or (whole and number != int(number)):
-        raise SettingsError(f"{name} must be a {'whole ' if whole else ''}number; {fix}")
-    if number < low or number > high or (low_open and number == low):
-        raise SettingsError(f"{name} {value} is out of range; {fix}")
-    return int(number) if whole else number
+
+def parse_vram_headroom(text) -> float:
+    """GiB of the card left to other programs ('1.5', '2GiB'); empty is the default."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return DEFAULT_VRAM_HEADROOM_GIB
+    if isinstance(text, str):
+        text = text.strip().lower().removesuffix("gib").removesuffix("gb").strip()
+    return check_number("VRAM headroom", text, 0.0, 64.0, hint="GiB kept free for other programs, e.g. 1.5")
 
 
 def parse_vram_budget(text) -> float | str | None:
@@ -121,50 +115,55 @@ def draw_seed() -> int:
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    prompt: str
-    seed: int | None = None  # None: drawn when the shot runs, and reported
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    strength: float = DEFAULT_STRENGTH  # img2img only
+    """The generation half of a shot. The `setting` fields are the user's controls (schema.py): the CLI options, the
+    app's controls, the API parameters and preset keys are made from them (the codec below)."""
+
+    prompt: str = setting(label="Prompt", kind=str, help="what the image shows")
+    # None: drawn when the shot runs, and reported
+    seed: int | None = setting(None, label="Seed", kind=int, bounds=(0, MAX_SEED), unset=-1, preset=False,
+                               hint="-1 draws one", help="random seed; -1 draws one (the one used is reported)")
+    steps: int = setting(DEFAULT_STEPS, label="Steps", kind=int, bounds=(1, MAX_STEPS), step=1,
+                         hint=f"{DEFAULT_STEPS} is the model's default", help="denoising steps")
+    guidance: float = setting(DEFAULT_GUIDANCE, label="Guidance", bounds=(0.0, MAX_GUIDANCE), step=0.5,
+                              hint=f"{DEFAULT_GUIDANCE:g} suits FLUX.1-Depth-dev", help="guidance scale")
+    strength: float = setting(DEFAULT_STRENGTH, label="Strength", bounds=(0.0, 1.0), step=0.05, low_open=True,
+                              help="img2img strength: how far from the init image (0-1)")
     max_sequence_length: int = MAX_SEQUENCE_LENGTH
-    loras: tuple[StyleLora, ...] = ()  # style LoRAs, applied in this order (docs/loras.md)
+    # style LoRAs, applied in this order (docs/loras.md)
+    loras: tuple[StyleLora, ...] = setting((), label="Style LoRAs", kind=tuple, flag="--lora",
+                                           metavar="PATH[:SCALE]",
+                                           help=f"style LoRAs, each NAME or NAME:SCALE (scale 1.0 = as trained), "
+                                                f"applied in order; at most {MAX_STYLE_LORAS} (docs/loras.md)")
     # 2K (docs/plates.md): the VAE decodes in tiles when a whole decode would not fit ("auto"), or always, or never;
     # a plate renders about 1 MP first, then refines at the full size from it (img2img, same control map).
-    vae_tiling: str = "auto"
-    plate: bool = False
-    plate_strength: float = DEFAULT_PLATE_STRENGTH
+    vae_tiling: str = setting("auto", label="VAE tiling", kind=str, choices=VAE_TILING, widget="radio",
+                              help="decode in tiles: auto = when a whole decode would not fit the GPU memory left")
+    plate: bool = setting(False, label="Plate: two passes", kind=bool,
+                          help="two passes for big images (2K): about 1 MP first, then refined at the full size "
+                               "with the same control map (docs/plates.md)")
+    plate_strength: float = setting(DEFAULT_PLATE_STRENGTH, label="Plate strength", bounds=(0.0, 1.0), step=0.05,
+                                    low_open=True, hint=f"{DEFAULT_PLATE_STRENGTH} keeps the first pass's picture",
+                                    help="how much the plate's second pass changes (0-1)")
 
     def __post_init__(self):
-        if not isinstance(self.prompt, str):
-            raise SettingsError("prompt must be text")
+        check_fields(self, SettingsError)
         most = limits.current().prompt_chars
         if len(self.prompt) > most:
             raise SettingsError(f"the prompt is {len(self.prompt)} characters, above the limit of {most}; shorten "
                                 "it (the text encoder reads at most 512 tokens)")
-        set_ = object.__setattr__  # frozen: normalize the types once, here
-        set_(self, "seed", check_number("seed", self.seed, 0, MAX_SEED, whole=True, optional=True))
-        set_(self, "steps", check_number("steps", self.steps, 1, MAX_STEPS, whole=True,
-                                         hint=f"{DEFAULT_STEPS} is the model's default"))
-        set_(self, "guidance", check_number("guidance", self.guidance, 0.0, MAX_GUIDANCE,
-                                            hint=f"{DEFAULT_GUIDANCE:g} suits FLUX.1-Depth-dev"))
-        set_(self, "strength", check_number("strength", self.strength, 0.0, 1.0, low_open=True))
-        set_(self, "max_sequence_length", check_number("max_sequence_length", self.max_sequence_length, 1,
-                                                       MAX_SEQUENCE_LENGTH, whole=True))
+        object.__setattr__(self, "max_sequence_length", check_number(
+            "max_sequence_length", self.max_sequence_length, 1, MAX_SEQUENCE_LENGTH, whole=True))
         loras = self.loras or ()
         if isinstance(loras, (str, dict, StyleLora)):
             loras = (loras,)
+        if not isinstance(loras, (tuple, list)):
+            raise SettingsError("loras must be a list of \"NAME\" or \"NAME:SCALE\" strings")
         loras = tuple(StyleLora.from_value(v) for v in loras)
         if len(loras) > MAX_STYLE_LORAS:
             raise SettingsError(f"{len(loras)} style LoRAs given; use at most {MAX_STYLE_LORAS}")
         if len({lora.name for lora in loras}) != len(loras):
             raise SettingsError("the same style LoRA is listed twice; give it once with the sum of the scales")
-        set_(self, "loras", loras)
-        if self.vae_tiling not in VAE_TILING:
-            raise SettingsError(f"VAE tiling {str(self.vae_tiling)[:20]!r} is not one of {', '.join(VAE_TILING)}")
-        if not isinstance(self.plate, bool):
-            raise SettingsError("plate is on or off (true or false)")
-        set_(self, "plate_strength", check_number("plate strength", self.plate_strength, 0.0, 1.0, low_open=True,
-                                                  hint=f"{DEFAULT_PLATE_STRENGTH} keeps the first pass's picture"))
+        object.__setattr__(self, "loras", loras)
 
     def with_seed(self, seed: int | None) -> "GenerationSettings":
         return replace(self, seed=seed)
@@ -176,13 +175,7 @@ class GenerationSettings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["loras"] = [asdict(lora) for lora in self.loras]
-        # Settings at their defaults that older versions did not have are left out: keys of shots that do not use
-        # them stay what they were (a sequence resumes across an upgrade).
-        for name, default in (("loras", []), ("vae_tiling", "auto"), ("plate", False),
-                              ("plate_strength", DEFAULT_PLATE_STRENGTH)):
-            if d[name] == default:
-                d.pop(name)
-        return d
+        return _without_new_defaults(self, d, _GENERATION_KEYS_V1)
 
     @classmethod
     def from_dict(cls, data: dict) -> "GenerationSettings":
@@ -198,7 +191,8 @@ class ShotSettings:
 
     def to_dict(self) -> dict:
         d = self.depth
-        return {"depth": {"channel": d.channel, "long_side": d.long_side, **asdict(d.normalize),
+        normalize = _without_new_defaults(d.normalize, asdict(d.normalize), _NORMALIZE_KEYS_V1)
+        return {"depth": {"channel": d.channel, "long_side": d.long_side, **normalize,
                           "fixed_range": d.fixed_range.to_dict() if d.fixed_range else None},
                 "generation": self.generation.to_dict()}
 
@@ -231,6 +225,7 @@ class PipelineSpec:
     depth_lora_scale: float = DEFAULT_DEPTH_LORA_SCALE
     vram_budget: str | None = None  # GiB ("12"), "auto", or None: pipeline/budget.py
     lora_dir: str | None = None  # the host's style LoRA folder (loras.py); None: FLUXDEPTH_LORA_DIR
+    vram_headroom: float = DEFAULT_VRAM_HEADROOM_GIB  # GiB left to other programs when placement auto plans
 
     def __post_init__(self):
         if self.variant not in VARIANT_NAMES:
@@ -239,11 +234,245 @@ class PipelineSpec:
             raise SettingsError(f"unknown placement {self.placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         check_number("depth LoRA scale", self.depth_lora_scale, -10.0, 10.0)
         parse_vram_budget(self.vram_budget)
+        object.__setattr__(self, "vram_headroom", parse_vram_headroom(self.vram_headroom))
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+# A record's dict is part of every shot key (sequence.py: an unchanged frame is not rendered again). Settings added
+# after these keep a shot's key when left at their default, so a sequence resumes across an upgrade.
+_GENERATION_KEYS_V1 = ("prompt", "seed", "steps", "guidance", "strength", "max_sequence_length")
+_NORMALIZE_KEYS_V1 = ("mode", "invert", "clip", "near", "far", "gap_max", "polarity", "edges")
+
+
+def _without_new_defaults(record, d: dict, always: tuple[str, ...]) -> dict:
+    for f in fields(record):
+        if f.name not in always and f.name in d:
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if getattr(record, f.name) == default:
+                d.pop(f.name)
+    return d
+
+
 def _known(cls, data: dict) -> dict:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in dict(data).items() if k in names}
+
+
+# --- The codec: one flat form of a shot --------------------------------------------------------------------------
+# The app's controls, the API's parameters, the CLI's options and the presets' keys are all made from the `setting`
+# fields of ShotSettings (schema.py); nothing below names a setting. docs/settings.md.
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One value of the flat form: `name` is the form key, the API parameter and (dashed) the CLI option."""
+
+    name: str
+    path: tuple[str, ...]  # where the value sits in ShotSettings: ("depth", "normalize", "clip")
+    spec: schema.Spec
+    default: object  # MISSING when the value is required (the prompt)
+    part: int | None = None  # the index in a pair (clip_low, clip_high)
+
+    @property
+    def section(self) -> str:
+        return self.path[0]  # "depth" or "generation"
+
+    @property
+    def label(self) -> str:
+        return self.spec.part_labels[self.part] if self.part is not None else self.spec.label
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+def shot_fields(root: type | None = None) -> tuple[FormField, ...]:
+    """Every user-facing setting of a shot, in the order the dataclasses declare them (depth first)."""
+    out = []
+
+    def walk(cls, path):
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            spec = spec_of(f)
+            kind = hints.get(f.name)
+            if spec is None:
+                if isinstance(kind, type) and is_dataclass(kind):
+                    walk(kind, path + (f.name,))
+                continue
+            default = f.default if f.default is not MISSING else (
+                f.default_factory() if f.default_factory is not MISSING else MISSING)
+            if spec.parts:
+                out.extend(FormField(part, path + (f.name,), spec, default[i], i) for i, part in enumerate(spec.parts))
+            else:
+                out.append(FormField(f.name, path + (f.name,), spec, default))
+
+    walk(root or ShotSettings, ())
+    names = [f.name for f in out]
+    assert len(set(names)) == len(names), f"two settings share a form name: {names}"
+    return tuple(out)
+
+
+def form_field(name: str) -> FormField:
+    return next(f for f in shot_fields() if f.name == name)
+
+
+def _is_unset(value, unset) -> bool:
+    if unset is None:
+        return False
+    if isinstance(unset, (int, float)) and not isinstance(value, (bool, str)):
+        try:
+            return float(value) == float(unset)
+        except (TypeError, ValueError):
+            return False
+    return value == unset
+
+
+def _form_value(f: FormField, value):
+    """A value as a form or an API call sends it -> the record's value (checked by the record itself)."""
+    spec = f.spec
+    if spec.kind is tuple:
+        return () if value in (None, "") else value
+    if value is None or (value == "" and (spec.kind is not str or spec.choices)):
+        return None if spec.optional else f.default
+    if spec.optional and _is_unset(value, spec.unset):
+        return None
+    return value
+
+
+def shot_from_form(form, base: "ShotSettings | None" = None) -> "ShotSettings":
+    """A ShotSettings from a flat form; keys it lacks keep `base`'s values (the defaults when none). Every value is
+    checked by its record: a bad one raises one line naming the setting and the fix."""
+    base = base if base is not None else ShotSettings()
+    values: dict[tuple[str, ...], object] = {}
+    for f in shot_fields(type(base)):
+        if f.name not in form:
+            continue
+        value = _form_value(f, form[f.name])
+        if f.part is not None:
+            pair = list(values.get(f.path) or _get(base, f.path))
+            pair[f.part] = value if value is not None else f.default
+            value = tuple(pair)
+        values[f.path] = value
+    return _rebuilt(base, (), values)
+
+
+def _get(record, path):
+    for name in path:
+        record = getattr(record, name)
+    return record
+
+
+def _rebuilt(record, prefix, values):
+    changes = {}
+    for f in fields(record):
+        path = prefix + (f.name,)
+        if path in values:
+            changes[f.name] = values[path]
+        elif any(key[:len(path)] == path for key in values):
+            changes[f.name] = _rebuilt(getattr(record, f.name), path, values)
+    return replace(record, **changes) if changes else record
+
+
+def form_from_shot(shot: "ShotSettings") -> dict:
+    """The flat form of a shot (None where a value is unset; style LoRAs as {"name", "scale"} records)."""
+    form = {}
+    for f in shot_fields(type(shot)):
+        value = _get(shot, f.path)
+        if f.part is not None:
+            value = value[f.part]
+        elif f.spec.kind is tuple:
+            value = [asdict(v) if is_dataclass(v) else v for v in value]
+        form[f.name] = value
+    return form
+
+
+def form_defaults(root: type | None = None) -> dict:
+    return {f.name: f.default for f in shot_fields(root) if not f.required}
+
+
+def preset_sections(shot: "ShotSettings") -> dict:
+    """What a preset keeps of a shot: {"depth": {...}, "generation": {...}} by the records' field names (a pair as a
+    list), every setting but the ones marked preset=False (the seed, one file's channel)."""
+    sections: dict[str, dict] = {}
+    for f in shot_fields(type(shot)):
+        if not f.spec.preset or f.part not in (None, 0):
+            continue
+        value = _get(shot, f.path)
+        if f.part is not None:
+            value = list(value)
+        elif f.spec.kind is tuple:
+            value = [asdict(v) if is_dataclass(v) else v for v in value]
+        sections.setdefault(f.section, {})[f.path[-1]] = value
+    return sections
+
+
+def form_from_sections(sections) -> dict:
+    """A preset's sections -> the flat form keys it sets. Unknown keys are refused by name."""
+    form, unknown = {}, []
+    by_key = {}
+    for f in shot_fields():
+        if f.spec.preset:
+            by_key.setdefault((f.section, f.path[-1]), []).append(f)
+    for section, values in (sections or {}).items():
+        for key, value in (values or {}).items():
+            found = by_key.get((section, key))
+            if not found:
+                unknown.append(key)
+            elif found[0].part is not None:
+                if not isinstance(value, (list, tuple)) or len(value) != len(found):
+                    raise SettingsError(f"{key} must be {len(found)} numbers")
+                form.update({f.name: value[f.part] for f in found})
+            else:
+                form[found[0].name] = value
+    if unknown:
+        raise SettingsError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return form
+
+
+def add_shot_arguments(group, section: str) -> None:
+    """The CLI options of one section ("depth" or "generation"), made from the fields (`--long-side`, `--clip LOW
+    HIGH`, `--lora` repeated, `--plate` as a switch)."""
+    for f in shot_fields():
+        if f.section != section or f.part not in (None, 0):
+            continue
+        spec, key = f.spec, f.path[-1]
+        flag = spec.flag or "--" + key.replace("_", "-")
+        text = spec.help
+        kw: dict = {"dest": key}
+        if spec.kind is bool:
+            kw["action"] = "store_true"
+        elif spec.kind is tuple:
+            kw.update(action="append", default=[], metavar=spec.metavar)
+            text += "; repeat for more"
+        elif spec.parts:
+            kw.update(nargs=len(spec.parts), type=spec.kind, default=tuple(_get(ShotSettings(), f.path)),
+                      metavar=spec.metavar)
+            text += f" (default {' '.join(f'{v:g}' for v in kw['default'])})"
+        else:
+            kw["type"] = spec.kind if spec.kind in (int, float) else str
+            if spec.choices:
+                kw["choices"] = spec.choices
+            if f.required:
+                kw["required"] = True
+            else:
+                kw["default"] = f.default
+                if f.default is not None:
+                    text += f" (default {f.default:g})" if isinstance(f.default, float) else f" (default {f.default})"
+            if spec.metavar:
+                kw["metavar"] = spec.metavar
+        group.add_argument(flag, help=text.replace("%", "%%"), **kw)
+
+
+def form_from_args(args, section: str | None = None) -> dict:
+    """The flat form of the options add_shot_arguments made (a section's, or both)."""
+    form = {}
+    for f in shot_fields():
+        if section not in (None, f.section) or not hasattr(args, f.path[-1]):
+            continue
+        value = getattr(args, f.path[-1])
+        form[f.name] = value[f.part] if f.part is not None else value
+    return form

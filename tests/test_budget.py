@@ -188,3 +188,191 @@ def test_budget_travels_with_the_spec_and_reloads_on_change(tmp_path):
     assert not manager.configure(vram_budget="auto")
 
 
+
+
+# --- Budget by default: placement auto plans by what the card has free, less the headroom (issue 26) -------------
+
+
+def deep_components(seed=0) -> dict:
+    """Tiny-random with more blocks, so that some can stay resident and some stream."""
+    from diffusers import FluxTransformer2DModel
+
+    from fluxdepth_ui.pipeline.tiny import tiny_transformer_config
+
+    components = build_tiny_components(seed)
+    torch.manual_seed(seed)
+    components["transformer"] = FluxTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 4,
+                                                          "num_single_layers": 6})
+    return components
+
+
+class FakeCard:
+    """What the driver says this process could hold (budget.available_bytes), set by the test: another program
+    taking memory or giving it back between images. Each reading is recorded."""
+
+    def __init__(self, available: int):
+        self.available = available
+        self.readings = 0
+
+    def __call__(self, device):
+        self.readings += 1
+        return self.available
+
+
+def plan_sizes(components) -> tuple[dict, list[int]]:
+    from fluxdepth_ui.pipeline.manager import _is_oom  # noqa: F401 - the module the manager plans in
+
+    sizes = {k: module_bytes(v) for k, v in components.items() if isinstance(v, torch.nn.Module)}
+    return sizes, transformer_block_sizes(components["transformer"])
+
+
+def partly_resident_budget(components, fraction: float) -> int:
+    """The smallest budget (bytes) under which the planner keeps about `fraction` of the denoiser's blocks."""
+    sizes, blocks = plan_sizes(components)
+    lo, hi = WORK, WORK * 4
+    target = max(1, int(len(blocks) * fraction))
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        try:
+            plan = plan_memory(mid, sizes, WORK, blocks, "bf16")
+            kept = len(blocks) if "transformer" in plan.resident else len(plan.resident_blocks)
+        except PipelineError:
+            kept = -1
+        lo, hi = (lo, mid) if kept >= target else (mid, hi)
+    return hi
+
+
+def card_manager(tmp_path, card, headroom=0.0, seed=0):
+    from fluxdepth_ui.pipeline.sources import LoadedModel
+
+    def loader(variant, progress):
+        return LoadedModel(deep_components(seed), "tiny")
+
+    return PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path), loader=loader,
+                           memory_reader=card, vram_headroom=headroom)
+
+
+def streamed_blocks(manager) -> int:
+    plan = manager._plan
+    return 0 if "transformer" in plan.resident else plan.total_blocks - len(plan.resident_blocks)
+
+
+def test_auto_plans_everything_resident_when_the_card_has_room(tmp_path, control):
+    card = FakeCard(64 * GIB)
+    manager = card_manager(tmp_path, card, headroom=1.5)
+    result = manager.generate(control, GenerationSettings("a hall", seed=3, steps=1))
+    assert manager._plan.streamed == () and manager._plan.budget == int(62.5 * GIB)  # the headroom is left
+    assert result.metadata.placement == "budget" and "kept for other programs" in manager.status()["placement_reason"]
+
+
+def test_auto_streams_blocks_instead_of_offloading_when_the_card_is_short(tmp_path, control):
+    components = deep_components()
+    budget = partly_resident_budget(components, 0.5)
+    card = FakeCard(budget + 2 * GIB)
+    manager = card_manager(tmp_path, card, headroom=2.0)  # what the card has less the headroom: a partial plan
+    result = manager.generate(control, GenerationSettings("a hall", seed=3, steps=1))
+    assert manager._plan.budget == budget and 0 < streamed_blocks(manager) < manager._plan.total_blocks
+    assert result.metadata.placement == "budget" and "blocks resident" in result.metadata.memory_plan
+    reference = card_manager(tmp_path, FakeCard(None)).generate(control, GenerationSettings("a hall", seed=3, steps=1))
+    assert reference.metadata.placement == "cpu"  # no reading (not a GPU): the old placement rule
+    np.testing.assert_array_equal(result.pixels, reference.pixels)
+
+
+def test_a_card_that_shrinks_and_grows_between_images_is_re_planned_with_the_same_pixels(tmp_path, control):
+    components = deep_components()
+    roomy = partly_resident_budget(components, 1.0)
+    tight = partly_resident_budget(components, 0.3)
+    card = FakeCard(roomy + 8 * GIB)
+    manager = card_manager(tmp_path, card)
+    messages = []
+    settings = GenerationSettings("a hall", seed=4, steps=2)
+    first = manager.generate(control, settings, load_progress=lambda f, m: messages.append(m))
+    assert streamed_blocks(manager) == 0
+    card.available = tight  # Houdini took memory: the next image plans down before it starts
+    second = manager.generate(control, settings, load_progress=lambda f, m: messages.append(m))
+    assert 0 < streamed_blocks(manager) and manager._plan.budget == tight
+    assert any(m.startswith("GPU memory taken by other programs: re-planning down") for m in messages)
+    card.available = roomy + 8 * GIB  # and gave it back: up again, between images
+    third = manager.generate(control, settings, load_progress=lambda f, m: messages.append(m))
+    assert streamed_blocks(manager) == 0 and any("re-planning up" in m for m in messages)
+    np.testing.assert_array_equal(first.pixels, second.pixels)
+    np.testing.assert_array_equal(first.pixels, third.pixels)
+    readings = card.readings
+    manager.generate(control, settings)  # unchanged card: read, nothing re-planned
+    assert card.readings == readings + 1 and manager._plan.budget == roomy + 8 * GIB
+
+
+def test_the_headroom_is_left_free_and_changes_without_a_reload(tmp_path, control):
+    components = deep_components()
+    budget = partly_resident_budget(components, 1.0)
+    card = FakeCard(budget + 4 * GIB)
+    manager = card_manager(tmp_path, card, headroom=3.0)
+    manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    assert manager._plan.budget == budget + GIB and streamed_blocks(manager) == 0
+    pipe = manager._pipe
+    # A larger headroom (Houdini needs more): what is left is only enough for part of the blocks.
+    assert not manager.configure(vram_headroom=4.0 + (budget - partly_resident_budget(components, 0.3)) / GIB)
+    manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    assert manager._pipe is pipe and streamed_blocks(manager) > 0  # same pipeline, fewer resident blocks
+    with pytest.raises(SettingsError, match="VRAM headroom"):
+        manager.configure(vram_headroom="lots")
+
+
+def test_an_image_that_runs_out_of_memory_is_retried_once_with_a_smaller_plan(tmp_path, control):
+    components = deep_components()
+    roomy = partly_resident_budget(components, 1.0)
+    card = FakeCard(roomy + 4 * GIB)
+    manager = card_manager(tmp_path, card)
+    settings = GenerationSettings("a hall", seed=6, steps=2)
+    expected = manager.generate(control, settings).pixels
+    failures = []
+
+    def fail_once(module, args):
+        if not failures:
+            failures.append(True)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    handle = manager._pipe.transformer.register_forward_pre_hook(fail_once)
+    before = manager._plan.budget
+    again = manager.generate(control, settings)
+    handle.remove()
+    assert failures == [True] and manager._plan.budget == int(before * 0.8)
+    np.testing.assert_array_equal(expected, again.pixels)
+
+    def always(module, args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    handle = manager._pipe.transformer.register_forward_pre_hook(always)
+    from fluxdepth_ui.pipeline import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError, match="out of GPU memory at"):  # once retried, then reported
+        manager.generate(control, settings)
+    handle.remove()
+
+
+def test_a_card_too_full_for_any_plan_says_what_to_do(tmp_path, control):
+    card = FakeCard(64 * GIB)
+    manager = card_manager(tmp_path, card, headroom=1.0)
+    manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    card.available = 2 * GIB  # another program took nearly everything
+    from fluxdepth_ui.pipeline import OutOfMemoryError
+
+    with pytest.raises(OutOfMemoryError, match="only 2.0 GiB of GPU memory is free now .* lower the headroom"):
+        manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+
+
+def test_resident_blocks_keep_no_offload_hook_and_streamed_ones_do(tmp_path, control):
+    """Host copies (pinned, on a GPU) belong to the streamed blocks' offload groups only: a resident block has no
+    group, so nothing holds a host copy of its weights."""
+    from diffusers.hooks import HookRegistry
+
+    components = deep_components()
+    card = FakeCard(partly_resident_budget(components, 0.5))
+    manager = card_manager(tmp_path, card)
+    manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    transformer = manager._pipe.transformer
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    grouped = {i for i, b in enumerate(blocks)
+               if HookRegistry.check_if_exists_or_initialize(b).get_hook("group_offloading") is not None}
+    assert grouped and grouped.isdisjoint(manager._plan.resident_blocks)
+    assert grouped | set(manager._plan.resident_blocks) == set(range(len(blocks)))

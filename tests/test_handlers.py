@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import BEACHBALL, DEPTH_SYN
-from fluxdepth_ui.depth import DepthInputError, DepthMap
+from fluxdepth_ui.depth import DepthInputError, DepthMap, DepthSettings
 from fluxdepth_ui.errors import FluxDepthError
 from fluxdepth_ui.pipeline import ModelSource, PipelineManager, read_metadata
 from fluxdepth_ui.ui import handlers as h
@@ -42,7 +42,7 @@ def test_generate_from_a_settings_record(studio):
 
 
 @pytest.mark.parametrize("field, value, fragment", [
-    ("long_side", "big", "long_side must be a number"), ("clip_low", float("nan"), "clip_low must be a finite"),
+    ("long_side", "big", "long side must be a number"), ("clip_low", float("nan"), "clip low must be a number"),
     ("mode", "nope", "unknown mode"), ("steps", 0, "steps 0 is out of range"), ("seed", "x", "seed must be"),
     ("variant", "fp8", "offers only"),
 ])
@@ -97,10 +97,15 @@ def test_a_batch_gives_one_image_per_seed(studio, monkeypatch):
 
 
 def test_seed_values():
-    assert h.seed_value(None) is None and h.seed_value(-1) is None and h.seed_value("12") == 12
-    assert h.seed_value(5, randomize=True) is None
-    with pytest.raises(FluxDepthError):
-        h.seed_value(1.5)
+    """One seed rule for the form and the API: empty, -1 or "Random seed" leave it to the draw."""
+    def seed(value, randomize=False):
+        return h.shot_from_form({"seed": value, "randomize": randomize}).generation.seed
+
+    assert seed(None) is None and seed(-1) is None and seed("") is None and seed("12") == 12 and seed(12.0) == 12
+    assert seed(5, randomize=True) is None
+    for bad, fragment in ((1.5, "whole number"), (-5, "out of range"), ("x", "must be a number")):
+        with pytest.raises(FluxDepthError, match=fragment):
+            seed(bad)
 
 
 def test_no_ui_function_is_longer_than_80_lines():
@@ -152,15 +157,15 @@ def test_sequence_takes_the_single_frame_depth_controls_and_zips_everything(stud
         z = prepare_depth(str(path)).depth.values
         frames.append(write_exr(tmp_path / path.name, {"dist": z}))
     with pytest.raises(DepthInputError, match="no depth channel"):
-        h.gather_sequence(studio, "q", frames, h.depth_settings(long_side=256), None)
+        h.gather_sequence(studio, "q", frames, DepthSettings(long_side=256), None)
     assert "dist" in h.sequence_channels(studio, "q", frames)
     # The same fields as the single frame (channel, clip, near/far, edges, long side) make the sequence's settings.
     record = form(channel="dist", near=4.0, far=60.0, long_side=256, edges="near")
-    settings = h.depth_from_form(record)
-    setup = h.gather_sequence(studio, "q", frames, settings, None)
+    shot = h.shot_from_form({**record, "prompt": "a hall", "steps": 1})
+    setup = h.gather_sequence(studio, "q", frames, shot.depth, None)
     assert setup.stats.range.low == pytest.approx(1 / 60) and setup.stats.range.high == pytest.approx(1 / 4)
     assert "dist" in setup.channels and len(setup.previews) == 3
-    done = h.run_sequence(studio, "q", setup, settings, "a hall", "bf16", 1, 10.0, 24.0, formats=["exr"])
+    done = h.run_sequence(studio, "q", setup, shot, "bf16", 24.0, formats=["exr"])
     assert done.report.rendered == [1, 2, 3, 4]
     with zipfile.ZipFile(done.archive) as archive:
         names = {name.split("/", 1)[1] for name in archive.namelist() if not name.endswith("/")}
@@ -211,9 +216,9 @@ def test_sequence_tab_on_ray_writes_what_it_writes_here(tmp_path):
         manager = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path / "cache"))
         studio = h.Studio(manager=manager, outputs=tmp_path / name, farm=farm,
                           policy=make_policy(False, "bf16", ["bf16"], None, None))
-        settings = h.depth_settings(long_side=256)
-        setup = h.gather_sequence(studio, "s", frames, settings, 6)
-        done = h.run_sequence(studio, "s", setup, settings, "a hall", "bf16", 1, 10.0, 24.0)
+        shot = h.shot_from_form({"prompt": "a hall", "steps": 1, "long_side": 256})
+        setup = h.gather_sequence(studio, "s", frames, shot.depth, 6)
+        done = h.run_sequence(studio, "s", setup, shot, "bf16", 24.0)
         assert done.report.rendered == [1, 2, 3]
         folder = Path(done.report.outputs[0]).parent
         outcomes.append({k: v for k, v in files(folder).items() if k.startswith(("frame.", "control/"))})

@@ -2,6 +2,7 @@
 diffusers' loader reads: bf16 equals diffusers' own LoRA path, quantized tiers stay close, a scale change reloads
 nothing, and a shared studio opens only its own folder's files."""
 
+from dataclasses import replace
 import json
 import os
 
@@ -322,13 +323,13 @@ def test_the_sequence_tab_renders_every_frame_with_the_chosen_loras(tmp_path, lo
     studio = h.Studio(manager=manager, outputs=tmp_path / "outputs",
                       policy=make_policy(True, "bf16", ["bf16"], None, None))
     frames = sorted(str(p) for p in make_sequence(tmp_path / "src").glob("*.exr"))[:2]
-    settings = h.depth_settings(long_side=256)
-    setup = h.gather_sequence(studio, "q", frames, settings, None)
-    loras = h.loras_from_form({"lora_1": "kohya.safetensors", "lora_1_scale": 0.7, "lora_2": ""})
-    done = h.run_sequence(studio, "q", setup, settings, "a hall", "bf16", 1, 10.0, 24.0, loras=loras)
+    shot = h.shot_from_form({"prompt": "a hall", "steps": 1, "long_side": 256, "lora_1": "kohya.safetensors",
+                             "lora_1_scale": 0.7, "lora_2": ""})
+    setup = h.gather_sequence(studio, "q", frames, shot.depth, None)
+    done = h.run_sequence(studio, "q", setup, shot, "bf16", 24.0)
     assert done.report.rendered == [1, 2]
     for png in done.report.outputs:
         assert [(x["name"], x["scale"]) for x in read_metadata(png).loras] == [("kohya.safetensors", 0.7)]
     with pytest.raises(SettingsError, match="pick one of the studio's LoRAs"):
-        h.run_sequence(studio, "q", setup, settings, "a hall", "bf16", 1, 10.0, 24.0,
-                       loras=(StyleLora(str(lora_dir / "ink.safetensors")),))
+        h.run_sequence(studio, "q", setup, replace(shot, generation=replace(
+            shot.generation, loras=(StyleLora(str(lora_dir / "ink.safetensors")),))), "bf16", 24.0)

@@ -49,7 +49,7 @@ def test_tools_are_listed_documented_and_callable(tmp_path):
     assert list(studio.outputs.glob("*/*-seed9.png"))
     # A bad value is the same one line as everywhere else.
     message = " ".join(c.text for c in refused.content if c.type == "text")
-    assert "long_side 99999 is out of range" in message and "Traceback" not in message
+    assert "long side 99999 is out of range" in message and "Traceback" not in message
 
 
 @pytest.mark.parametrize("flags", [["--share"], []])

@@ -86,7 +86,7 @@ def test_plate_at_one_megapixel_is_one_pass_and_says_so(tmp_path, manager):
 def test_plate_settings_bounds_and_cli(tmp_path, capsys):
     with pytest.raises(SettingsError, match="plate strength 0 is out of range"):
         GenerationSettings("x", plate=True, plate_strength=0)
-    with pytest.raises(SettingsError, match="VAE tiling 'maybe' is not one of auto, on, off"):
+    with pytest.raises(SettingsError, match="unknown vae tiling 'maybe'; use one of: auto, on, off"):
         GenerationSettings("x", vae_tiling="maybe")
     assert "plate" not in GenerationSettings("x").to_dict()  # shot keys without plates are unchanged
     rc = main(["generate", str(DEPTH_SYN), "--prompt", "a hall", "--model", "tiny-random", "--steps", "2",

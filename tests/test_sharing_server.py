@@ -20,6 +20,7 @@ from PIL import Image
 from conftest import BEACHBALL, DEPTH_SYN, launch_app
 from hostile import exr_with_data_window, frame_bytes, png_claiming, zip_of
 from fluxdepth_ui import limits
+from fluxdepth_ui.depth import DepthSettings, NormalizeSettings
 from fluxdepth_ui.ui.launch import parse_auth
 
 PREVIEW_REST = ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]
@@ -59,11 +60,18 @@ def raw_generate(demo, data: list) -> str | None:
     return json.loads(payload).get("error") or ""
 
 
+def small_shot(prompt="x", **generation):
+    """A 256 px shot (the handlers take a settings.ShotSettings)."""
+    from fluxdepth_ui.settings import GenerationSettings, ShotSettings
+
+    return ShotSettings(DepthSettings(long_side=256), GenerationSettings(prompt, **generation))
+
+
 def generate_args(depth, prompt="a hall", **kw) -> list:
     values = dict(seed=1, steps=1, guidance=10.0, variant="", channel="auto", mode="auto", invert="auto",
                   clip_low=0.5, clip_high=99.5, near=0.0, far=0.0, long_side=256, init_image=None, strength=0.6,
                   edges="snap", polarity="auto", also_save=[], loras=None, plate=False, plate_strength=0.35,
-                  backend="local")
+                  backend="local", vae_tiling="auto")  # the API's order: app.GENERATE_API_ORDER, then new settings
     values.update(kw)
     return [depth, prompt, *values.values()]
 
@@ -109,20 +117,20 @@ def _refusals(tmp):
         ("guidance out of range", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), guidance=1e9)),
          "guidance"),
         ("seed as text", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), seed="lucky")),
-         "seed must be a whole number"),
+         "seed must be a number, not 'lucky'"),
         ("seed too large", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN), seed=2**40)), "seed"),
         ("long side as text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
                                                        ["auto", "auto", "auto", 0.5, 99.5, 0, 0, "big", "snap", "auto"]),
-         "long_side must be a number"),
+         "long side must be a number, not 'big'"),
         ("long side huge", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                    ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 100000, "snap", "auto"]), "long_side"),
+                                                    ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 100000, "snap", "auto"]), "long side 100000 is out of range"),
         ("clip as text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                  ["auto", "auto", "auto", "low", 99.5, 0, 0, 256, "snap", "auto"]), "clip_low"),
+                                                  ["auto", "auto", "auto", "low", 99.5, 0, 0, 256, "snap", "auto"]), "clip low must be a number"),
         ("unknown mode", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
                                                   ["auto", "<script>", "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]), "unknown mode"),
         ("mode 1 MB of text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
                                                        ["auto", "m" * 200_000, "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]),
-         "short text"),
+         "unknown mode 'mmmm"),
         ("text file as depth", lambda d, s: raw_preview(d, upload(d, _text(tmp))), "not a depth format"),
         ("text file as init image", lambda d, s: raw_generate(d, generate_args(upload(d, DEPTH_SYN),
                                                                                init_image=upload(d, _text(tmp)))),
@@ -233,14 +241,14 @@ def test_zip_members_are_sniffed_and_nothing_else_is_written_or_served(shared, t
         "evil.html": b"<script>alert(1)</script>", "evil.svg": b"<svg onload=alert(1)/>",
         "../../escape.png": frame_bytes(tmp_path, 9)[:0] + b"<html>", "dir/": b"",
     })
-    setup = h.gather_sequence(studio, "visitor-z", [upload(demo, z)["path"]], h.depth_settings(long_side=256), None)
+    setup = h.gather_sequence(studio, "visitor-z", [upload(demo, z)["path"]], DepthSettings(long_side=256), None)
     written = sorted(os.listdir(setup.folder))
     assert written == ["depth.0001.png", "depth.0002.png", "depth.0003.png"]
     assert "evil.html" in setup.summary and "left out 3" in setup.summary
     assert not list(studio.outputs.rglob("*.html")) and not list(studio.outputs.rglob("*.svg"))
     # Staged once per upload: a Mode change reuses the same folder.
     again = h.gather_sequence(studio, "visitor-z", [upload(demo, z)["path"]],
-                              h.depth_settings(mode="linear", long_side=256), None)
+                              DepthSettings(normalize=NormalizeSettings(mode="linear"), long_side=256), None)
     assert again.folder == setup.folder
     # Nothing of the zip can be fetched from the server.
     r = httpx.get(base(demo) + "/gradio_api/file=" + os.path.join(setup.folder, "depth.0001.png"))
@@ -271,7 +279,7 @@ def test_zip_limits(shared, tmp_path, kind, fragment):
         z.write_bytes(b"PK\x03\x04 not really a zip")
         z = str(z)
     with pytest.raises(Exception) as err:
-        h.gather_sequence(studio, f"visitor-{kind}", [upload(demo, z)["path"]], h.depth_settings(long_side=256),
+        h.gather_sequence(studio, f"visitor-{kind}", [upload(demo, z)["path"]], DepthSettings(long_side=256),
                           None)
     assert fragment in str(err.value) and "\n" not in str(err.value)
     assert str(tmp_path) not in str(err.value)
@@ -286,11 +294,10 @@ def test_local_host_switches_tiers_serialized_and_reported(tmp_path):
         assert studio.policy.tiers == ("bf16", "qint8")
         from fluxdepth_ui.ui import handlers as h
 
-        outcome = h.run_generate(studio, "s1", str(DEPTH_SYN), h.depth_settings(long_side=256), "x", "qint8", 1,
-                                 10.0, 3)
+        outcome = h.run_generate(studio, "s1", str(DEPTH_SYN), small_shot(seed=1, guidance=10.0, steps=3), "qint8")
         assert "switched to **qint8**" in outcome.message and studio.manager.variant == "qint8"
         with pytest.raises(Exception, match="offers only bf16, qint8"):
-            h.run_generate(studio, "s1", str(DEPTH_SYN), h.depth_settings(long_side=256), "x", "qint4", 1, 10.0, 3)
+            h.run_generate(studio, "s1", str(DEPTH_SYN), small_shot(seed=1, guidance=10.0, steps=3), "qint4")
         assert studio.manager.variant == "qint8"
     finally:
         demo.close()
@@ -414,14 +421,13 @@ def test_full_disk_refused_before_the_loop_and_unwritable_results_kept(tmp_path)
         full = replace(studio.policy, min_free_mb=10**12)
         studio.policy, kept = full, studio.policy
         with pytest.raises(Exception, match="disk is almost full"):
-            h.run_generate(studio, "s", str(DEPTH_SYN), h.depth_settings(long_side=256), "x", "bf16", 1, 10.0, 1)
+            h.run_generate(studio, "s", str(DEPTH_SYN), small_shot(seed=1, guidance=10.0, steps=1), "bf16")
         assert not studio.manager.loaded  # refused before loading or denoising
         studio.policy = kept
         # The results folder turns into a file after start: the image is still handed out, and the message says so.
         studio.outputs = tmp_path / "gone"
         studio.outputs.write_text("not a folder")
-        outcome = h.run_generate(studio, "s", str(DEPTH_SYN), h.depth_settings(long_side=256), "x", "bf16", 1, 10.0,
-                                 5)
+        outcome = h.run_generate(studio, "s", str(DEPTH_SYN), small_shot(seed=1, guidance=10.0, steps=5), "bf16")
         assert "download this image now" in outcome.message and Image.open(outcome.png).size == (256, 192)
         # API callers get the metadata, not the message: it says so there too (issue 24).
         assert any("results folder could not be written" in n for n in outcome.metadata["notes"])

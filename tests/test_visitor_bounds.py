@@ -173,12 +173,12 @@ def test_bad_values_are_refused_in_one_line_before_any_work(tmp_path):
     studio = h.Studio(manager=None, outputs=tmp_path / "out", workspace=Workspace(root=tmp_path / "scratch"))
     for seed in (float("inf"), float("-inf"), float("nan")):
         with pytest.raises(FluxDepthError, match="seed must be a whole number"):
-            h.seed_value(seed)
+            h.shot_from_form({"seed": seed})
     with pytest.raises(FluxDepthError, match="loras must be a list"):
         h.loras_from_form({"loras": 5})
     setup = h.SequenceSetup("", [], None, [], "")
     with pytest.raises(FluxDepthError, match="fps must be a number"):
-        h.run_sequence(studio, "s", setup, DepthSettings(), "a hall", "bf16", 1, 3.5, float("nan"))
+        h.run_sequence(studio, "s", setup, h.shot_from_form({"prompt": "a hall"}), "bf16", float("nan"))
 
 
 def test_two_results_with_one_seed_in_one_second_get_different_names(tmp_path):

@@ -12,11 +12,13 @@ Modes (the working variable x the ends are taken on):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable
 
 import numpy as np
 
+from ..schema import check_fields, setting
 from .channels import DepthMap, speck_floor
 from .errors import DepthInputError
 
@@ -41,31 +43,39 @@ _MAX_SAMPLES_PER_FRAME = 4_000_000
 
 @dataclass(frozen=True)
 class NormalizeSettings:
-    mode: str = "auto"
-    invert: str = "auto"
-    clip: tuple[float, float] = DEFAULT_CLIP
-    near: float | None = None
-    far: float | None = None
+    """How raw depth becomes the control map (module docstring; docs/depth.md). The `setting` fields are the
+    user's controls (fluxdepth_ui/schema.py); gap_max is internal."""
+
+    mode: str = setting("auto", label="Mode", kind=str, choices=MODES,
+                        help="normalization: auto picks by the kind of file; disparity (1/Z), linear, inverse (already "
+                             "1/Z) or passthrough (a made depth image)")
+    invert: str = setting("auto", label="Invert", kind=str, choices=INVERT_CHOICES, widget="radio",
+                          help="flip near/far: auto, on or off")
+    clip: tuple[float, float] = setting(DEFAULT_CLIP, label="Clip (percentiles)", bounds=(0.0, 100.0),
+                                        parts=("clip_low", "clip_high"),
+                                        part_labels=("Far clip (percentile)", "Near clip (percentile)"),
+                                        metavar=("LOW", "HIGH"),
+                                        help="percentiles of the valid depths that map to the far end and to white")
+    near: float | None = setting(None, label="Near distance (0 = from percentiles)", bounds=(0.0, math.inf),
+                                 low_open=True, unset=0.0, hint="scene units",
+                                 help="distance that maps to white, in scene units (0 or empty: from the percentiles)")
+    far: float | None = setting(None, label="Far distance (0 = from percentiles)", bounds=(0.0, math.inf),
+                                low_open=True, unset=0.0, hint="scene units",
+                                help="distance that maps to the far end, in scene units (0 or empty: from the "
+                                     "percentiles)")
     gap_max: float = GAP_MAX
-    polarity: str = "auto"
-    edges: str = DEFAULT_EDGES
+    polarity: str = setting("auto", label="Polarity", kind=str, choices=POLARITY_CHOICES,
+                            help="which end of a made depth image is near, for near/far: auto reads it from the frame")
+    edges: str = setting(DEFAULT_EDGES, label="Edges", kind=str, choices=EDGE_CHOICES,
+                         help="anti-aliased pixels between two surfaces: snap to the closer surface, take the near or "
+                              "far one, or off")
 
     def __post_init__(self):
-        if self.polarity not in POLARITY_CHOICES:
-            raise DepthInputError(f"unknown polarity {self.polarity!r}; use one of: {', '.join(POLARITY_CHOICES)}")
-        if self.edges not in EDGE_CHOICES:
-            raise DepthInputError(f"unknown edge treatment {self.edges!r}; use one of: {', '.join(EDGE_CHOICES)}")
-        if self.mode not in MODES:
-            raise DepthInputError(f"unknown mode {self.mode!r}; use one of: {', '.join(MODES)}")
-        if self.invert not in INVERT_CHOICES:
-            raise DepthInputError(f"unknown invert setting {self.invert!r}; use auto, on or off")
+        check_fields(self, DepthInputError)
         lo, hi = self.clip
-        if not (0.0 <= lo < hi <= 100.0):
+        if not lo < hi:
             raise DepthInputError(f"far clip {lo:g} and near clip {hi:g} (percentiles) must satisfy 0 <= far < near "
                                   f"<= 100, e.g. {DEFAULT_CLIP[0]:g} and {DEFAULT_CLIP[1]:g}")
-        for label, value in (("near", self.near), ("far", self.far)):
-            if value is not None and not (np.isfinite(value) and value > 0):
-                raise DepthInputError(f"{label} distance must be a positive number, got {value}")
         if self.near is not None and self.far is not None and self.near >= self.far:
             raise DepthInputError(f"near ({self.near}) must be smaller than far ({self.far})")
         if not (0.0 <= self.gap_max < 1.0):

@@ -13,7 +13,8 @@ from functools import cached_property
 import numpy as np
 
 from .channels import DepthMap, load_depth
-from .control import DEFAULT_LONG_SIDE, ControlImage, make_control_image
+from ..schema import check_fields, setting
+from .control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE, MULTIPLE, ControlImage, make_control_image
 from ..atomic import atomic_path
 from ..errors import display_name
 from .errors import DepthInputError
@@ -26,10 +27,23 @@ _UNIQUE_SAMPLE = 1_000_000
 
 @dataclass(frozen=True)
 class DepthSettings:
-    channel: str | None = None
+    """How one depth file is read and normalized (the depth half of settings.ShotSettings)."""
+
+    channel: str | None = setting(None, label="Channel", kind=str, unset="auto", preset=False,
+                                  help="channel to read, e.g. Z or depth.Z; auto searches Pz, depth, Z, ... in every "
+                                       "part")
     normalize: NormalizeSettings = field(default_factory=NormalizeSettings)
-    long_side: int = DEFAULT_LONG_SIDE
-    fixed_range: DepthRange | None = None
+    long_side: int = setting(DEFAULT_LONG_SIDE, label="Long side (px)", kind=int, bounds=(MIN_LONG_SIDE,
+                             MAX_LONG_SIDE), step=MULTIPLE, help="control map long side in pixels: the image's size "
+                                                                "(multiples of 16)")
+    fixed_range: DepthRange | None = None  # a sequence's shared range (sequence.py)
+
+    def __post_init__(self):
+        check_fields(self, DepthInputError)
+        if self.channel is not None and (not isinstance(self.channel, str) or len(self.channel) > 200):
+            raise DepthInputError("channel must be a short text")
+        if not isinstance(self.normalize, NormalizeSettings):
+            raise DepthInputError("normalize must be NormalizeSettings")
 
 
 @dataclass(frozen=True)

@@ -69,17 +69,45 @@ def resolve_budget(budget: float | str | None, device: torch.device) -> int | No
     return wanted
 
 
+# The allocator cap someone else set before the manager first capped it (a benchmark emulating a smaller card, a
+# host that shares the GPU between processes): what this process may hold at most, whatever the driver says is free.
+_OUTSIDE_CAP: dict[int, float] = {}
+
+
+def _device_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """GPU memory this process could hold now: the driver's free memory (other programs' use counted, Houdini's
+    included) plus what this process's allocator already reserves, within a cap set from outside. None off CUDA."""
+    if device.type != "cuda":
+        return None
+    index = _device_index(device)
+    free, total = torch.cuda.mem_get_info(index)
+    available = free + torch.cuda.memory_reserved(index)
+    fraction = _OUTSIDE_CAP.get(index)
+    if fraction is None and hasattr(torch.cuda, "get_per_process_memory_fraction"):
+        fraction = torch.cuda.get_per_process_memory_fraction(index)
+    if fraction is not None and fraction < 1.0:
+        available = min(available, int(fraction * total))
+    return int(available)
+
+
 def enforce_budget(budget_bytes: int | None, device: torch.device) -> None:
     """Cap this process's CUDA allocator at the budget: peaks above it fail as out-of-memory, never spill over."""
     if budget_bytes is None or device.type != "cuda":
         return
+    index = _device_index(device)
+    if index not in _OUTSIDE_CAP:
+        _OUTSIDE_CAP[index] = (torch.cuda.get_per_process_memory_fraction(index)
+                               if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0)
     try:  # fewer, growable segments: block-sized allocations every step do not fragment the capped pool
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     except (AttributeError, RuntimeError):
         log.info("expandable segments are not available in this torch build")
-    index = device.index if device.index is not None else torch.cuda.current_device()
     total = torch.cuda.get_device_properties(index).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total), index)
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget_bytes / total, _OUTSIDE_CAP[index]), index)
 
 
 @dataclass(frozen=True)
@@ -205,8 +233,9 @@ def transformer_block_sizes(transformer) -> list[int]:
 RUN_AHEAD: int | None = 1
 
 
-def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device, run_ahead: int | None | str = "default") -> None:
-    """Resident modules to the GPU; streamed ones get diffusers' group offloading with CUDA streams.
+def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device, run_ahead: int | None | str = "default") -> list:
+    """Resident modules to the GPU; streamed ones get diffusers' group offloading with CUDA streams. Returns the
+    run-ahead hooks' handles (`remove_memory_plan` takes them off again).
 
     The denoiser's streamed blocks use record_stream (the allocator keeps a block's memory until the compute stream
     is done with it, so the CPU need not wait after each block) with a bound on how far the CPU runs ahead: unbounded,
@@ -216,6 +245,7 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device, run_ahead: i
 
     use_stream = device.type == "cuda"
     run_ahead = RUN_AHEAD if run_ahead == "default" else run_ahead
+    handles: list = []
     for name in plan.resident:
         getattr(pipe, name).to(device)
     for name in plan.streamed:
@@ -227,10 +257,11 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device, run_ahead: i
             _pin_resident_blocks(module, plan.resident_blocks, device)
             _keep_unmatched_resident(module, device)
             if bounded:
-                _RunAhead(run_ahead).attach(module, plan.resident_blocks)
+                handles += _RunAhead(run_ahead).attach(module, plan.resident_blocks)
         else:  # T5: its encoder's blocks, one group each (measured: leaf-level groups stayed on the card)
             apply_group_offloading(getattr(module, "encoder", module), device, offload_type="block_level",
                                    num_blocks_per_group=1, use_stream=use_stream, non_blocking=use_stream)
+    return handles
 
 
 class _RunAhead:
@@ -244,12 +275,14 @@ class _RunAhead:
         self.depth = max(0, int(depth))
         self.events = collections.deque()
 
-    def attach(self, transformer, resident_blocks: tuple[int, ...]) -> None:
+    def attach(self, transformer, resident_blocks: tuple[int, ...]) -> list:
         blocks = [b for name in BLOCK_LISTS for b in getattr(transformer, name, ())]
+        handles = []
         for index, block in enumerate(blocks):
             if index not in resident_blocks:
-                block.register_forward_pre_hook(self.before)
-                block.register_forward_hook(self.after)
+                handles.append(block.register_forward_pre_hook(self.before))
+                handles.append(block.register_forward_hook(self.after))
+        return handles
 
     def before(self, module, args):
         while len(self.events) > self.depth:
@@ -299,3 +332,26 @@ def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.devic
         for tensor in [*block.parameters(), *block.buffers()]:
             source = cpu_copies.get(tensor, tensor.data) if cpu_copies else tensor.data
             tensor.data = source.to(device)
+
+
+def remove_memory_plan(pipe, handles: list) -> None:
+    """Undo `apply_memory_plan` for the streamable components (re-planning between images): the offload hooks and
+    the run-ahead hooks come off and every weight goes back to host memory, ready for the next plan."""
+    from diffusers.hooks import HookRegistry
+
+    for handle in handles:
+        handle.remove()
+    handles.clear()
+    for name in STREAMABLE:
+        module = getattr(pipe, name, None)
+        if module is None:
+            continue
+        for sub in module.modules():
+            registry = getattr(sub, "_diffusers_hook", None)
+            if registry is None:
+                continue
+            for hook in ("group_offloading", "lazy_prefetch_group_offloading", "layer_execution_tracker"):
+                if registry.get_hook(hook) is not None:
+                    registry.remove_hook(hook, recurse=False)
+        HookRegistry.check_if_exists_or_initialize(module)  # a fresh registry for the next plan
+        module.to("cpu")

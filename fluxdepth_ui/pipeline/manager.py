@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
+from ..defaults import DEFAULT_VRAM_HEADROOM_GIB
 from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401
 from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
@@ -38,8 +39,8 @@ from .placement import (
 )
 from .sources import LoadedModel, ModelSource, load_model
 from .budget import (
-    MemoryPlan, apply_memory_plan, enforce_budget, parse_budget, plan_memory, resolve_budget,
-    transformer_block_sizes,
+    GIB, MemoryPlan, apply_memory_plan, available_bytes, enforce_budget, parse_budget, plan_memory,
+    remove_memory_plan, resolve_budget, transformer_block_sizes,
 )
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
@@ -63,6 +64,11 @@ StepCallback = Callable[[int, int], None]
 LoadProgress = Callable[[float, str], None]
 # Replaces loading from `source` (benchmarks with random full-size weights, apps that own their modules).
 Loader = Callable[[Variant, LoadProgress], LoadedModel]
+# GPU memory this process could hold now, other programs' use counted (budget.available_bytes); None: not a GPU.
+MemoryReader = Callable[[torch.device], "int | None"]
+# A plan that follows the card is re-made when what it may use moved by more than this (between images only).
+REPLAN_DOWN_SLACK = GIB // 4
+REPLAN_UP_SLACK = GIB
 
 
 @dataclass(frozen=True)
@@ -93,13 +99,27 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def _check_headroom(value) -> float:
+    from ..settings import parse_vram_headroom
+
+    return parse_vram_headroom(value)
+
+
+def _uncompile_blocks(transformer) -> None:
+    """Undo diffusers' regional compilation (`compile_repeated_blocks`: nn.Module.compile on each block)."""
+    for module in transformer.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+
+
 class PipelineManager:
     """Holds at most one loaded pipeline. Thread-safe: loads, switches and generations are serialized."""
 
     def __init__(self, source: ModelSource | None = None, variant: str = "bf16", placement: str = "auto",
                  device: str | None = None, cache_root: str | None = None, token: str | None = None,
                  loader: Loader | None = None, compile: bool = False, vram_budget: float | str | None = None,
-                 lora_dir: str | None = None, lora_paths: bool = True):
+                 lora_dir: str | None = None, lora_paths: bool = True,
+                 vram_headroom: float = DEFAULT_VRAM_HEADROOM_GIB, memory_reader: MemoryReader | None = None):
         get_variant(variant)
         if placement not in PLACEMENTS:
             raise PipelineError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
@@ -109,7 +129,13 @@ class PipelineManager:
         self.compile = bool(compile)
         # GiB, "auto" (free memory minus a margin) or None (the placement option alone decides): budget.py
         self.vram_budget = parse_budget(vram_budget)
+        # GiB left free on the card for other programs (Houdini) when the plan follows the card (docs/vram.md).
+        self.vram_headroom = _check_headroom(vram_headroom)
+        self._read_memory = memory_reader or available_bytes
         self._plan: MemoryPlan | None = None
+        self._follows_card = False  # placement auto without a fixed budget: re-planned between images
+        self._plan_handles: list = []
+        self._plan_inputs: tuple | None = None  # (sizes, block sizes) the plans are made from
         # Prompt -> (prompt_embeds, pooled_prompt_embeds): a seed batch, a sequence or a re-run never re-encodes.
         self._prompt_cache: dict = {}
         # Style LoRAs (loras.py): the host's folder, whether a shot may also name a file path (the CLI; never a shared
@@ -146,7 +172,7 @@ class PipelineManager:
         source = parse_model_source(spec.model, spec.revision, spec.depth_lora, spec.depth_lora_scale)
         return cls(source, variant=spec.variant, placement=spec.placement, device=spec.device, token=token,
                    cache_root=cache_root, loader=loader, compile=spec.compile, vram_budget=spec.vram_budget,
-                   lora_dir=spec.lora_dir)
+                   lora_dir=spec.lora_dir, vram_headroom=spec.vram_headroom)
 
     def spec(self) -> PipelineSpec:
         """What `from_spec` takes: the same pipeline, for another process (a Ray worker, docs/farm.md)."""
@@ -155,7 +181,7 @@ class PipelineManager:
         return PipelineSpec(model=source.model, variant=self.variant, placement=self.placement, compile=self.compile,
                             device=self._device_request, revision=source.revision,
                             depth_lora=source.depth_lora, depth_lora_scale=source.depth_lora_scale, vram_budget=budget,
-                            lora_dir=self.lora_dir)
+                            lora_dir=self.lora_dir, vram_headroom=self.vram_headroom)
 
     # --- state -----------------------------------------------------------------------------------------------------
 
@@ -174,6 +200,7 @@ class PipelineManager:
             "compile": self.compile,
             "compiled": self._compiled,
             "vram_budget": self.vram_budget,
+            "vram_headroom": self.vram_headroom,
             "memory_plan": self._plan.summary() if self._plan else None,
             "revision": self._revision,
             "notes": list(self._notes),
@@ -181,11 +208,15 @@ class PipelineManager:
 
     def configure(self, source: ModelSource | None = None, variant: str | None = None,
                   placement: str | None = None, compile: bool | None = None,
-                  vram_budget: float | str | None = False) -> bool:
+                  vram_budget: float | str | None = False, vram_headroom: float | None = None) -> bool:
         """Change model, variant or placement. The old pipeline is released at once; the new one loads lazily.
+        A new headroom needs no reload: the next image re-plans to it.
 
         Returns True when something changed.
         """
+        if vram_headroom is not None:
+            with self._lock:
+                self.vram_headroom = _check_headroom(vram_headroom)
         if variant is not None:
             self.check_variant(variant)  # before the loaded model is dropped: a refusal leaves it in place
         if placement is not None and placement not in PLACEMENTS:
@@ -253,6 +284,9 @@ class PipelineManager:
                 del pipe
             self._choice = None
             self._plan = None
+            self._follows_card = False
+            self._plan_handles = []
+            self._plan_inputs = None
             self._prompt_cache = {}
             if self._loras is not None:
                 self._loras.clear()
@@ -299,14 +333,8 @@ class PipelineManager:
         if variant.fp8:
             sizes["transformer"] //= 2  # what it will hold once in fp8
             blocks = [b // 2 for b in blocks]
-        budget = resolve_budget(self.vram_budget, device)
-        plan = None
-        if budget is not None and self.placement == "auto":
-            plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
-            choice = PlacementChoice("budget", plan.summary())
-        else:
-            choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device),
-                                      quantized=variant.transformer is not None or variant.fp8)
+        choice, plan, budget = self._choose_memory(device, variant, sizes, blocks)
+        self._plan_inputs = (sizes, blocks)
         notes = loaded.notes + [choice.reason]
         decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
         if decision.enabled and plan is not None and "transformer" in plan.streamed:
@@ -330,7 +358,7 @@ class PipelineManager:
         pipe.set_progress_bar_config(disable=True)
         progress(0.97, f"placing {variant.name} on {device}: {choice.placement} ({choice.reason})")
         if plan is not None:
-            apply_memory_plan(pipe, plan, device)
+            self._plan_handles = apply_memory_plan(pipe, plan, device)
         else:
             apply_placement(pipe, choice, device)
         aot = None
@@ -356,6 +384,89 @@ class PipelineManager:
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
         log.info("loaded %s %s on %s (%s%s)", self.source.label, variant.name, device, choice.placement,
                  ", compiled" if decision.enabled else "")
+
+    def _choose_memory(self, device: torch.device, variant: Variant, sizes: dict, blocks: list[int]):
+        """(placement choice, memory plan or None, budget bytes or None) for this load.
+
+        Placement auto on a GPU plans with the budget planner (budget.py): a fixed --vram-budget, or, without one,
+        the card's memory as the driver sees it now less the headroom kept for other programs. Such a plan follows
+        the card: it is re-made between images when their memory use changes (`_fit_plan_to_card`). Model and
+        sequential offload only when asked for, or when even streaming cannot hold the tier."""
+        self._follows_card = False
+        quantized = variant.transformer is not None or variant.fp8
+        budget = resolve_budget(self.vram_budget, device)
+        available = self._read_memory(device) if self.placement == "auto" else None
+        if budget is not None and self.placement == "auto":
+            plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
+            return PlacementChoice("budget", plan.summary()), plan, budget
+        if budget is None and available is not None:
+            budget = max(available - int(self.vram_headroom * GIB), GIB)
+            try:
+                plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
+            except PipelineError:
+                plan = None  # not even streaming holds it: the offloads below
+            if plan is not None:
+                self._follows_card = True
+                return PlacementChoice("budget", f"{plan.summary()} (what the GPU has free now, less "
+                                                 f"{self.vram_headroom:g} GiB kept for other programs)"), plan, budget
+        choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device), quantized)
+        return choice, None, budget
+
+    def _fit_plan_to_card(self, progress: LoadProgress | None, shrink_to: int | None = None) -> None:
+        """Before an image (never during one): when the plan follows the card and other programs took memory since
+        it was made (or gave it back), re-plan to what the card has now, less the headroom. `shrink_to` forces a
+        smaller plan (an image that ran out of memory is retried once with it)."""
+        if not self._follows_card or self._plan is None or self._active_aot() is not None:
+            return
+        available = self._read_memory(self._device)
+        if available is None:
+            return
+        wanted = max(available - int(self.vram_headroom * GIB), GIB)
+        current = self._plan.budget
+        if shrink_to is not None:
+            wanted = min(wanted, shrink_to)
+        elif current - REPLAN_DOWN_SLACK <= wanted <= current + REPLAN_UP_SLACK:
+            return
+        elif wanted > current and not self._plan.streamed:
+            return  # already all on the GPU: more room changes nothing
+        sizes, blocks = self._plan_inputs
+        variant = get_variant(self.variant)
+        try:
+            plan = plan_memory(wanted, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
+        except PipelineError:
+            raise OutOfMemoryError(
+                f"only {available / GIB:.1f} GiB of GPU memory is free now (other programs hold the rest): close "
+                f"some, lower the headroom ({self.vram_headroom:g} GiB), or choose qint4") from None
+        if (plan.resident, plan.streamed, plan.resident_blocks) == (
+                self._plan.resident, self._plan.streamed, self._plan.resident_blocks):
+            enforce_budget(plan.budget, self._device)
+            self._plan = plan
+            return
+        direction = "down" if plan.budget < current else "up"
+        if progress is not None:
+            progress(0.0, f"GPU memory {'taken by other programs' if direction == 'down' else 'freed'}: "
+                          f"re-planning {direction} to {plan.summary()}")
+        self._apply_new_plan(plan)
+
+    def _apply_new_plan(self, plan: MemoryPlan) -> None:
+        """Take the old plan off (weights back to host memory) and place the pipeline by the new one."""
+        pipe, device = self._pipe, self._device
+        streams_now = "transformer" in plan.streamed
+        if streams_now and self._compiled:
+            _uncompile_blocks(pipe.transformer)  # compiled code and per-block offload hooks do not mix
+            self._compiled, self._compiled_shapes = False, set()
+        remove_memory_plan(pipe, self._plan_handles)
+        release_device_memory()
+        enforce_budget(plan.budget, device)
+        self._plan_handles = apply_memory_plan(pipe, plan, device)
+        if not streams_now and not self._compiled and (self.compile or get_variant(self.variant).fp8) \
+                and device.type == "cuda":
+            self._torch_compile(pipe.transformer, self.variant, device)
+            self._compiled, self._compiled_shapes = True, set()
+        self._plan = plan
+        self._choice = PlacementChoice("budget", plan.summary())
+        self._notes.append(f"re-planned: {plan.summary()}")
+        log.info("re-planned GPU memory: %s", plan.summary())
 
     def compile_on_zerogpu(self, spaces) -> None:
         """ZeroGPU start-up (the app calls it once, after `load`): quantize (fp8) and compile the transformer inside
@@ -427,11 +538,13 @@ class PipelineManager:
                 raise PipelineError(f"on ZeroGPU the {self.variant} tier runs compiled, and it is compiled at "
                                     "start-up only: start the Space with FLUXDEPTH_VARIANT set to it "
                                     "(FLUXDEPTH_COMPILE=1 for bf16), or choose the tier it started with")
+            # 3. Room on the card: a plan that follows it is re-made when other programs took or freed memory.
+            self._fit_plan_to_card(load_progress)
             t0 = time.perf_counter()
-            # 3. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
+            # 4. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
             seed = draw_seed() if settings.seed is None else int(settings.seed)
             generator = torch.Generator("cpu").manual_seed(seed)
-            # 4. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
+            # 5. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
             #    diffusers passes through untouched.
             loras = self._apply_loras(settings.loras, load_progress)
             prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
@@ -472,26 +585,9 @@ class PipelineManager:
             elif first_compiled and load_progress is not None:
                 load_progress(0.0, f"compiling the transformer for {width}x{height}: "
                                    f"{self.first_compile_cost(self.variant)}")
-            # 5. Denoise. no_grad, not inference_mode: quanto qint4 fails under inference_mode.
-            failure = None
-            try:
-                with torch.no_grad():
-                    pixels = pipe(**kwargs, callback_on_step_end=step_end).images[0]
-            except GenerationCancelled as exc:
-                failure = GenerationCancelled(str(exc))
-            except Exception as exc:
-                if not _is_oom(exc):
-                    raise
-                failure = OutOfMemoryError(
-                    f"out of GPU memory at {width}x{height} with {self.variant} "
-                    f"({self._choice.placement if self._choice else self.placement}): try qint8 or qint4, "
-                    "placement model_offload, or a smaller long side")
-            if failure is not None:
-                # Outside the except block: the caught error (and its traceback, which holds the failed step's
-                # tensors) is gone, so the memory can really be freed before anyone sees the message.
-                kwargs = None
-                self._after_failure(pipe)
-                raise failure
+            # 6. Denoise. An image that runs out of memory under a plan that follows the card is tried once more
+            #    with a smaller plan (same seed: the same image).
+            pixels = self._denoise(pipe, kwargs, step_end, seed, (width, height), load_progress)
             image = pipe.image_processor.numpy_to_pil(pixels[None])[0]  # what output_type="pil" returns
             seconds = time.perf_counter() - t0
             if aot is not None:
@@ -512,7 +608,11 @@ class PipelineManager:
                                            init_image is not None)
             if self._compiled:
                 self._compiled_shapes.add(shape)
-            # 6. Record what made it.
+            if self._follows_card and self._device.type == "cuda":
+                # The card is shared (Houdini): what this image's activations held goes back to the driver, so
+                # other programs can have it between images; the next image re-plans if they keep it.
+                torch.cuda.empty_cache()
+            # 7. Record what made it.
             meta = GenerationMetadata(
                 prompt=settings.prompt,
                 seed=seed,
@@ -541,6 +641,40 @@ class PipelineManager:
                 + tuple(note for f, _ in loras for note in f.notes),
             )
             return GenerationResult(image, meta, pixels)
+
+    def _denoise(self, pipe, kwargs: dict, step_end, seed: int, size: tuple[int, int],
+                 load_progress: LoadProgress | None) -> np.ndarray:
+        """The pipeline's own __call__. no_grad, not inference_mode: quanto qint4 fails under inference_mode."""
+        for attempt in (1, 2):
+            failure = None
+            try:
+                with torch.no_grad():
+                    return pipe(**kwargs, callback_on_step_end=step_end).images[0]
+            except GenerationCancelled as exc:
+                failure = GenerationCancelled(str(exc))
+            except Exception as exc:
+                if not _is_oom(exc):
+                    raise
+                failure = OutOfMemoryError(
+                    f"out of GPU memory at {size[0]}x{size[1]} with {self.variant} "
+                    f"({self._choice.placement if self._choice else self.placement}): try qint8 or qint4, "
+                    "placement model_offload, or a smaller long side")
+            # Outside the except block: the caught error (and its traceback, which holds the failed step's tensors)
+            # is gone, so the memory can really be freed before anyone sees the message or the image is retried.
+            self._after_failure(pipe)
+            retry = (attempt == 1 and isinstance(failure, OutOfMemoryError) and self._follows_card
+                     and self._plan is not None)
+            if retry:
+                smaller = int(self._plan.budget * 0.8)
+                try:
+                    self._fit_plan_to_card(load_progress, shrink_to=smaller)
+                except OutOfMemoryError:
+                    retry = False
+            if not retry:
+                raise failure
+            log.warning("out of memory: retrying once with %s", self._plan.summary())
+            kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
+        raise AssertionError("unreachable")
 
     def compiled_block_events(self) -> list:
         """What the ahead-of-time blocks did in this load, in order: AotEvent("compiled" or "loaded", block kind,

@@ -18,20 +18,17 @@ from typing import Any
 import gradio as gr
 from gradio import FileData
 
-from ..defaults import DEFAULT_FPS, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
-from ..depth import DEFAULT_CLIP
-from ..depth.control import DEFAULT_LONG_SIDE
-from ..depth.normalize import DEFAULT_EDGES
+from ..defaults import DEFAULT_FPS, DEFAULT_STEPS
 from ..errors import FluxDepthError, one_line
 from ..image_files import check_formats
 from ..loras import resolve_lora
-from ..settings import DEFAULT_PLATE_STRENGTH
 from ..presets import delete_preset, list_presets, save_preset
+from ..settings import form_field, form_from_sections, preset_sections, shot_fields
 from . import handlers as h
 from .examples import FOLDER as EXAMPLE_FOLDER, example_paths
 from .layout import (
-    DEPTH_FIELDS, GENERATION_FIELDS, LORA_SLOTS, REMEMBERED_FIELDS, SEQUENCE_DEPTH_FIELDS, build_layout, form_components,
-    tier_choices,
+    LORA_SLOTS, build_layout, depth_fields, form_components, generation_fields, remembered_fields, sequence_fields,
+    shot_names, tier_choices,
 )
 from .sharing import DAY, UploadGate, as_toast, user_facing
 
@@ -145,7 +142,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
 def wire_preview(app: Wiring) -> dict:
     """Every depth control redraws the control map, its histograms and stats (outside the queue)."""
     studio, w = app.studio, app.w
-    names = DEPTH_FIELDS + ("log_hist",)
+    names = depth_fields() + ("log_hist",)
 
     def ui_preview(data: dict, request: gr.Request):
         form = app.record(data)
@@ -202,7 +199,7 @@ def wire_preview(app: Wiring) -> dict:
 
 def wire_generate(app: Wiring) -> None:
     studio, w = app.studio, app.w
-    names = DEPTH_FIELDS + GENERATION_FIELDS
+    names = depth_fields() + generation_fields()
 
     @as_toast(7, status=5)
     def ui_generate(data: dict, request: gr.Request, progress=gr.Progress()):
@@ -260,6 +257,13 @@ def wire_generate(app: Wiring) -> None:
     # Serialized with generations: the reload never pulls the model from under a running image.
     w.vram_budget.submit(ui_budget, [w.vram_budget], [w.status], concurrency_limit=1, concurrency_id="gpu",
                          api_visibility="private")
+
+    @as_toast(1)
+    def ui_headroom(value):
+        return h.set_vram_headroom(studio, value)
+
+    w.vram_headroom.submit(ui_headroom, [w.vram_headroom], [w.status], concurrency_limit=1, concurrency_id="gpu",
+                           api_visibility="private")
     w.seq_cancel.click(ui_cancel, None, w.seq_status, queue=False, api_visibility="private")
 
     restored = [n for n in names if n != "init_image"]
@@ -289,25 +293,30 @@ def preset_lora_slots(loras, folder) -> list:
 
 def wire_presets(app: Wiring, preview_kw: dict) -> None:
     studio, w, policy = app.studio, app.w, app.studio.policy
-    targets = ("mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "prompt", "variant", "steps",
-               "guidance", *(name for slot in LORA_SLOTS for name in slot))
+    lora_slots = tuple(name for slot in LORA_SLOTS for name in slot)
+    # What a preset sets: every setting of the schema it keeps (settings.preset_sections), the tier, the LoRA slots.
+    settings = tuple(f.name for f in shot_fields() if f.spec.preset and f.spec.kind is not tuple)
+    targets = (*settings, "variant", *lora_slots)
 
     def menu(value=None):
         return gr.update(choices=[p.name for p in list_presets()], value=value)
 
     @as_toast(len(targets) + 1)
     def apply_preset(name):
+        """The preset's own settings; the ones it does not name stay as they are."""
         preset = next((p for p in list_presets() if p.name == name), None)
         if preset is None:
             raise FluxDepthError("choose a preset first")
-        d, g = preset.depth, preset.generation
-        clip = d.get("clip", DEFAULT_CLIP)
-        tier = g.get("variant", studio.manager.variant)
-        return (d.get("mode", "auto"), d.get("invert", "auto"), clip[0], clip[1], d.get("near"), d.get("far"),
-                d.get("long_side", DEFAULT_LONG_SIDE), g.get("prompt", gr.update()),
-                tier if tier in policy.tiers else studio.manager.variant, g.get("steps", DEFAULT_STEPS),
-                g.get("guidance", DEFAULT_GUIDANCE), *preset_lora_slots(g.get("loras"), studio.manager.lora_dir),
-                f"**{h.md_text(preset.name)}**: {h.md_text(preset.description)}")
+        generation = dict(preset.generation)
+        tier = generation.pop("variant", None)
+        form = form_from_sections({"depth": preset.depth, "generation": generation})
+        values = [form[n] if n in form else gr.update() for n in settings]
+        values.append(tier if tier in policy.tiers else gr.update())
+        if "loras" in form:
+            values += preset_lora_slots(form["loras"], studio.manager.lora_dir)
+        else:
+            values += [gr.update()] * len(lora_slots)
+        return (*values, f"**{h.md_text(preset.name)}**: {h.md_text(preset.description)}")
 
     w.preset_apply.click(apply_preset, [w.preset_menu], [*app.components(*targets), w.preset_status],
                          api_visibility="private").then(**preview_kw)
@@ -317,12 +326,8 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
         if not policy.save_presets:
             raise FluxDepthError("saving presets is off on this shared server")
         form = dict(zip(targets, values))
-        n = h.depth_from_form(form).normalize
-        save_preset(name, {"mode": n.mode, "invert": n.invert, "clip": list(n.clip), "near": n.near, "far": n.far,
-                           "long_side": int(form["long_side"])},
-                    {"prompt": form["prompt"] or "", "variant": form["variant"], "steps": int(form["steps"]),
-                     "guidance": float(form["guidance"]),
-                     "loras": [{"name": x.name, "scale": x.scale} for x in h.loras_from_form(form)]},
+        sections = preset_sections(h.shot_from_form(form))
+        save_preset(name, sections["depth"], {**sections["generation"], "variant": form["variant"]},
                     overwrite=bool(overwrite))
         return menu(name.strip()), f"Saved preset **{h.md_text(name.strip())}**"
 
@@ -342,12 +347,21 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
 
 
 def wire_sequence(app: Wiring) -> None:
-    """The Sequence tab: the same depth controls as the single frame, one shared range, one seed, one zip."""
+    """The Sequence tab: the same settings as the single frame (prefixed seq_), one shared range, one seed, one zip."""
     studio, w = app.studio, app.w
-    depth_names = SEQUENCE_DEPTH_FIELDS
+    depth_names = tuple("seq_" + n for n in shot_names("depth"))
+    lora_slots = tuple(name for slot in LORA_SLOTS for name in slot)
+
+    def shot_of(form: dict):
+        """The sequence's shot: its own controls, the single frame's style LoRA slots, the sequence's one seed."""
+        values = {name[len("seq_"):]: form[name] for name in sequence_fields() if name in form}
+        values.update({name: form[name] for name in lora_slots if name in form})
+        if "seq_seed" in form:
+            values.update(seed=form["seq_seed"], randomize=bool(form.get("seq_random")))
+        return h.shot_from_form(values)
 
     def depth_of(form: dict):
-        return h.depth_from_form({name[len("seq_"):]: form[name] for name in depth_names})
+        return shot_of(form).depth
 
     @as_toast(4, status=2)
     def ui_seq_prepare(data: dict, request: gr.Request):
@@ -384,12 +398,11 @@ def wire_sequence(app: Wiring) -> None:
         setup = form["seq_setup"]
         if setup is None:
             raise FluxDepthError("add the sequence's frames first")
-        setup = replace(setup, stats=replace(setup.stats, seed=h.seed_value(form["seq_seed"],
-                                                                             bool(form["seq_random"]))))
+        shot = shot_of(form)
+        setup = replace(setup, stats=replace(setup.stats, seed=shot.generation.seed))
         done = h.run_sequence(
-            studio, request.session_hash, setup, depth_of(form), form["seq_prompt"], form["variant"],
-            form["seq_steps"], form["seq_guidance"], float(form["seq_fps"] or DEFAULT_FPS), formats=form["seq_also_save"],
-            loras=h.loras_from_form(form),
+            studio, request.session_hash, setup, shot, form["variant"],
+            float(form["seq_fps"] or DEFAULT_FPS), formats=form["seq_also_save"],
             on_frame=lambda i, n, frame, status: progress((i, n), unit="frames",
                                                           desc=f"frame {frame.number} {status}"),
             load_progress=lambda fraction, message: progress(fraction, desc=message))
@@ -407,9 +420,8 @@ def wire_sequence(app: Wiring) -> None:
 
     w.seq_render.click(ui_arm_render, None, w.seq_render, queue=False, api_visibility="private").then(
         ui_seq_render,
-        {w.seq_setup, *app.components(*depth_names), w.seq_prompt, w.variant, w.seq_steps,
-         w.seq_guidance, w.seq_fps, w.seq_seed, w.seq_random, w.seq_also_save,
-         *app.components(*(name for slot in LORA_SLOTS for name in slot))},
+        {w.seq_setup, *app.components(*sequence_fields()), w.variant, w.seq_fps, w.seq_seed, w.seq_random,
+         w.seq_also_save, *app.components(*lora_slots)},
         [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
         concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
         lambda: gr.update(interactive=True, value="Render all frames"), None, w.seq_render, queue=False,
@@ -419,7 +431,8 @@ def wire_sequence(app: Wiring) -> None:
 def wire_memory(app: Wiring) -> None:
     """Settings survive a reload: each change is stored in the browser (gr.BrowserState) and restored on load."""
     w, tiers = app.w, app.studio.policy.tiers
-    controls = app.components(*REMEMBERED_FIELDS)
+    names = remembered_fields()
+    controls = app.components(*names)
 
     def remember(data: dict) -> dict:
         return app.record(data)
@@ -432,7 +445,7 @@ def wire_memory(app: Wiring) -> None:
     def recall(saved: dict):
         saved = saved if isinstance(saved, dict) else {}
         values = []
-        for name in REMEMBERED_FIELDS:
+        for name in names:
             value = saved.get(name)
             usable = value is not None and not (name == "variant" and value not in tiers)
             values.append(value if usable else gr.update())
@@ -441,6 +454,77 @@ def wire_memory(app: Wiring) -> None:
     app.demo.load(recall, [w.remembered], controls, api_visibility="private")
     # Tier labels carry the step times measured on this machine: re-read on each page load (after images ran).
     app.demo.load(lambda: gr.update(choices=tier_choices(app.studio)), None, w.variant, api_visibility="private")
+
+
+# Positional callers of /preview and /generate rely on this order (the endpoints grew a parameter at a time);
+# settings added to the schema later follow it, so no caller's arguments shift.
+PREVIEW_API_ORDER = ("channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "edges",
+                     "polarity")
+GENERATE_API_ORDER = ("prompt", "seed", "steps", "guidance", "variant", "channel", "mode", "invert", "clip_low",
+                      "clip_high", "near", "far", "long_side", "init_image", "strength", "edges", "polarity",
+                      "also_save", "loras", "plate", "plate_strength", "backend")
+# What /generate takes besides the shot's settings: (type, default, its line in the API docs).
+GENERATE_API_EXTRAS = {
+    "variant": (str, "", "precision tier: bf16, qint8, qint4 or fp8; \"\" keeps the loaded one."),
+    "init_image": (FileData | None, None, "optional image to start from (img2img), sent as a file."),
+    "also_save": (list[str] | None, None, "extra files from the float decode: \"png16\" (16-bit PNG, sRGB), \"exr\" "
+                                          "(half float, linear)."),
+    "backend": (str, "local", "\"local\" (this studio's model) or \"bfl\" (FLUX.1 Depth [pro] on BFL's API, when the "
+                              "host offers it)."),
+}
+
+
+def api_parameters(order: tuple[str, ...], section: str | None, extras: dict) -> list[inspect.Parameter]:
+    """An endpoint's parameters after `depth`: the settings of the schema (settings.shot_fields) with their
+    defaults, the form's value for "none" where a setting can be unset (-1 seed, 0 near, "auto" channel)."""
+    names = [*order, *(f.name for f in shot_fields() if section in (None, f.section) and f.name not in order)]
+    params = []
+    for name in names:
+        if name in extras:
+            annotation, default, _ = extras[name]
+        else:
+            f = form_field(name)
+            spec = f.spec
+            if spec.kind is tuple:
+                annotation, default = list[str] | None, None
+            else:
+                annotation = spec.kind
+                default = spec.unset if spec.optional else f.default
+            if f.required:
+                default = inspect.Parameter.empty
+        params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default,
+                                        annotation=annotation))
+    return params
+
+
+def api_endpoint(name: str, summary: str, params: list[inspect.Parameter], extras: dict, returns, returned_docs,
+                 run):
+    """A gr.api function made from the schema: its signature, type hints and docstring (what the "Use via API"
+    page and the MCP tool list show) come from the settings; `run(depth, values, request)` does the work."""
+    depth = inspect.Parameter("depth", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=FileData)
+    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                annotation=gr.Request)
+    signature = inspect.Signature([depth, *params, request], return_annotation=returns)
+
+    def endpoint(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        return run(values.pop("depth"), values, values.pop("request"))
+
+    def line(p):
+        if p.name in extras:
+            return extras[p.name][2]
+        return f"{form_field(p.name).spec.help}."
+
+    args = "\n".join(f"    {p.name}: {line(p)}" for p in params)
+    endpoint.__name__ = endpoint.__qualname__ = name
+    endpoint.__doc__ = (f"{summary}\n\nArgs:\n    depth: the depth pass as a file (handle_file): EXR (Mantra Pz, Karma "
+                        f"depth), PNG, TIFF, PFM, NPY, JPEG.\n{args}\n\nReturns:\n"
+                        + "\n".join(f"    {r}" for r in returned_docs))
+    endpoint.__signature__ = signature
+    endpoint.__annotations__ = {**{p.name: p.annotation for p in signature.parameters.values()}, "return": returns}
+    return user_facing(endpoint)
 
 
 def wire_api(app: Wiring) -> None:
@@ -453,8 +537,6 @@ def wire_api(app: Wiring) -> None:
                  (generate_endpoint(app), ("image", "metadata", "also_saved"),
                   dict(api_name="generate", concurrency_limit=1, concurrency_id="gpu")))
     for fn, returned, options in endpoints:
-        # Type hints as objects (this module postpones them): gradio derives the typed returns from them.
-        fn.__signature__ = inspect.signature(fn, eval_str=True)
         gr.api(fn, **options)
         document_endpoint(app.demo, options["api_name"], fn, returned)
 
@@ -479,33 +561,8 @@ def document_endpoint(demo: gr.Blocks, api_name: str, fn, returned: tuple[str, .
 def preview_endpoint(app: Wiring):
     studio = app.studio
 
-    @user_facing
-    def fluxdepth_preview(depth: FileData, channel: str = "auto", mode: str = "auto", invert: str = "auto",
-                    clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float = 0.0,
-                    far: float = 0.0, long_side: int = DEFAULT_LONG_SIDE, edges: str = DEFAULT_EDGES,
-                    polarity: str = "auto", request: gr.Request = None) -> tuple[FileData, dict[str, Any]]:
-        """Normalize a depth file into the control map FLUX.1-Depth-dev is fed (near = white), without generating.
-
-        Args:
-            depth: the depth pass as a file (handle_file): EXR (Mantra Pz, Karma depth), PNG, TIFF, PFM, NPY, JPEG.
-            channel: channel to read, e.g. "Z" or "depth.Z"; "auto" searches Pz, depth, Z, ... in every part.
-            mode: normalization: auto, disparity, linear, inverse or passthrough ("auto" picks by the kind of file).
-            invert: flip near/far: auto, on or off.
-            clip_low: far-end percentile of the valid depths (0-100).
-            clip_high: near-end percentile of the valid depths (0-100).
-            near: distance that maps to white, in scene units; 0 = from the percentiles.
-            far: distance that maps to the far end, in scene units; 0 = from the percentiles.
-            long_side: control map long side in pixels (multiples of 16).
-            edges: anti-aliased pixels between surfaces: snap, near, far or off.
-            polarity: for rendered images with no units: auto, near-white or near-black.
-
-        Returns:
-            the control map as a 16-bit greyscale PNG (near = white, background 0).
-            its stats: channel, mode, inverted, width, height, valid_fraction, range, crop, edge_pixels, warnings.
-        """
-        form = dict(channel=channel, mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near,
-                    far=far, long_side=long_side, edges=edges, polarity=polarity)
-        settings = h.depth_from_form(form)
+    def run(depth, values: dict, request):
+        settings = h.depth_from_form(values)
         source = app.gate.resolve(depth, record_only=True)
         # An API call's control map is written in a folder of its own and served as a copy: concurrent callers
         # (who all lack a page session) never prune or remove each other's files.
@@ -514,75 +571,43 @@ def preview_endpoint(app: Wiring):
             png = app.serve(h.write_control_png(studio, None, result, folder=folder))
         return FileData(path=png), result.stats.to_dict()
 
-    return fluxdepth_preview
+    return api_endpoint(
+        "fluxdepth_preview",
+        "Normalize a depth file into the control map FLUX.1-Depth-dev is fed (near = white), without generating.",
+        api_parameters(PREVIEW_API_ORDER, "depth", {}), {}, tuple[FileData, dict[str, Any]],
+        ("the control map as a 16-bit greyscale PNG (near = white, background 0).",
+         "its stats: channel, mode, inverted, width, height, valid_fraction, range, crop, edge_pixels, warnings."),
+        run)
 
 
 def generate_endpoint(app: Wiring):
     studio = app.studio
 
-    @user_facing
-    def fluxdepth_generate(depth: FileData, prompt: str, seed: int = -1, steps: int = DEFAULT_STEPS,
-                     guidance: float = DEFAULT_GUIDANCE, variant: str = "", channel: str = "auto",
-                     mode: str = "auto", invert: str = "auto", clip_low: float = DEFAULT_CLIP[0],
-                     clip_high: float = DEFAULT_CLIP[1], near: float = 0.0, far: float = 0.0,
-                     long_side: int = DEFAULT_LONG_SIDE, init_image: FileData | None = None,
-                     strength: float = DEFAULT_STRENGTH, edges: str = DEFAULT_EDGES,
-                     polarity: str = "auto", also_save: list[str] | None = None,
-                     loras: list[str] | None = None, plate: bool = False, plate_strength: float = DEFAULT_PLATE_STRENGTH,
-                     backend: str = "local", request: gr.Request = None) -> tuple[FileData, dict[str, Any], list[FileData]]:
-        """Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.
-
-        Args:
-            depth: the depth pass as a file (handle_file); the same formats as /preview.
-            prompt: what the image shows.
-            seed: random seed; -1 draws one (the one used is in the returned metadata).
-            steps: denoising steps (28 is the model's default).
-            guidance: guidance scale (10 suits FLUX.1-Depth-dev).
-            variant: precision tier: bf16, qint8, qint4 or fp8; "" keeps the loaded one.
-            channel: depth channel, as for /preview.
-            mode: normalization, as for /preview.
-            invert: flip near/far, as for /preview.
-            clip_low: far-end percentile, as for /preview.
-            clip_high: near-end percentile, as for /preview.
-            near: near distance in scene units (0 = from the percentiles).
-            far: far distance in scene units (0 = from the percentiles).
-            long_side: output long side in pixels (multiples of 16).
-            init_image: optional image to start from (img2img), sent as a file.
-            strength: img2img strength, 0-1 (how far from the init image).
-            edges: anti-aliased pixels between surfaces: snap, near, far or off.
-            polarity: for rendered images with no units: auto, near-white or near-black.
-            also_save: extra files from the float decode: "png16" (16-bit PNG, sRGB), "exr" (half float, linear).
-            loras: style LoRAs from the studio's LoRA folder, each "NAME" or "NAME:SCALE" (at most 4).
-            plate: two passes for big images: about 1 MP first, then refined at the full long side.
-            plate_strength: how much the plate's second pass changes, 0-1.
-            backend: "local" (this studio's model) or "bfl" (FLUX.1 Depth [pro] on BFL's API, when the host offers it).
-
-        Returns:
-            the image as an 8-bit PNG with its settings in the text chunks.
-            the metadata record: prompt, seed, steps, guidance, size, variant, model, depth channel/mode/range.
-            the also_save files (16-bit PNG, EXR), empty when none were asked for.
-        """
-        if not isinstance(prompt, str):
-            raise FluxDepthError("prompt must be text")
-        if variant and not isinstance(variant, str):
+    def run(depth, values: dict, request):
+        form = {**values, "batch": 1, "also_save": values["also_save"] or (), "loras": values["loras"] or ()}
+        if form["variant"] and not isinstance(form["variant"], str):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
-        form = dict(prompt=prompt, seed=seed, steps=steps, guidance=guidance, variant=variant, channel=channel,
-                    batch=1, also_save=also_save or (), loras=loras or (), plate=plate,
-                    plate_strength=plate_strength, backend=backend,
-                    mode=mode, invert=invert, clip_low=clip_low, clip_high=clip_high, near=near, far=far,
-                    long_side=long_side, strength=strength, edges=edges, polarity=polarity)
-        h.depth_from_form(form)  # bad depth values are refused before the files are looked at
+        shot = h.shot_from_form(form)  # bad values are refused before the files are looked at
         check_formats(form["also_save"])
-        for lora in h.loras_from_form(form):
+        for lora in shot.generation.loras:
             resolve_lora(lora.name, studio.manager.lora_dir, allow_paths=False)
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
+        init_image = form["init_image"]
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
         studio.arm_cancel(session_of(request))
         outcome = generate_on_gpu(studio, session_of(request), form, None, None)[0]
         extras = [FileData(path=app.serve(p)) for p in outcome.extras.values()]
         return FileData(path=app.serve(outcome.png)), outcome.metadata, extras
 
-    return fluxdepth_generate
+    return api_endpoint(
+        "fluxdepth_generate",
+        "Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.",
+        api_parameters(GENERATE_API_ORDER, None, GENERATE_API_EXTRAS), GENERATE_API_EXTRAS,
+        tuple[FileData, dict[str, Any], list[FileData]],
+        ("the image as an 8-bit PNG with its settings in the text chunks.",
+         "the metadata record: prompt, seed, steps, guidance, size, variant, model, depth channel/mode/range.",
+         "the also_save files (16-bit PNG, EXR), empty when none were asked for."),
+        run)
 
 
 def allowed_paths(studio: h.Studio) -> list[str]:

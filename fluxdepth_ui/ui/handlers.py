@@ -7,22 +7,18 @@ the `/preview` and `/generate` API endpoints and the tests share one code path w
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from .. import limits
-from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH
-from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
-from ..depth.normalize import DEFAULT_EDGES
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
@@ -30,11 +26,9 @@ from ..settings import MAX_SEED, check_number
 from .sharing import HostPolicy, Workspace
 
 from ..depth import (
-    DEFAULT_CLIP,
     DepthMap,
     DepthPreview,
     DepthSettings,
-    NormalizeSettings,
     load_depth,
     prepare_loaded,
     write_preview_png,
@@ -196,39 +190,23 @@ def check_free_space(studio: Studio) -> None:
                              "tell the host")
 
 
-def depth_settings(channel: str | None = None, mode: str = "auto", invert: str = "auto",
-                   clip_low: float = DEFAULT_CLIP[0], clip_high: float = DEFAULT_CLIP[1], near: float | None = None,
-                   far: float | None = None, long_side: int = DEFAULT_LONG_SIDE, edges: str = DEFAULT_EDGES,
-                   polarity: str = "auto") -> DepthSettings:
-    from ..depth import DepthInputError
+def shot_from_form(form: dict):
+    """The shot of a settings record (the page's form, an API call, a history entry): the app's own keys first (Random
+    seed, the style LoRA slots), then the one codec (settings.shot_from_form) for everything else."""
+    from ..settings import shot_from_form as decode
 
-    def number(name, value, optional=False):
-        if optional and value in (None, "", 0, 0.0):
-            return None
-        try:
-            out = float(value)
-        except (TypeError, ValueError):
-            raise DepthInputError(f"{name} must be a number, not {str(value)[:20]!r}") from None
-        if out != out or out in (float("inf"), float("-inf")):
-            raise DepthInputError(f"{name} must be a finite number")
-        return out
+    values = dict(form)
+    if values.get("randomize"):
+        values["seed"] = None
+    values["loras"] = loras_from_form(form)
+    return decode(values)
 
-    side = number("long_side", long_side)
-    if side != int(side) or not (MIN_LONG_SIDE <= side <= MAX_LONG_SIDE):
-        raise DepthInputError(f"long_side {long_side} is out of range; use a whole number "
-                              f"{MIN_LONG_SIDE}..{MAX_LONG_SIDE}")
-    for name, value in (("channel", channel), ("mode", mode), ("invert", invert), ("edges", edges),
-                        ("polarity", polarity)):
-        if value is not None and (not isinstance(value, str) or len(value) > 200):
-            raise DepthInputError(f"{name} must be a short text")
-    return DepthSettings(
-        channel=None if channel in (None, "", AUTO_CHANNEL) else channel,
-        normalize=NormalizeSettings(mode=mode or "auto", invert=invert or "auto",
-                                    clip=(number("clip_low", clip_low), number("clip_high", clip_high)),
-                                    near=number("near", near, True), far=number("far", far, True),
-                                    edges=edges or DEFAULT_EDGES, polarity=polarity or "auto"),
-        long_side=int(side),
-    )
+
+def depth_from_form(form: dict) -> DepthSettings:
+    """The depth half of a settings record (the single-frame form, a preset, an API call)."""
+    from ..settings import shot_from_form as decode
+
+    return decode(form).depth
 
 
 def run_preview(studio: Studio, path: str, settings: DepthSettings, log_histogram: bool = False,
@@ -349,21 +327,19 @@ class GenerationOutcome:
     extras: dict = field(default_factory=dict)  # format -> path: 16-bit PNG / EXR copies
 
 
-def run_generate(studio: Studio, session: str | None, path: str, settings: DepthSettings, prompt: str,
-                 variant: str, steps: int, guidance: float, seed: int | None, init_image=None,
-                 init_image_name: str | None = None, strength: float = DEFAULT_STRENGTH, on_step=None,
-                 load_progress=None, formats=(), loras=(), plate: bool = False,
-                 plate_strength: float | None = None, backend: str = "local") -> GenerationOutcome:
+def run_generate(studio: Studio, session: str | None, path: str, shot, variant: str | None = None, *,
+                 init_image=None, init_image_name: str | None = None, on_step=None, load_progress=None, formats=(),
+                 backend: str = "local") -> GenerationOutcome:
+    """One image of `shot` (settings.ShotSettings) on the studio's model (or BFL's API), saved in the session's
+    results folder; its seed settled here when the shot leaves it to chance."""
     from ..depth.readers import read_rgb_image
     from ..image_files import check_formats
-    from ..settings import GenerationSettings, ShotSettings
     from ..shot import render_shot
 
     manager = studio.manager
     formats = check_formats(formats)
-    generation = GenerationSettings(prompt=prompt or "", seed=seed, steps=steps, guidance=guidance,
-                                    strength=strength, loras=loras, plate=bool(plate),
-                                    **({} if plate_strength is None else {"plate_strength": plate_strength})).settled()
+    generation = shot.generation.settled()
+    settings = shot.depth
     manager.lora_files(generation.loras)  # names from the studio's LoRA folder only, checked before any work
     if backend not in ("local", "bfl") or (backend == "bfl" and studio.bfl is None):
         raise FluxDepthError("this studio renders on its own model only; choose the local backend")
@@ -390,13 +366,13 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     except FluxDepthError:
         log.exception("could not make a results folder under %s", studio.outputs)
         folder = fallback
-    shot = render_shot(studio.bfl if backend == "bfl" else manager, path, ShotSettings(settings, generation),
+    made = render_shot(studio.bfl if backend == "bfl" else manager, path, replace(shot, generation=generation),
                        str(folder / f"{stem}.png"),
                        preview=preview, init_image=init_image, init_image_name=init_image_name,
                        fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
                        formats=formats)
-    meta = shot.metadata.to_dict()
-    unsaved = not shot.saved or folder == fallback
+    meta = made.metadata.to_dict()
+    unsaved = not made.saved or folder == fallback
     if unsaved:  # API callers see it in the metadata they get back
         meta["notes"] = [*meta["notes"], "the results folder could not be written: this image is not kept on "
                                           "the server, save it now"]
@@ -409,7 +385,7 @@ def run_generate(studio: Studio, session: str | None, path: str, settings: Depth
     notes = [n for n in meta["notes"] if not n.startswith("the results folder could not be written")]
     if notes:
         message += "\n\n⚠ " + " · ".join(md_text(n) for n in notes)
-    return GenerationOutcome(shot.png, shot.sidecar, shot.control_png, meta, message, dict(shot.extras))
+    return GenerationOutcome(made.png, made.sidecar, made.control_png, meta, message, dict(made.extras))
 
 
 def set_vram_budget(studio: Studio, value) -> str:
@@ -424,25 +400,15 @@ def set_vram_budget(studio: Studio, value) -> str:
     return (f"VRAM budget: **{shown}**" + (" · the model reloads with it on the next Generate" if changed else ""))
 
 
-_DEPTH_KEYS = ("channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side", "edges", "polarity")
+def set_vram_headroom(studio: Studio, value) -> str:
+    """The app's headroom box: GiB left to other programs (Houdini). No reload: the next image re-plans to it."""
+    from ..settings import parse_vram_headroom
 
-
-def depth_from_form(form: dict) -> DepthSettings:
-    """The depth half of a settings record (the single-frame form, a preset, an API call)."""
-    return depth_settings(**{k: form[k] for k in _DEPTH_KEYS if k in form})
-
-
-def seed_value(seed, randomize: bool = False) -> int | None:
-    """A seed field as the app and the API take it: None (draw one) when random, empty or negative."""
-    if randomize or seed is None or seed == "":
-        return None
-    try:
-        value = float(seed)
-    except (TypeError, ValueError):
-        raise FluxDepthError(f"seed must be a whole number, not {str(seed)[:20]!r}") from None
-    if not math.isfinite(value) or value != int(value):
-        raise FluxDepthError("seed must be a whole number (or -1 for a random one)")
-    return None if value < 0 else int(value)
+    if studio.policy.shared:
+        raise FluxDepthError("the VRAM headroom is the host's setting on a shared server")
+    headroom = parse_vram_headroom(value)
+    studio.manager.configure(vram_headroom=headroom)
+    return f"VRAM headroom: **{headroom:g} GiB** kept free for other programs · applies from the next image"
 
 
 def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=None,
@@ -450,12 +416,10 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
     """Generate from one settings record. `depth_file` and `init_image` must already be files this client may open
     (sharing.UploadGate)."""
     init = form.get("init_image")
-    return run_generate(studio, session, form["depth_file"], depth_from_form(form), form.get("prompt") or "",
-                        form.get("variant") or studio.manager.variant, form.get("steps", DEFAULT_STEPS),
-                        form.get("guidance", DEFAULT_GUIDANCE), seed_value(form.get("seed"), form.get("randomize")),
-                        init, os.path.basename(init) if init else None, form.get("strength", DEFAULT_STRENGTH),
-                        on_step, load_progress, form.get("also_save") or (), loras_from_form(form),
-                        bool(form.get("plate")), form.get("plate_strength"), form.get("backend") or "local")
+    return run_generate(studio, session, form["depth_file"], shot_from_form(form), form.get("variant"),
+                        init_image=init, init_image_name=os.path.basename(init) if init else None, on_step=on_step,
+                        load_progress=load_progress, formats=form.get("also_save") or (),
+                        backend=form.get("backend") or "local")
 
 
 def loras_from_form(form: dict) -> tuple:
@@ -487,10 +451,9 @@ def batch_seeds(form: dict) -> list[int | None]:
     """The seeds of a batch ("Images" > 1): from a fixed seed, that seed and the next ones (reproducible);
     with "Random seed", a fresh draw for each image."""
     count = int(check_number("images", form.get("batch") or 1, 1, MAX_BATCH, whole=True))
-    seed = seed_value(form.get("seed"), form.get("randomize"))
+    seed = shot_from_form({"seed": form.get("seed"), "randomize": form.get("randomize")}).generation.seed
     if seed is None:
         return [None] * count
-    check_number("seed", seed, 0, MAX_SEED, whole=True)
     return [(seed + i) % (MAX_SEED + 1) for i in range(count)]  # past the last seed, on from 0
 
 
@@ -618,22 +581,19 @@ class SequenceDone:
     archive: str  # one zip of the whole output folder: "download all"
 
 
-def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, settings: DepthSettings, prompt: str,
-                 variant: str, steps: int, guidance: float, fps: float, on_frame=None, on_step=None, formats=(),
-                 load_progress=None, loras=()) -> SequenceDone:
-    """Render every frame with the shared range and seed, then the result and control-map videos and one zip of
-    everything (frames, sidecars, control maps, the formats asked for, videos, stats)."""
+def run_sequence(studio: Studio, session: str | None, setup: SequenceSetup, shot, variant: str, fps: float,
+                 on_frame=None, on_step=None, formats=(), load_progress=None) -> SequenceDone:
+    """Render every frame of `shot` (settings.ShotSettings) with the shared range and seed, then the result and
+    control-map videos and one zip of everything (frames, sidecars, control maps, the formats asked for, videos,
+    stats)."""
     from ..image_files import check_formats
     from ..sequence import render_sequence, save_stats, settle_seed, write_video
-    from ..settings import GenerationSettings
-
-    from ..settings import check_number
 
     formats = check_formats(formats)
     fps = check_number("fps", fps, 1, 120)  # checked before any frame renders, not when the video is written
     stats = settle_seed(setup.stats)
-    generation = GenerationSettings(prompt=prompt or "", seed=stats.seed, steps=steps, guidance=guidance,
-                                    loras=loras)
+    generation = replace(shot.generation, seed=stats.seed)
+    settings = shot.depth
     studio.manager.lora_files(generation.loras)  # the studio's folder only, checked before any frame renders
     studio.policy.check_tier(variant)
     studio.manager.configure(variant=variant)

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vram-budget", default=_env("VRAM_BUDGET"), metavar="GiB|auto",
                    help="never use more GPU memory than this; auto = free memory minus a margin (env "
                         "FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
+    p.add_argument("--vram-headroom", default=_env("VRAM_HEADROOM"), metavar="GiB",
+                   help="GPU memory left free for other programs such as Houdini when placement auto plans by the "
+                        "free memory before each image (env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
     p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
                    help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=int(_env("PORT", "7860")), help="env FLUXDEPTH_PORT")
@@ -116,7 +119,7 @@ def create(args: argparse.Namespace):
     # The app offers the LoRA folder's files by name and never opens a path a request names (loras.py).
     manager = PipelineManager(source, variant=args.variant, placement=args.placement, device=args.device,
                               token=os.environ.get("HF_TOKEN"), compile=args.compile, vram_budget=args.vram_budget,
-                              lora_dir=args.lora_dir, lora_paths=False)
+                              lora_dir=args.lora_dir, lora_paths=False, vram_headroom=args.vram_headroom)
     manager.check_variant(args.variant)
     keep = None if args.keep_days in (None, "") else float(args.keep_days)
     policy = make_policy(is_shared(args), args.variant, manager.runnable_variants(), args.allow_tiers, keep)

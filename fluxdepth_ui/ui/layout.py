@@ -11,15 +11,11 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import limits
-from ..defaults import DEFAULT_FPS, DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH, EXTRA_FORMATS, STYLE_LORA_SLOTS
-from ..settings import MAX_GUIDANCE, MAX_STEPS
-from ..depth import DEFAULT_CLIP, INVERT_CHOICES, MODES
-from ..depth.control import DEFAULT_LONG_SIDE, MAX_LONG_SIDE, MIN_LONG_SIDE
-from ..depth.normalize import DEFAULT_EDGES, EDGE_CHOICES
+from ..defaults import DEFAULT_FPS, EXTRA_FORMATS, STYLE_LORA_SLOTS
 from ..depth.readers import DEPTH_SUFFIXES
 from ..loras import available_loras
 from ..presets import list_presets, packaged_folder
-from ..settings import DEFAULT_PLATE_STRENGTH, LORA_SCALE_RANGE
+from ..settings import LORA_SCALE_RANGE, form_field, shot_fields
 from .examples import EXAMPLES, example_paths
 from .handlers import AUTO_CHANNEL, MAX_BATCH
 
@@ -27,18 +23,36 @@ DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
 # What `auto` does for each kind of file, shown in the depth panel (docs/depth.md).
 DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 
-# The single-frame form: the names handlers read a settings record by (handlers.generate_from_form).
-DEPTH_FIELDS = ("depth_file", "channel", "mode", "invert", "clip_low", "clip_high", "near", "far", "long_side",
-                "edges")
+# The form: every setting of the schema (settings.shot_fields) by its name, plus what only the app has. Functions,
+# not constants: a setting added to the dataclasses shows up here with no other edit (tests/test_settings_codec.py).
 LORA_SLOTS = tuple((f"lora_{i}", f"lora_{i}_scale") for i in range(1, STYLE_LORA_SLOTS + 1))
-GENERATION_FIELDS = ("prompt", "variant", "steps", "guidance", "seed", "randomize", "batch", "init_image",
-                     "strength", "also_save", *(name for slot in LORA_SLOTS for name in slot), "plate",
-                     "plate_strength", "backend")
-# The Sequence tab's depth controls: the same fields, prefixed (layout._depth_controls).
-SEQUENCE_DEPTH_FIELDS = tuple("seq_" + n for n in DEPTH_FIELDS if n != "depth_file")
-# What the browser remembers across reloads: every setting but the files and the channel of one file.
-REMEMBERED_FIELDS = tuple(n for n in DEPTH_FIELDS + GENERATION_FIELDS
-                          if n not in ("depth_file", "init_image", "channel", "backend", *(s[0] for s in LORA_SLOTS)))
+APP_ONLY_FIELDS = ("variant", "randomize", "batch", "init_image", "also_save",
+                   *(name for slot in LORA_SLOTS for name in slot), "backend")
+SEQUENCE_SKIPS = ("strength", "seed")  # img2img only; the sequence's one seed has its own box (seq_seed)
+
+
+def shot_names(section: str | None = None) -> tuple[str, ...]:
+    """The settings of the schema that the app shows as controls (style LoRAs have their slots instead)."""
+    return tuple(f.name for f in shot_fields() if section in (None, f.section) and f.spec.kind is not tuple)
+
+
+def depth_fields() -> tuple[str, ...]:
+    return ("depth_file", *shot_names("depth"))
+
+
+def generation_fields() -> tuple[str, ...]:
+    return (*shot_names("generation"), *APP_ONLY_FIELDS)
+
+
+def sequence_fields() -> tuple[str, ...]:
+    """The Sequence tab's controls of the same settings, prefixed (seq_mode, seq_steps, ...)."""
+    return tuple("seq_" + n for n in shot_names() if n not in SEQUENCE_SKIPS)
+
+
+def remembered_fields() -> tuple[str, ...]:
+    """What the browser remembers across reloads: every setting but the files and the channel of one file."""
+    return tuple(n for n in depth_fields() + generation_fields()
+                 if n not in ("depth_file", "init_image", "channel", "backend", *(s[0] for s in LORA_SLOTS)))
 
 
 # Desktop-style: the whole loop (depth file, control map, prompt, Generate, result) fits one 1280x720 screen;
@@ -75,7 +89,40 @@ def build_layout(studio, delete_cache) -> tuple[gr.Blocks, SimpleNamespace]:
 
 
 def form_components(w: SimpleNamespace) -> list:
-    return [getattr(w, name) for name in DEPTH_FIELDS + GENERATION_FIELDS]
+    return [getattr(w, name) for name in depth_fields() + generation_fields()]
+
+
+def setting_control(name: str, **kw) -> gr.components.Component:
+    """The control of one setting, made from its schema entry (settings.shot_fields): label, default, range and
+    choices are typed there once; `kw` only places or styles it (elem_id, scale, info)."""
+    f = form_field(name)
+    spec = f.spec
+    value = kw.pop("value", None if f.required else f.default)
+    kw = {"label": f.label, **kw}
+    if spec.choices is not None:
+        kind = gr.Radio if spec.widget == "radio" else gr.Dropdown
+        return kind(list(spec.choices), value=value, **kw)
+    if spec.kind is bool:
+        return gr.Checkbox(bool(value), **kw)
+    if spec.kind is str:
+        return gr.Textbox(value or "", max_lines=1, **kw)
+    if spec.step is not None and spec.bounds is not None:
+        low, high = spec.bounds
+        # A low bound the setting refuses (strength 0) starts the slider one step above it.
+        return gr.Slider(low + spec.step if spec.low_open else low, high, value=value, step=spec.step, **kw)
+    # Typed numbers get no gradio minimum/maximum: gradio's own check would answer a typo with its error toast and
+    # red badges over the panel; the settings refuse it in one line instead (docs/settings.md).
+    return gr.Number(value, precision=0 if spec.kind is int else None, **kw)
+
+
+def other_settings(w: SimpleNamespace, prefix: str = "", skip: tuple[str, ...] = ()) -> None:
+    """Every setting of the schema the layout has not placed yet, each with its help line: a new setting appears in
+    the app without a layout edit (in "More settings"); the layout may give it a better place later."""
+    rest = [n for n in shot_names() if not hasattr(w, prefix + n) and n not in skip]
+    if rest:
+        with gr.Accordion("More settings", open=False, elem_id=f"{prefix}more-settings".replace("_", "-")):
+            for name in rest:
+                setattr(w, prefix + name, setting_control(name, info=form_field(name).spec.help))
 
 
 def _header(studio) -> None:
@@ -116,22 +163,23 @@ def _depth_controls(w: SimpleNamespace, prefix: str, elem_ids: bool = False) -> 
         setattr(w, prefix + name, component)
 
     with gr.Row():
+        # The channel menu lists the channels of the file at hand (handlers.channel_choices).
         put("channel", gr.Dropdown([AUTO_CHANNEL], value=AUTO_CHANNEL, label="Channel", allow_custom_value=True,
                                    **ids("channel")))
-        put("mode", gr.Dropdown(list(MODES), value="auto", label="Mode", **ids("mode")))
-    put("invert", gr.Radio(list(INVERT_CHOICES), value="auto", label="Invert", **ids("invert")))
+        put("mode", setting_control("mode", **ids("mode")))
+    put("invert", setting_control("invert", **ids("invert")))
     with gr.Accordion("Range, size and edges", open=False):
         with gr.Row():
-            # No minimum/maximum on these boxes: gradio's own check would answer a typo with its error toast and
-            # red badges over the panel; the settings refuse it in one line instead (normalize.NormalizeSettings).
-            put("clip_low", gr.Number(DEFAULT_CLIP[0], label="Far clip (percentile)"))
-            put("clip_high", gr.Number(DEFAULT_CLIP[1], label="Near clip (percentile)"))
+            put("clip_low", setting_control("clip_low"))
+            put("clip_high", setting_control("clip_high"))
         with gr.Row():
-            put("near", gr.Number(None, label="Near distance (0 = from percentiles)"))
-            put("far", gr.Number(None, label="Far distance (0 = from percentiles)"))
-        put("long_side", _long_side_slider(**ids("long_side")))
-        put("edges", gr.Dropdown(list(EDGE_CHOICES), value=DEFAULT_EDGES, label="Edges", info="anti-aliased "
-                                 "pixels between surfaces", **ids("edges")))
+            put("near", setting_control("near"))
+            put("far", setting_control("far"))
+        put("long_side", setting_control("long_side", **ids("long_side")))
+        with gr.Row():
+            put("edges", setting_control("edges", info="anti-aliased pixels between surfaces", **ids("edges")))
+            put("polarity", setting_control("polarity", info="which end of a made image is near, for near/far",
+                                            **ids("polarity")))
 
 
 def _presets(w: SimpleNamespace, policy) -> None:
@@ -164,7 +212,8 @@ def _control_panel(w: SimpleNamespace) -> None:
 def _generation_panel(w: SimpleNamespace, studio) -> None:
     """Right: prompt, Generate, the result; settings and history fold away."""
     tiers = studio.policy.tiers
-    w.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt", max_length=limits.current().prompt_chars,
+    w.prompt = gr.Textbox(label=form_field("prompt").label, lines=2, elem_id="prompt",
+                          max_length=limits.current().prompt_chars,
                           placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
     with gr.Row():
         w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
@@ -182,24 +231,28 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         w.vram_budget = gr.Textbox("" if budget is None else str(budget), label="VRAM budget (GiB, auto, or empty)",
                                    info="never use more GPU memory than this; what does not fit streams (Enter)",
                                    visible=not studio.policy.shared, elem_id="vram-budget", max_lines=1)
+        w.vram_headroom = gr.Textbox(f"{studio.manager.vram_headroom:g}", label="VRAM headroom (GiB)",
+                                     info="left free for Houdini and other programs; checked before every image "
+                                          "(Enter)",
+                                     visible=not studio.policy.shared, elem_id="vram-headroom", max_lines=1)
         # FLUX.1 Depth [pro] on BFL's API when the host offers it (--bfl; costs the host's credits, docs/bfl.md).
         w.backend = gr.Radio([("FLUX.1-Depth-dev on this machine", "local"),
                               ("FLUX.1 Depth [pro], BFL API (credits)", "bfl")], value="local", label="Backend",
                              visible=studio.bfl is not None, elem_id="backend")
         w.steps, w.guidance = _steps_and_guidance()
         with gr.Row():
-            w.seed = gr.Number(0, label="Seed", precision=0)
+            w.seed = setting_control("seed", value=0)
             w.randomize = gr.Checkbox(True, label="Random seed")
             w.batch = gr.Slider(1, MAX_BATCH, value=1, step=1, label="Images",
                                 info="one seed each; pick one in the gallery to continue")
         w.init_image = gr.Image(type="filepath", label="Start from an image (img2img)",
                                 sources=["upload", "clipboard"], height=160)
-        w.strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength")
+        w.strength = setting_control("strength")
         w.also_save = _also_save(elem_id="also-save")
         with gr.Row():  # 2K plates (docs/plates.md)
-            w.plate = gr.Checkbox(False, label="Plate: two passes", elem_id="plate",
-                                  info="for big long sides: about 1 MP first, then refined at full size")
-            w.plate_strength = gr.Slider(0.05, 1.0, value=DEFAULT_PLATE_STRENGTH, step=0.05, label="Plate strength")
+            w.plate = setting_control("plate", elem_id="plate",
+                                      info="for big long sides: about 1 MP first, then refined at full size")
+            w.plate_strength = setting_control("plate_strength")
         # Style LoRAs: names from the host's LoRA folder only (loras.py); hidden when it has none.
         choices = [("none", "")] + [(n.rsplit(".", 1)[0], n) for n in available_loras(studio.manager.lora_dir)]
         for index, (name, scale) in enumerate(LORA_SLOTS, 1):
@@ -208,6 +261,7 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                                              elem_id=f"lora-{index}"))
                 setattr(w, scale, gr.Slider(LORA_SCALE_RANGE[0], LORA_SCALE_RANGE[1], value=1.0, step=0.05,
                                             label="Scale", scale=1))
+        other_settings(w)
     with gr.Accordion("Compare, download, this session", open=False):
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
         w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
@@ -237,13 +291,14 @@ def _sequence_tab(w: SimpleNamespace) -> None:
                                         height=200, allow_preview=True, object_fit="contain",
                                         elem_id="seq-previews")
         with gr.Column(scale=1):
-            w.seq_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="seq-prompt")
+            w.seq_prompt = gr.Textbox(label=form_field("prompt").label, lines=2, elem_id="seq-prompt")
             w.seq_steps, w.seq_guidance = _steps_and_guidance()
             with gr.Row():
                 w.seq_seed = gr.Number(0, label="Seed (one for the whole sequence)", precision=0)
                 w.seq_random = gr.Checkbox(True, label="Random seed")
                 w.seq_fps = gr.Number(DEFAULT_FPS, label="Video fps")
             w.seq_also_save = _also_save()
+            other_settings(w, "seq_", skip=SEQUENCE_SKIPS)
             with gr.Row():
                 w.seq_render = gr.Button("Render all frames", variant="primary", elem_id="seq-render")
                 w.seq_cancel = gr.Button("Cancel")
@@ -261,13 +316,7 @@ def _also_save(**kw) -> gr.CheckboxGroup:
                             label="Also save (from the float decode, for grading)", **kw)
 
 
-def _long_side_slider(**kw) -> gr.Slider:
-    return gr.Slider(MIN_LONG_SIDE, MAX_LONG_SIDE, value=DEFAULT_LONG_SIDE, step=16, label="Long side (px)", **kw)
-
-
 def _steps_and_guidance() -> tuple[gr.Slider, gr.Slider]:
-    """The same two sliders, with the model's defaults, on the single-image and the sequence tabs."""
+    """The same two sliders on the single-image and the sequence tabs (ranges and defaults: settings.py)."""
     with gr.Row():
-        # The ranges the settings accept (settings.py), so the slider never offers less than the CLI and API.
-        return (gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="Steps"),
-                gr.Slider(0, MAX_GUIDANCE, value=DEFAULT_GUIDANCE, step=0.5, label="Guidance"))
+        return setting_control("steps"), setting_control("guidance")
