@@ -1,16 +1,17 @@
 """GPU benchmark (issue 26): placement auto with no memory flag on smaller cards, and a card that other programs share.
 
-    python benchmarks/vram_default.py --variant qint8 --cards 16 12 --json qint8.json
+    python benchmarks/vram_default.py --variant bf16 --cards 12 16 24 --squeeze 4 --squeeze-at 16 --json bf16.json
 
 A smaller card is made physically: a second process ("the other program", as Houdini would be) holds all of the
 lent GPU's memory but `card` GiB, so the driver's free memory (what the manager reads before every image,
 pipeline/budget.py available_bytes) is that of the smaller card, other programs' use included. For one tier:
 
 1. resident reference: the same components fully on the card (placement gpu), two images;
-2. one manager with the defaults (placement auto, no --vram-budget, headroom 1.5 GiB) loads on the first card, two
-   images; for each further card the other program grows, and the next image re-plans down (no reload);
-3. `--squeeze 4`: on the last card, between two images of a sequence the other program takes 4 GiB more, then gives
-   it back: the next image re-plans down, the one after it up again.
+2. one manager with the defaults (placement auto, no --vram-budget, headroom 1.5 GiB) loads on the first (smallest)
+   card, two images; for each further card the other program gives memory back, and the next image re-plans up (no
+   reload);
+3. `--squeeze 4 --squeeze-at 16`: on that card, between two images of a sequence the other program takes 4 GiB
+   more, then gives it back: the next image re-plans down, the one after it up again.
 
 Per row: the plan, the second image's seconds and its ratio to the resident second image, peak reserved memory
 (which must stay under the card), host RSS, and whether the pixels equal the resident image's (same seed).
@@ -102,8 +103,9 @@ def image(manager, control, seed: int, steps: int, messages: list) -> tuple[floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variant", required=True, choices=["bf16", "qint8", "qint4", "fp8"])
-    ap.add_argument("--cards", nargs="+", type=float, required=True, help="card sizes in GiB, largest first")
+    ap.add_argument("--cards", nargs="+", type=float, required=True, help="card sizes in GiB, smallest first")
     ap.add_argument("--squeeze", type=float, default=0.0, help="GiB another program takes between two images")
+    ap.add_argument("--squeeze-at", type=float, help="on which card (GiB) the other program takes memory")
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
@@ -133,60 +135,51 @@ def main() -> None:
     torch.cuda.empty_cache()
     save()
 
-    # 2. The defaults on smaller cards: loaded on the first, re-planned for the others.
+    # 2. The defaults on smaller cards: loaded on the first (smallest), re-planned up for the others (the other
+    #    program gives memory back; it can only take what this process does not hold).
     other = OtherProgram()
     manager = manager_over(master, args.variant, "auto")
-    oom = 0
-    try:
-        for index, card in enumerate(args.cards):
-            leave_card(other, card)
-            torch.cuda.reset_peak_memory_stats()
-            messages = []
-            row = {"card_gib": card, "how": "loaded" if index == 0 else "re-planned"}
-            try:
-                first_s, _, _ = image(manager, control, 1, args.steps, messages)
-                second_s, pixels, placement = image(manager, control, 2, args.steps, messages)
-            except Exception as exc:  # noqa: BLE001 - a failure is a result row
-                oom += "out of" in str(exc).lower()
-                row.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[:300]}")
-                out["rows"].append(row)
-                print(json.dumps(row), flush=True)
-                save()
-                continue
+    failures = {"oom": 0}
+
+    def attempt(label: str, seeds: tuple[int, ...], extra: dict) -> dict:
+        messages: list = []
+        torch.cuda.reset_peak_memory_stats()
+        row = {"step": label, **extra}
+        try:
+            times = []
+            for seed in seeds:
+                seconds, pixels, placement = image(manager, control, seed, args.steps, messages)
+                times.append(seconds)
+        except Exception as exc:  # noqa: BLE001 - a failure is a result row
+            failures["oom"] += "out of" in str(exc).lower()
+            row.update(ok=False, error=f"{type(exc).__name__}: {str(exc)[:300]}", messages=messages)
+        else:
             row.update(ok=True, placement=placement, plan=manager.status()["memory_plan"],
-                       image1_s=round(first_s, 2), image2_s=round(second_s, 2),
-                       x_resident=round(second_s / resident_s, 3),
+                       seconds=[round(t, 2) for t in times], x_resident=round(times[-1] / resident_s, 3),
                        peak_reserved_gib=round(torch.cuda.max_memory_reserved() / GIB, 2),
                        host_rss_gib=round(host_rss_gib(), 1), same_pixels=bool(np.array_equal(pixels, reference)),
                        max_abs_diff=float(np.abs(pixels - reference).max()), messages=messages)
-            out["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            save()
+        print(json.dumps(row), flush=True)
+        out["rows"].append(row)
+        save()
+        return row
 
-        # 3. Another program takes memory between two images of a sequence, then gives it back.
-        if args.squeeze:
-            card = args.cards[-1]
-            frames = []
-            for label, take in (("squeezed", args.squeeze), ("given back", 0.0)):
-                leave_card(other, card - take) if take else leave_card(other, card)
-                messages = []
-                torch.cuda.reset_peak_memory_stats()
-                try:
-                    seconds, pixels, _ = image(manager, control, 2, args.steps, messages)
-                    frames.append({"frame": label, "ok": True, "s": round(seconds, 2),
-                                   "plan": manager.status()["memory_plan"], "messages": messages,
-                                   "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / GIB, 2),
-                                   "same_pixels": bool(np.array_equal(pixels, reference))})
-                except Exception as exc:  # noqa: BLE001
-                    oom += "out of" in str(exc).lower()
-                    frames.append({"frame": label, "ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-                print(json.dumps(frames[-1]), flush=True)
-            out["squeeze"] = {"card_gib": card, "taken_gib": args.squeeze, "frames": frames}
+    try:
+        for index, card in enumerate(args.cards):
+            leave_card(other, card)
+            attempt("loaded" if index == 0 else "re-planned", (1, 2), {"card_gib": card})
+            # 3. Another program takes memory between two frames of a sequence, then gives it back.
+            if card == args.squeeze_at and args.squeeze:
+                leave_card(other, card - args.squeeze)
+                attempt(f"{args.squeeze:g} GiB taken by another program", (2,), {"card_gib": card - args.squeeze})
+                leave_card(other, card)
+                attempt("given back", (2,), {"card_gib": card})
     finally:
-        out["out_of_memory_failures"] = oom
+        out["out_of_memory_failures"] = failures["oom"]
         save()
         manager.unload()
         other.close()
+    oom = failures["oom"]
     print(f"out-of-memory failures: {oom}", flush=True)
 
 

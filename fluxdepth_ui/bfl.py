@@ -71,7 +71,7 @@ class BflBackend:
     def generate(self, control: ControlImage, settings: GenerationSettings, *, init_image=None,
                  init_image_name=None, depth: DepthStats | None = None, on_step=None, cancel=None,
                  load_progress=None) -> BflResult:
-        from .pipeline.metadata import GenerationMetadata
+        from .outputs import GenerationMetadata
 
         self.check()
         check_settings(settings, init_image)

@@ -68,6 +68,13 @@ def check_number(name: str, value, low, high, *, whole: bool = False, optional: 
     return int(number) if whole else number
 
 
+def part_name(spec: Spec, index: int) -> str:
+    """How a message names one value of a pair: its control's label without the unit ("near clip")."""
+    if spec.part_labels:
+        return spec.part_labels[index].split(" (")[0].lower()
+    return spec.parts[index].replace("_", " ")
+
+
 def check_fields(record, error: type[Exception]) -> None:
     """Bounds, choices and kinds of every `setting` field of a frozen record, values normalized in place (28.0 ->
     28). Relations between fields (near < far) stay with the record's own __post_init__."""
@@ -93,8 +100,8 @@ def check_fields(record, error: type[Exception]) -> None:
                 raise error(f"{name} is {len(spec.parts)} numbers ({', '.join(spec.parts)})")
             lo, hi = spec.bounds or (-math.inf, math.inf)
             object.__setattr__(record, f.name, tuple(
-                check_number(part.replace("_", " "), v, lo, hi, whole=spec.kind is int, hint=spec.hint, error=error)
-                for part, v in zip(spec.parts, value)))
+                check_number(part_name(spec, i), v, lo, hi, whole=spec.kind is int, hint=spec.hint, error=error)
+                for i, v in enumerate(value)))
         elif spec.kind in (int, float):
             lo, hi = spec.bounds or (-math.inf, math.inf)
             object.__setattr__(record, f.name, check_number(

@@ -149,13 +149,6 @@ def _render_plate(manager, depth_path: str, settings: ShotSettings, preview: Dep
 
 def _write(result, metadata, preview: DepthPreview, png: str, control_png: str,
            formats: tuple[str, ...]) -> tuple[str, str, dict]:
-    from .image_files import write_extras
-    from .pipeline import save_result
+    from .outputs import write_shot
 
-    os.makedirs(os.path.dirname(os.path.abspath(control_png)), exist_ok=True)
-    write_preview_png(preview.control, control_png)
-    extras = write_extras(result.pixels, png, formats, metadata.file_dict())
-    # The sidecar names the copies, so a resume knows which files a finished shot has.
-    named = {"extra_files": {f: os.path.basename(p) for f, p in extras.items()}} if extras else None
-    png, sidecar = save_result(result.image, metadata, png, extra=named)
-    return png, sidecar, extras
+    return write_shot(result, metadata, preview.control, png, control_png, formats)

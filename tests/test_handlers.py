@@ -42,7 +42,7 @@ def test_generate_from_a_settings_record(studio):
 
 
 @pytest.mark.parametrize("field, value, fragment", [
-    ("long_side", "big", "long side must be a number"), ("clip_low", float("nan"), "clip low must be a number"),
+    ("long_side", "big", "long side must be a number"), ("clip_low", float("nan"), "far clip must be a number"),
     ("mode", "nope", "unknown mode"), ("steps", 0, "steps 0 is out of range"), ("seed", "x", "seed must be"),
     ("variant", "fp8", "offers only"),
 ])

@@ -95,3 +95,44 @@ def test_manager_keeps_the_float_decode_the_png_is_rounded_from(tmp_path):
     result = manager.generate(control, GenerationSettings("x", seed=1, steps=1))
     assert result.pixels.dtype == np.float32 and result.pixels.shape == (192, 256, 3)
     assert np.array_equal(np.asarray(result.image), (result.pixels * 255).round().astype(np.uint8))
+
+
+TORCH_FREE = r'''
+import json, sys
+from types import SimpleNamespace
+
+import numpy as np
+from PIL import Image
+
+import fluxdepth_ui.bfl, fluxdepth_ui.cli, fluxdepth_ui.depth, fluxdepth_ui.sequence, fluxdepth_ui.shot
+from fluxdepth_ui.depth import DepthSettings, prepare_depth
+from fluxdepth_ui.outputs import GenerationMetadata, read_metadata, write_shot
+from fluxdepth_ui.pipeline import GenerationCancelled, PipelineError  # the errors alone: no torch either
+
+folder, depth = sys.argv[1], sys.argv[2]
+control = prepare_depth(depth, DepthSettings(long_side=256)).control
+pixels = np.random.default_rng(0).random((control.height, control.width, 3), dtype=np.float32)
+image = Image.fromarray((pixels * 255).round().astype(np.uint8))
+meta = GenerationMetadata(prompt="a hall", seed=3, steps=2, guidance=10.0, width=control.width,
+                          height=control.height, variant="bf16", model="m", revision="r")
+png, sidecar, extras = write_shot(SimpleNamespace(image=image, pixels=pixels), meta, control, folder + "/shot.png",
+                                  folder + "/control/shot.png", ("png16", "exr"))
+print(json.dumps({"torch": "torch" in sys.modules, "diffusers": "diffusers" in sys.modules,
+                  "seed": read_metadata(png).seed, "extras": sorted(extras),
+                  "sidecar": json.load(open(sidecar))["extra_files"]}))
+'''
+
+
+def test_front_ends_and_the_output_writer_never_import_torch(tmp_path):
+    """The CLI, the BFL backend, the shot and sequence services, the depth package and the one writer of a shot's
+    files (outputs.write_shot) load and write a whole shot without torch (1.5 s of import a front end need not pay)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", TORCH_FREE, str(tmp_path), str(BEACHBALL)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {"torch": False, "diffusers": False, "seed": 3, "extras": ["exr", "png16"],
+                   "sidecar": {"png16": "shot-16bit.png", "exr": "shot.exr"}}
+    assert (tmp_path / "control" / "shot.png").is_file()

@@ -125,7 +125,7 @@ def _refusals(tmp):
         ("long side huge", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
                                                     ["auto", "auto", "auto", 0.5, 99.5, 0, 0, 100000, "snap", "auto"]), "long side 100000 is out of range"),
         ("clip as text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
-                                                  ["auto", "auto", "auto", "low", 99.5, 0, 0, 256, "snap", "auto"]), "clip low must be a number"),
+                                                  ["auto", "auto", "auto", "low", 99.5, 0, 0, 256, "snap", "auto"]), "far clip must be a number, not 'low'"),
         ("unknown mode", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),
                                                   ["auto", "<script>", "auto", 0.5, 99.5, 0, 0, 256, "snap", "auto"]), "unknown mode"),
         ("mode 1 MB of text", lambda d, s: raw_preview(d, upload(d, DEPTH_SYN),

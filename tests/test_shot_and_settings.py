@@ -1,6 +1,7 @@
 """The shot service and the settings schema: one way to make a shot, one place for each default."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -97,3 +98,58 @@ def test_cli_api_and_sequence_make_the_same_files(tmp_path, sequence, capsys):
     assert main(["generate", str(sequence / "shot.0002.exr"), *common, "--stats", str(out / "sequence_stats.json"),
                  "--out", str(tmp_path / "frame2.png")]) == 0
     assert files_of(out / "frame.0002.png") == files_of(tmp_path / "frame2.png")
+
+
+NEW_FIELD = '''    film_grain: float = setting(0.25, label="Film grain", bounds=(0.0, 1.0), step=0.05,
+                                help="grain over the result (a field added by tests/test_shot_and_settings.py)")
+'''
+NEW_FIELD_CHECK = r'''
+import argparse, inspect, json, sys
+from pathlib import Path
+
+out = {}
+from fluxdepth_ui.cli import build_parser, shot_from_args
+args = build_parser().parse_args(["generate", "d.exr", "--prompt", "x", "--film-grain", "0.5", "--out", "o.png"])
+out["cli"] = shot_from_args(args).generation.film_grain
+out["cli_help"] = "--film-grain" in build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
+
+from fluxdepth_ui.ui.launch import build_parser as app_parser, create
+studio, demo = create(app_parser().parse_args(["--model", "tiny-random", "--outputs", sys.argv[1]]))
+controls = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Film grain"]
+out["ui"] = [(c.value, c.minimum, c.maximum) for c in controls]
+api = next(f for f in demo.fns.values() if f.api_name == "generate")
+param = inspect.signature(api.fn).parameters.get("film_grain")
+out["api"] = None if param is None else param.default
+
+from fluxdepth_ui.presets import load_preset, save_preset
+from fluxdepth_ui.settings import GenerationSettings, ShotSettings, preset_sections
+sections = preset_sections(ShotSettings(generation=GenerationSettings("x", film_grain=0.75)))
+path = save_preset("grainy", sections["depth"], sections["generation"], folder=Path(sys.argv[1]))
+out["preset"] = load_preset(path).generation.get("film_grain")
+print(json.dumps(out))
+'''
+
+
+def test_a_field_added_to_the_settings_reaches_the_cli_the_app_the_api_and_presets(tmp_path):
+    """The one-codec promise (issue 27): a setting declared once, in its dataclass, appears as a CLI option, an app
+    control with its range, an API parameter with its default and a preset key, with no other edit. Checked on a copy
+    of the package whose GenerationSettings gained a field."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(PACKAGE, copy / "fluxdepth_ui", ignore=shutil.ignore_patterns("__pycache__"))
+    settings = copy / "fluxdepth_ui" / "settings.py"
+    source = settings.read_text()
+    anchor = "    def __post_init__(self):\n        check_fields(self, SettingsError)\n        most = limits"
+    assert source.count(anchor) == 1, "GenerationSettings.__post_init__ moved: update the anchor"
+    settings.write_text(source.replace(anchor, NEW_FIELD + "\n" + anchor))
+    (tmp_path / "outputs").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, "-c", NEW_FIELD_CHECK, str(tmp_path / "outputs")], cwd=copy, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    # Two controls: the image's generation settings and the Sequence tab's.
+    assert out == {"cli": 0.5, "cli_help": True, "ui": [[0.25, 0.0, 1.0]] * 2, "api": 0.25, "preset": 0.75}

@@ -1,24 +1,32 @@
-"""Generation: the only package that imports torch, diffusers, optimum-quanto, Triton and torchao."""
+"""Generation: the only package that imports torch, diffusers, optimum-quanto, Triton and torchao.
 
-from .errors import GenerationCancelled, ModelSourceError, OutOfMemoryError, PipelineError
-from .manager import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_STEPS,
-    DEFAULT_STRENGTH,
-    MAX_SEED,
-    GenerationResult,
-    GenerationSettings,
-    PipelineManager,
-    control_tensor,
-)
-from .metadata import GenerationMetadata, read_metadata, save_result
-from .placement import PLACEMENTS
-from .sources import DEFAULT_MODEL, DEPTH_LORA, FLUX_DEV, TINY, ModelSource, parse_model_source
-from .variants import VARIANTS
+Its names load on first use (PEP 562): `from fluxdepth_ui.pipeline import PipelineManager` imports torch, while the
+torch-free modules beside it (settings, outputs, shot, sequence, bfl, depth) never do (tests/test_outputs.py).
+"""
 
-__all__ = [
-    "DEFAULT_GUIDANCE", "DEFAULT_MODEL", "DEFAULT_STEPS", "DEFAULT_STRENGTH", "DEPTH_LORA", "FLUX_DEV", "MAX_SEED",
-    "PLACEMENTS", "TINY", "VARIANTS", "GenerationCancelled", "GenerationMetadata", "GenerationResult",
-    "GenerationSettings", "ModelSource", "ModelSourceError", "OutOfMemoryError", "PipelineError", "PipelineManager",
-    "control_tensor", "parse_model_source", "read_metadata", "save_result",
-]
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "GenerationCancelled": ".errors", "ModelSourceError": ".errors", "OutOfMemoryError": ".errors",
+    "PipelineError": ".errors",
+    "DEFAULT_GUIDANCE": ".manager", "DEFAULT_STEPS": ".manager", "DEFAULT_STRENGTH": ".manager", "MAX_SEED": ".manager",
+    "GenerationResult": ".manager", "GenerationSettings": ".manager", "PipelineManager": ".manager",
+    "control_tensor": ".manager",
+    "GenerationMetadata": "..outputs", "read_metadata": "..outputs", "save_result": "..outputs",
+    "PLACEMENTS": ".placement",
+    "DEFAULT_MODEL": ".sources", "DEPTH_LORA": ".sources", "FLUX_DEV": ".sources", "TINY": ".sources",
+    "ModelSource": ".sources", "parse_model_source": ".sources",
+    "VARIANTS": ".variants",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home, __name__), name)
+    globals()[name] = value
+    return value

@@ -25,7 +25,7 @@ from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
 from .loras import LoraFile, LoraStack, read_lora
-from .metadata import GenerationMetadata
+from ..outputs import GenerationMetadata
 from .placement import (
     ACTIVATION_BYTES_PER_MEGAPIXEL,
     PLACEMENTS,

@@ -1,4 +1,5 @@
-"""What produced an image: written into the PNG (text chunks) and beside it (JSON sidecar)."""
+"""A shot's files, written in one place (torch-free): the image with what produced it in its text chunks, the JSON
+sidecar, the control map and the extra copies (16-bit PNG, EXR). docs/outputs.md."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image, PngImagePlugin
 
-from .. import __version__
-from ..atomic import atomic_path, write_text
+from . import __version__
+from .atomic import atomic_path, write_text
 
 PNG_KEY = "fluxdepth"
 
@@ -111,3 +112,19 @@ def read_metadata(path: str) -> GenerationMetadata | None:
     with Image.open(path) as img:
         raw = img.info.get(PNG_KEY)
     return GenerationMetadata.from_dict(json.loads(raw)) if raw else None
+
+
+def write_shot(result, metadata: GenerationMetadata, control, png: str, control_png: str,
+               formats: tuple[str, ...]) -> tuple[str, str, dict]:
+    """Every file of one shot: the control map it was fed (16-bit PNG), the extra copies from the float decode, then
+    the PNG and, last, its sidecar (which names the copies, so a resume knows which files a finished shot has).
+    Returns (png, sidecar, {format: path})."""
+    from .depth import write_preview_png
+    from .image_files import write_extras
+
+    os.makedirs(os.path.dirname(os.path.abspath(control_png)), exist_ok=True)
+    write_preview_png(control, control_png)
+    extras = write_extras(result.pixels, png, formats, metadata.file_dict())
+    named = {"extra_files": {f: os.path.basename(p) for f, p in extras.items()}} if extras else None
+    png, sidecar = save_result(result.image, metadata, png, extra=named)
+    return png, sidecar, extras
