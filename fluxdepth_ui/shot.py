@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
-from .depth import DepthPreview, prepare_depth, write_preview_png
+from .depth import DepthPreview, prepare_depth
 from .errors import FluxDepthError
 from .settings import ShotSettings
 

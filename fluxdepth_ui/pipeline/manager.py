@@ -324,10 +324,12 @@ class PipelineManager:
         t0 = time.perf_counter()
         # The artist waits here on the first Generate: say what loads, in which tier, and where it is meant to go.
         progress(0.0, f"loading model {self.source.short_name} ({variant.name}, placement {self.placement} on {device})")
+        # 1. The weights, in the tier's precision (from the quantized cache when there is one).
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
             loaded = load_model(self.source, variant, self.cache, progress, self._token)
+        # 2. Where it goes: the memory plan (or an offload) from the sizes it will have on the card.
         sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
         blocks = transformer_block_sizes(loaded.components["transformer"])
         if variant.fp8:
@@ -336,24 +338,17 @@ class PipelineManager:
         choice, plan, budget = self._choose_memory(device, variant, sizes, blocks)
         self._plan_inputs = (sizes, blocks)
         notes = loaded.notes + [choice.reason]
-        decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
-        if decision.enabled and plan is not None and "transformer" in plan.streamed:
-            decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
-                                              "on every block)")
-        zerogpu = decision.enabled and on_zerogpu()
-        if zerogpu and variant.name not in AOT_TIERS:
-            zerogpu = False
-            decision = CompileDecision(False, f"compile is off for {variant.name} on ZeroGPU: its dense layers' "
-                                              "kernels do not export (bf16 and fp8 compile there)")
+        # 3. Whether it compiles, and fp8's quantization (on the GPU) before it is placed.
+        decision, zerogpu = self._decide_compile(variant, device, choice, plan)
         if variant.fp8 and not zerogpu:  # on ZeroGPU it quantizes in the start-up GPU call, before the export
-            streamed = plan is not None and "transformer" in plan.streamed
             if plan is None and choice.placement != "gpu":
                 raise PipelineError(f"the fp8 tier keeps its transformer on the GPU, but {choice.reason}: set a VRAM "
                                     "budget (--vram-budget) to stream it, or choose qint8 or qint4")
             progress(0.9, "quantizing the transformer to fp8 on the GPU")
             fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE,
-                                     keep_on_gpu=not streamed)
-        enforce_budget(budget, device)  # from here on, this process never holds more than the budget
+                                     keep_on_gpu=plan is None or "transformer" not in plan.streamed)
+        # 4. Place it, under the budget's cap from here on (this process never holds more).
+        enforce_budget(budget, device)
         pipe = FluxControlPipeline(**loaded.components)
         pipe.set_progress_bar_config(disable=True)
         progress(0.97, f"placing {variant.name} on {device}: {choice.placement} ({choice.reason})")
@@ -361,18 +356,9 @@ class PipelineManager:
             self._plan_handles = apply_memory_plan(pipe, plan, device)
         else:
             apply_placement(pipe, choice, device)
-        aot = None
-        if zerogpu:
-            pass  # compile_on_zerogpu, called by the app at start-up
-        elif decision.enabled and use_aot(variant.name, transformer_moves=_transformer_moves(choice, plan)):
-            aot = AotBlocks(pipe.transformer, aot_folder(self.cache.root), variant.name, device,
-                            on_failure=self._aot_failed)
-            aot.install()
-            decision = CompileDecision(True, "compiled ahead of time: the first image at each size compiles the "
-                                             "transformer's two block shapes once and saves them in the cache folder; "
-                                             "later starts load them in seconds")
-        elif decision.enabled:
-            self._torch_compile(pipe.transformer, variant.name, device)
+        # 5. The compiler: ahead-of-time blocks (opt-in), torch.compile, or ZeroGPU's start-up compile.
+        self._pipe, self._device = pipe, device
+        decision, aot = self._install_compiler(variant, decision, zerogpu, _transformer_moves(choice, plan))
         if decision.reason:
             notes.append(decision.reason)
         self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
@@ -384,6 +370,34 @@ class PipelineManager:
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
         log.info("loaded %s %s on %s (%s%s)", self.source.label, variant.name, device, choice.placement,
                  ", compiled" if decision.enabled else "")
+
+    def _install_compiler(self, variant: Variant, decision: CompileDecision, zerogpu: bool,
+                          transformer_moves: bool) -> tuple[CompileDecision, AotBlocks | None]:
+        if zerogpu or not decision.enabled:
+            return decision, None  # ZeroGPU: compile_on_zerogpu, called by the app at start-up
+        if use_aot(variant.name, transformer_moves=transformer_moves):
+            aot = AotBlocks(self._pipe.transformer, aot_folder(self.cache.root), variant.name, self._device,
+                            on_failure=self._aot_failed)
+            aot.install()
+            return CompileDecision(True, "compiled ahead of time: the first image at each size compiles the "
+                                         "transformer's two block shapes once and saves them in the cache folder; "
+                                         "later starts load them in seconds"), aot
+        self._torch_compile(self._pipe.transformer, variant.name, self._device)
+        return decision, None
+
+    def _decide_compile(self, variant: Variant, device: torch.device, choice: PlacementChoice,
+                        plan: MemoryPlan | None) -> tuple[CompileDecision, bool]:
+        """(whether and why the transformer compiles, whether on ZeroGPU's start-up path)."""
+        decision = decide_compile(self.compile or variant.fp8, device, choice.placement)
+        if decision.enabled and plan is not None and "transformer" in plan.streamed:
+            decision = CompileDecision(False, "torch.compile is off while the transformer streams (an offload hook "
+                                              "on every block)")
+        zerogpu = decision.enabled and on_zerogpu()
+        if zerogpu and variant.name not in AOT_TIERS:
+            zerogpu = False
+            decision = CompileDecision(False, f"compile is off for {variant.name} on ZeroGPU: its dense layers' "
+                                              "kernels do not export (bf16 and fp8 compile there)")
+        return decision, zerogpu
 
     def _choose_memory(self, device: torch.device, variant: Variant, sizes: dict, blocks: list[int]):
         """(placement choice, memory plan or None, budget bytes or None) for this load.
@@ -543,29 +557,10 @@ class PipelineManager:
             t0 = time.perf_counter()
             # 4. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
             seed = draw_seed() if settings.seed is None else int(settings.seed)
-            generator = torch.Generator("cpu").manual_seed(seed)
             # 5. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
             #    diffusers passes through untouched.
             loras = self._apply_loras(settings.loras, load_progress)
-            prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
-            kwargs = dict(
-                prompt_embeds=prompt_embeds,
-                pooled_prompt_embeds=pooled,
-                control_image=control_tensor(control),
-                height=height,
-                width=width,
-                num_inference_steps=int(settings.steps),
-                guidance_scale=float(settings.guidance),
-                generator=generator,
-                max_sequence_length=int(settings.max_sequence_length),
-                output_type="np",
-            )
-            pipe = self._pipe
-            if init_image is not None:
-                pipe = self._img2img_pipe()
-                kwargs["image"] = init_image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-                kwargs["strength"] = float(settings.strength)
-            total = int(settings.steps) if init_image is None else max(1, int(int(settings.steps) * settings.strength))
+            pipe, kwargs, total = self._pipeline_inputs(control, settings, seed, init_image)
 
             def step_end(p, step, timestep, callback_kwargs):
                 if on_step is not None:
@@ -576,71 +571,109 @@ class PipelineManager:
 
             tiled = self._vae_tiling(settings.vae_tiling, width, height)
             shape = (width, height, init_image is not None)
-            # Compiled at start-up on ZeroGPU: no image there pays for a compile.
-            first_compiled = self._compiled and self._zerogpu is None and shape not in self._compiled_shapes
-            aot = self._active_aot()
-            aot_events = len(aot.events) if aot is not None else 0
-            if aot is not None:  # it says itself whether it loads saved blocks or compiles them
-                aot.notify = self._aot_notifier(load_progress)
-            elif first_compiled and load_progress is not None:
-                load_progress(0.0, f"compiling the transformer for {width}x{height}: "
-                                   f"{self.first_compile_cost(self.variant)}")
+            compiling = self._announce_compile(shape, load_progress)
             # 6. Denoise. An image that runs out of memory under a plan that follows the card is tried once more
             #    with a smaller plan (same seed: the same image).
             pixels = self._denoise(pipe, kwargs, step_end, seed, (width, height), load_progress)
             image = pipe.image_processor.numpy_to_pil(pixels[None])[0]  # what output_type="pil" returns
             seconds = time.perf_counter() - t0
-            if aot is not None:
-                aot.notify = None
-                # Only an image that compiled is a "first compiled image"; one that loaded saved blocks is neither
-                # that nor a clean step time.
-                new_events = aot.events[aot_events:]
-                first_compiled = any(e.kind == "compiled" for e in new_events)
-            else:
-                new_events = []
-            if not first_compiled and not new_events:  # a first compiled call times the compiler, not the steps
-                self.timings.record(self.source.key, self.device_name(), self.variant, width, height,
-                                    total, seconds)
-            if first_compiled:
-                self.timings.record_first_compiled(self.source.key, self.device_name(), self.variant, seconds)
-                if self._active_aot() is None:  # torch.compile's work, for the next start (compile_cache.py)
-                    save_compile_artifacts(self.cache.root, self.variant, self._device, width, height,
-                                           init_image is not None)
-            if self._compiled:
-                self._compiled_shapes.add(shape)
-            if self._follows_card and self._device.type == "cuda":
-                # The card is shared (Houdini): what this image's activations held goes back to the driver, so
-                # other programs can have it between images; the next image re-plans if they keep it.
-                torch.cuda.empty_cache()
+            self._after_image(shape, total, seconds, compiling)
             # 7. Record what made it.
-            meta = GenerationMetadata(
-                prompt=settings.prompt,
-                seed=seed,
-                steps=int(settings.steps),
-                guidance=float(settings.guidance),
-                width=width,
-                height=height,
-                variant=self.variant,
-                model=self.source.public_key,
-                revision=self._revision or "",
-                strength=float(settings.strength) if init_image is not None else None,
-                init_image=init_image_name if init_image is not None else None,
-                depth_file=depth.file if depth else None,
-                depth_channel=depth.channel if depth else None,
-                depth_mode=depth.mode if depth else None,
-                depth_inverted=depth.inverted if depth else None,
-                depth_range=depth.range if depth else None,
-                placement=self._choice.placement if self._choice else None,
-                memory_plan=self._plan.summary() if self._plan else None,
-                loras=tuple({"name": f.name, "scale": scale, "sha256": f.digest} for f, scale in loras),
-                vae_tiling=tiled,
-                compiled=self._compiled,
-                device=str(self._device),
-                seconds=round(seconds, 3),
-                notes=((self.source.label,) if self.source.kind == "tiny" else ())
-                + tuple(note for f, _ in loras for note in f.notes),
-            )
+            meta = self._metadata(settings, seed, shape, seconds, tiled, loras, init_image_name, depth)
             return GenerationResult(image, meta, pixels)
+
+    def _pipeline_inputs(self, control: ControlImage, settings: GenerationSettings, seed: int,
+                         init_image: Image.Image | None) -> tuple:
+        """(pipeline, its __call__ arguments, denoising steps that will run): text-to-image, or img2img when an
+        init image is given (steps x strength of them run)."""
+        prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
+        kwargs = dict(
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled,
+            control_image=control_tensor(control),
+            height=control.height,
+            width=control.width,
+            num_inference_steps=int(settings.steps),
+            guidance_scale=float(settings.guidance),
+            generator=torch.Generator("cpu").manual_seed(seed),
+            max_sequence_length=int(settings.max_sequence_length),
+            output_type="np",
+        )
+        if init_image is None:
+            return self._pipe, kwargs, int(settings.steps)
+        kwargs["image"] = init_image.convert("RGB").resize((control.width, control.height),
+                                                          Image.Resampling.LANCZOS)
+        kwargs["strength"] = float(settings.strength)
+        return self._img2img_pipe(), kwargs, max(1, int(int(settings.steps) * settings.strength))
+
+    def _announce_compile(self, shape: tuple, load_progress: LoadProgress | None) -> tuple:
+        """Say before the image when it compiles (ahead-of-time blocks say it themselves). Returns what
+        `_after_image` needs: (first compiled call expected, the AOT blocks or None, their event count so far)."""
+        # Compiled at start-up on ZeroGPU: no image there pays for a compile.
+        first_compiled = self._compiled and self._zerogpu is None and shape not in self._compiled_shapes
+        aot = self._active_aot()
+        if aot is not None:
+            aot.notify = self._aot_notifier(load_progress)
+        elif first_compiled and load_progress is not None:
+            load_progress(0.0, f"compiling the transformer for {shape[0]}x{shape[1]}: "
+                               f"{self.first_compile_cost(self.variant)}")
+        return first_compiled, aot, len(aot.events) if aot is not None else 0
+
+    def _after_image(self, shape: tuple, steps: int, seconds: float, compiling: tuple) -> None:
+        """The step time for the tier labels (not from an image that compiled: that times the compiler), the
+        first-compile time and torch's compile artifacts for the next start, and the card's cache back to others."""
+        first_compiled, aot, aot_events = compiling
+        new_events = []
+        if aot is not None:
+            aot.notify = None
+            # Only an image that compiled is a "first compiled image"; one that loaded saved blocks is neither that
+            # nor a clean step time.
+            new_events = aot.events[aot_events:]
+            first_compiled = any(e.kind == "compiled" for e in new_events)
+        width, height, img2img = shape
+        if not first_compiled and not new_events:
+            self.timings.record(self.source.key, self.device_name(), self.variant, width, height, steps, seconds)
+        if first_compiled:
+            self.timings.record_first_compiled(self.source.key, self.device_name(), self.variant, seconds)
+            if self._active_aot() is None:  # torch.compile's work, for the next start (compile_cache.py)
+                save_compile_artifacts(self.cache.root, self.variant, self._device, width, height, img2img)
+        if self._compiled:
+            self._compiled_shapes.add(shape)
+        if self._follows_card and self._device.type == "cuda":
+            # The card is shared (Houdini): what this image's activations held goes back to the driver, so other
+            # programs can have it between images; the next image re-plans if they keep it.
+            torch.cuda.empty_cache()
+
+    def _metadata(self, settings: GenerationSettings, seed: int, shape: tuple, seconds: float, tiled: bool,
+                  loras, init_image_name: str | None, depth: DepthStats | None) -> GenerationMetadata:
+        width, height, img2img = shape
+        return GenerationMetadata(
+            prompt=settings.prompt,
+            seed=seed,
+            steps=int(settings.steps),
+            guidance=float(settings.guidance),
+            width=width,
+            height=height,
+            variant=self.variant,
+            model=self.source.public_key,
+            revision=self._revision or "",
+            strength=float(settings.strength) if img2img else None,
+            init_image=init_image_name if img2img else None,
+            depth_file=depth.file if depth else None,
+            depth_channel=depth.channel if depth else None,
+            depth_mode=depth.mode if depth else None,
+            depth_inverted=depth.inverted if depth else None,
+            depth_range=depth.range if depth else None,
+            placement=self._choice.placement if self._choice else None,
+            memory_plan=self._plan.summary() if self._plan else None,
+            loras=tuple({"name": f.name, "scale": scale, "sha256": f.digest} for f, scale in loras),
+            vae_tiling=tiled,
+            compiled=self._compiled,
+            device=str(self._device),
+            seconds=round(seconds, 3),
+            notes=((self.source.label,) if self.source.kind == "tiny" else ())
+            + tuple(note for f, _ in loras for note in f.notes),
+        )
 
     def _denoise(self, pipe, kwargs: dict, step_end, seed: int, size: tuple[int, int],
                  load_progress: LoadProgress | None) -> np.ndarray:
