@@ -12,7 +12,7 @@ random-weight components (benchmarks/configs), 1024x1024, 3 steps, two images (t
                               step times with no, one and three style LoRAs (rank 8 on every projection of all blocks)
   bf16-compile                --compile on bf16
   bf16-budget-12gib           bf16 under a 12 GiB VRAM budget (the transformer streams; a 12 GB card)
-  qint8-auto                  qint8 with the defaults: placement auto, no budget (plans by the card's free memory)
+  qint8-follow                qint8 with --vram-budget follow: planned by the card's free memory before every image
   fp8-plate-2048x1152         a 2048x1152 plate (about 1 MP, then img2img at full size) on fp8
 
 Each case checks that the image is finite and not flat. Exit code 1 and the failing cases named when any fails,
@@ -42,7 +42,7 @@ CASES = {
     "fp8-warm-loras": dict(variant="fp8", cache="fp8", loras=True),
     "bf16-compile": dict(variant="bf16", compile=True),
     "bf16-budget-12gib": dict(variant="bf16", budget=12),
-    "qint8-auto": dict(variant="qint8", auto=True),
+    "qint8-follow": dict(variant="qint8", budget="follow"),
     "fp8-plate-2048x1152": dict(variant="fp8", cache="fp8", plate=(2048, 1152)),
 }
 STEPS = 3
@@ -65,7 +65,7 @@ def run_case(name: str, work: str) -> dict:
     row: dict = {"case": name}
     t = time.perf_counter()
     components = prepared_components(case["variant"], build_small_parts())
-    if case.get("budget") or case.get("auto"):  # a fresh start has the weights in host memory; the budget plan places them
+    if case.get("budget"):  # a fresh start has the weights in host memory; the budget plan places them
         for part in components.values():
             if isinstance(part, torch.nn.Module):
                 part.to("cpu")
@@ -76,7 +76,7 @@ def run_case(name: str, work: str) -> dict:
     lora_dir = os.path.join(work, "loras")
     os.makedirs(lora_dir, exist_ok=True)
     manager = PipelineManager(ModelSource("random-weights/flux1-depth-dev-shaped"), variant=case["variant"],
-                              placement="auto" if case.get("budget") or case.get("auto") else "gpu", cache_root=cache_root,
+                              placement="auto" if case.get("budget") else "gpu", cache_root=cache_root,
                               compile=bool(case.get("compile")), vram_budget=case.get("budget"), lora_dir=lora_dir,
                               loader=lambda v, p: LoadedModel(components, "random"))
     messages: list[str] = []

@@ -7,7 +7,7 @@ lent GPU's memory but `card` GiB, so the driver's free memory (what the manager 
 pipeline/budget.py available_bytes) is that of the smaller card, other programs' use included. For one tier:
 
 1. resident reference: the same components fully on the card (placement gpu), two images;
-2. one manager with the defaults (placement auto, no --vram-budget, headroom 1.5 GiB) loads on the first (smallest)
+2. one manager with placement auto and --vram-budget follow (headroom 1.5 GiB) loads on the first (smallest)
    card, two images; for each further card the other program gives memory back, and the next image re-plans up (no
    reload);
 3. `--squeeze 4 --squeeze-at 16`: on that card, between two images of a sequence the other program takes 4 GiB
@@ -88,7 +88,8 @@ def manager_over(master: dict, variant: str, placement: str) -> PipelineManager:
     components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
     loader = lambda v, progress: LoadedModel(components=components, revision="random", notes=[])  # noqa: E731
     return PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant, placement=placement,
-                           loader=loader, cache_root="/tmp/fluxdepth-bench-cache")
+                           loader=loader, cache_root="/tmp/fluxdepth-bench-cache",
+                           vram_budget="follow" if placement == "auto" else None)
 
 
 def image(manager, control, seed: int, steps: int, messages: list) -> tuple[float, np.ndarray, str]:

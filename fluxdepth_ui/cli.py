@@ -158,12 +158,12 @@ def add_pipeline_arguments(g) -> None:
                         "15-25%% faster; bf16 and fp8 save the compiled blocks in the cache for later runs and other "
                         "workers (docs/fast-tier.md); worth it for sequences. fp8 always compiles")
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
-    g.add_argument("--vram-budget", metavar="GiB|auto", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
-                   help="never use more GPU memory than this (auto = free memory minus a margin); what does not fit "
-                        "streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md). Without it, "
-                        "placement auto plans by the GPU's free memory before every image")
+    g.add_argument("--vram-budget", metavar="GiB|auto|follow", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
+                   help="never use more GPU memory than this (auto = free memory minus a margin when the model "
+                        "loads; follow = the GPU's free memory less --vram-headroom, read again before every image); "
+                        "what does not fit streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     g.add_argument("--vram-headroom", metavar="GiB", default=os.environ.get("FLUXDEPTH_VRAM_HEADROOM"),
-                   help=f"GPU memory left free for other programs such as Houdini when placement auto plans "
+                   help=f"GPU memory left free for other programs such as Houdini under --vram-budget follow "
                         f"(default {DEFAULT_VRAM_HEADROOM_GIB:g}; env FLUXDEPTH_VRAM_HEADROOM)")
 
 

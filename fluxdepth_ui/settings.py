@@ -50,14 +50,15 @@ def parse_vram_headroom(text) -> float:
 
 
 def parse_vram_budget(text) -> float | str | None:
-    """A VRAM budget: 'auto', a size in GiB ('12', '12.5', '12GiB', '16gb'), or None (none; docs/vram.md)."""
+    """A VRAM budget: 'auto' (free memory at load), 'follow' (free memory before every image, less the headroom), a
+    size in GiB ('12', '12.5', '12GiB', '16gb'), or None (the default rule; docs/vram.md)."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
     value = text
     if isinstance(text, str):
         value = text.strip().lower()
-        if value == "auto":
-            return "auto"
+        if value in ("auto", "follow"):
+            return value
         for suffix in ("gib", "gb", "g"):
             if value.endswith(suffix):
                 value = value[: -len(suffix)].strip()
@@ -65,7 +66,7 @@ def parse_vram_budget(text) -> float | str | None:
         try:
             float(value)
         except ValueError:
-            raise SettingsError(f"VRAM budget {text[:20]!r} is not a size; give GiB (e.g. 12) or auto") from None
+            raise SettingsError(f"VRAM budget {text[:20]!r} is not a size; give GiB (e.g. 12), auto or follow") from None
     return check_number("VRAM budget", value, 1.0, 4096.0, hint="GiB, or auto")
 
 

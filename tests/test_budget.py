@@ -242,14 +242,14 @@ def partly_resident_budget(components, fraction: float) -> int:
     return hi
 
 
-def card_manager(tmp_path, card, headroom=0.0, seed=0):
+def card_manager(tmp_path, card, headroom=0.0, seed=0, budget="follow"):
     from fluxdepth_ui.pipeline.sources import LoadedModel
 
     def loader(variant, progress):
         return LoadedModel(deep_components(seed), "tiny")
 
     return PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path), loader=loader,
-                           memory_reader=card, vram_headroom=headroom)
+                           memory_reader=card, vram_headroom=headroom, vram_budget=budget)
 
 
 def streamed_blocks(manager) -> int:
@@ -376,3 +376,22 @@ def test_resident_blocks_keep_no_offload_hook_and_streamed_ones_do(tmp_path, con
                if HookRegistry.check_if_exists_or_initialize(b).get_hook("group_offloading") is not None}
     assert grouped and grouped.isdisjoint(manager._plan.resident_blocks)
     assert grouped | set(manager._plan.resident_blocks) == set(range(len(blocks)))
+
+
+@pytest.mark.parametrize("by_default", [True, False])
+def test_the_default_follows_the_card_only_where_it_is_switched_on(tmp_path, control, monkeypatch, by_default):
+    """Without a --vram-budget, placement auto follows the card's free memory when FOLLOW_FREE_MEMORY_BY_DEFAULT is
+    on; off, the placement rule of before decides. `follow` asks for it either way; a fixed budget never follows."""
+    from fluxdepth_ui.pipeline import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "FOLLOW_FREE_MEMORY_BY_DEFAULT", by_default)
+    components = deep_components()
+    card = FakeCard(partly_resident_budget(components, 0.5))
+    default = card_manager(tmp_path, card, budget=None)
+    default.load()
+    assert default.follows_free_memory is by_default
+    # Off, the rule of before places it (here on the CPU, which is what it says for a machine without a GPU).
+    assert default.status()["placement"] == ("budget" if by_default else "cpu")
+    fixed = card_manager(tmp_path, card, budget="12")
+    assert not fixed.follows_free_memory and card_manager(tmp_path, card).follows_free_memory
+    assert parse_budget("Follow") == "follow"

@@ -57,8 +57,8 @@ def parse_budget(text) -> float | str | None:
 
 def resolve_budget(budget: float | str | None, device: torch.device) -> int | None:
     """The budget in bytes on this device: 'auto' = free memory now minus a margin; None off a CUDA device."""
-    if budget is None or device.type != "cuda":
-        return None
+    if budget in (None, "follow") or device.type != "cuda":
+        return None  # "follow": planned by the manager from available_bytes before every image
     free, total = torch.cuda.mem_get_info(device)
     if budget == "auto":
         return max(int(free - AUTO_MARGIN), GIB)

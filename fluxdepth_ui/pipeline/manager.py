@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
-from ..defaults import DEFAULT_VRAM_HEADROOM_GIB
+from ..defaults import DEFAULT_VRAM_HEADROOM_GIB, FOLLOW_FREE_MEMORY_BY_DEFAULT
 from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401
 from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
@@ -413,7 +413,7 @@ class PipelineManager:
         if budget is not None and self.placement == "auto":
             plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
             return PlacementChoice("budget", plan.summary()), plan, budget
-        if budget is None and available is not None:
+        if budget is None and available is not None and self.follows_free_memory:
             budget = max(available - int(self.vram_headroom * GIB), GIB)
             try:
                 plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
@@ -425,6 +425,12 @@ class PipelineManager:
                                                  f"{self.vram_headroom:g} GiB kept for other programs)"), plan, budget
         choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device), quantized)
         return choice, None, budget
+
+    @property
+    def follows_free_memory(self) -> bool:
+        """Whether placement auto plans by the card's free memory before every image (`--vram-budget follow`, or the
+        default where FOLLOW_FREE_MEMORY_BY_DEFAULT is on)."""
+        return self.vram_budget == "follow" or (self.vram_budget is None and FOLLOW_FREE_MEMORY_BY_DEFAULT)
 
     def _fit_plan_to_card(self, progress: LoadProgress | None, shrink_to: int | None = None) -> None:
         """Before an image (never during one): when the plan follows the card and other programs took memory since

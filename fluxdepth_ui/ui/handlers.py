@@ -396,7 +396,7 @@ def set_vram_budget(studio: Studio, value) -> str:
         raise FluxDepthError("the VRAM budget is the host's setting on a shared server")
     budget = parse_budget(value)
     changed = studio.manager.configure(vram_budget=budget)
-    shown = "none" if budget is None else ("auto" if budget == "auto" else f"{budget:g} GiB")
+    shown = "none" if budget is None else (budget if isinstance(budget, str) else f"{budget:g} GiB")
     return (f"VRAM budget: **{shown}**" + (" · the model reloads with it on the next Generate" if changed else ""))
 
 

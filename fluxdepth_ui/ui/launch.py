@@ -38,12 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", default=_env("PLACEMENT", "gpu" if on_space else "auto"),
                    choices=["auto", "gpu", "model_offload", "sequential_offload"], help="env FLUXDEPTH_PLACEMENT")
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:N, mps or cpu (env FLUXDEPTH_DEVICE)")
-    p.add_argument("--vram-budget", default=_env("VRAM_BUDGET"), metavar="GiB|auto",
-                   help="never use more GPU memory than this; auto = free memory minus a margin (env "
-                        "FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
+    p.add_argument("--vram-budget", default=_env("VRAM_BUDGET"), metavar="GiB|auto|follow",
+                   help="never use more GPU memory than this; auto = free memory minus a margin at load; follow = "
+                        "free memory less --vram-headroom, read before every image (env FLUXDEPTH_VRAM_BUDGET; "
+                        "docs/vram.md)")
     p.add_argument("--vram-headroom", default=_env("VRAM_HEADROOM"), metavar="GiB",
-                   help="GPU memory left free for other programs such as Houdini when placement auto plans by the "
-                        "free memory before each image (env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
+                   help="GPU memory left free for other programs such as Houdini under --vram-budget follow "
+                        "(env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
     p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
                    help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=int(_env("PORT", "7860")), help="env FLUXDEPTH_PORT")
