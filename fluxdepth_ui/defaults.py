@@ -16,5 +16,7 @@ DEFAULT_VARIANT = VARIANT_NAMES[0]
 DEFAULT_DEPTH_LORA_SCALE = 0.85  # black-forest-labs/flux cli_control.py's scale for the depth LoRA
 DEFAULT_FPS = 24.0  # sequence videos
 STYLE_LORA_SLOTS = 2  # style LoRA rows in the app (settings.MAX_STYLE_LORAS bounds the API and the CLI)
+# The app's form keys of those rows: (name, scale) per slot.
+LORA_SLOTS = tuple((f"lora_{i}", f"lora_{i}_scale") for i in range(1, STYLE_LORA_SLOTS + 1))
 # Files written beside the 8-bit PNG, from the VAE's float decode (docs/outputs.md).
 EXTRA_FORMATS = {"png16": "16-bit PNG (sRGB)", "exr": "half-float EXR (linear Rec.709)"}

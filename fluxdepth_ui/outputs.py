@@ -115,16 +115,33 @@ def read_metadata(path: str) -> GenerationMetadata | None:
 
 
 def write_shot(result, metadata: GenerationMetadata, control, png: str, control_png: str,
-               formats: tuple[str, ...]) -> tuple[str, str, dict]:
+               formats: tuple[str, ...], settings=None) -> tuple[str, str, dict]:
     """Every file of one shot: the control map it was fed (16-bit PNG), the extra copies from the float decode, then
-    the PNG and, last, its sidecar (which names the copies, so a resume knows which files a finished shot has).
-    Returns (png, sidecar, {format: path})."""
+    the PNG and, last, its sidecar (which names the copies, so a resume knows which files a finished shot has, and
+    holds the shot's settings, `settings.ShotSettings`, so the app's history restores them). Returns (png, sidecar,
+    {format: path})."""
     from .depth import write_preview_png
     from .image_files import write_extras
 
     os.makedirs(os.path.dirname(os.path.abspath(control_png)), exist_ok=True)
     write_preview_png(control, control_png)
     extras = write_extras(result.pixels, png, formats, metadata.file_dict())
-    named = {"extra_files": {f: os.path.basename(p) for f, p in extras.items()}} if extras else None
-    png, sidecar = save_result(result.image, metadata, png, extra=named)
+    named = {"extra_files": {f: os.path.basename(p) for f, p in extras.items()}} if extras else {}
+    if settings is not None:  # style LoRAs by file name, as in the metadata: no folder of this machine is written
+        shot = settings.to_dict()
+        for lora in shot["generation"].get("loras", []):
+            lora["name"] = os.path.basename(lora["name"])
+        named["shot"] = shot
+    png, sidecar = save_result(result.image, metadata, png, extra=named or None)
     return png, sidecar, extras
+
+
+def readable_stem(prompt: str, seed: int, when: float | None = None) -> str:
+    """A result's file name an artist can read in a folder: date and time, the prompt's first words, the seed
+    ("20261207-143015-lighthouse-on-a-cliff-seed42")."""
+    import re
+    import time
+
+    words = re.findall(r"[a-z0-9]+", prompt.lower())[:5]
+    slug = "-".join(words)[:40].strip("-") or "image"
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}-{slug}-seed{seed}"

@@ -98,7 +98,7 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
         metadata = replace(metadata, notes=(*metadata.notes, f"plate: one pass ({why})"))
     control_png = control_png or default_control_path(out_png)
     try:
-        png, sidecar, extras = _write(result, metadata, preview, out_png, control_png, formats)
+        png, sidecar, extras = _write(result, metadata, preview, out_png, control_png, formats, settings)
         return ShotResult(result.image, metadata, preview, png, sidecar, control_png, extras=extras)
     except OSError as exc:
         if fallback_dir is None:
@@ -106,7 +106,7 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
                                  "free disk space or choose another output folder") from None
     png = os.path.join(fallback_dir, os.path.basename(out_png))
     control_png = os.path.join(fallback_dir, os.path.basename(control_png))
-    png, sidecar, extras = _write(result, metadata, preview, png, control_png, formats)
+    png, sidecar, extras = _write(result, metadata, preview, png, control_png, formats, settings)
     return ShotResult(result.image, metadata, preview, png, sidecar, control_png, saved=False, extras=extras)
 
 
@@ -148,7 +148,7 @@ def _render_plate(manager, depth_path: str, settings: ShotSettings, preview: Dep
 
 
 def _write(result, metadata, preview: DepthPreview, png: str, control_png: str,
-           formats: tuple[str, ...]) -> tuple[str, str, dict]:
+           formats: tuple[str, ...], settings: ShotSettings) -> tuple[str, str, dict]:
     from .outputs import write_shot
 
-    return write_shot(result, metadata, preview.control, png, control_png, formats)
+    return write_shot(result, metadata, preview.control, png, control_png, formats, settings)

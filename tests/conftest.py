@@ -129,7 +129,8 @@ def launch_app(tmp_path, *extra, auth=None, **launch_kw):
     args = build_parser().parse_args(["--model", "tiny-random", "--outputs", str(tmp_path / "outputs"), *extra])
     studio, demo = create(args)
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
-    demo.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+    port = launch_kw.pop("server_port", None)  # a restart on the same address keeps the browser's storage
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                 **{**launch_options(studio, auth), **launch_kw})
     return studio, demo
 

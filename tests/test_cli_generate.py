@@ -45,7 +45,14 @@ def test_generate_writes_png_and_sidecar_and_reproduces(tmp_path, capsys):
     assert Image.open(tmp_path / "a-control.png").mode.startswith("I;16")
     meta = read_metadata(str(outs[0]))
     side = json.loads((tmp_path / "a.json").read_text())
+    # The sidecar is the PNG's record plus the shot's settings (what the app's History restores).
+    shot = side.pop("shot")
     assert meta.file_dict() == side and "seconds" not in side
+    from fluxdepth_ui.settings import ShotSettings
+
+    restored = ShotSettings.from_dict(shot)
+    assert (restored.generation.prompt, restored.generation.seed) == (meta.prompt, meta.seed)
+    assert restored.depth.channel is None and restored.depth.long_side == 256  # auto; the channel found: metadata
     assert side["depth_channel"] == "Z" and side["depth_mode"] == "disparity" and side["guidance"] == 10.0
 
 

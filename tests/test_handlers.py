@@ -1,5 +1,7 @@
 """The app's handlers without a browser or a server: one settings record in, files and messages out."""
 
+import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +225,73 @@ def test_sequence_tab_on_ray_writes_what_it_writes_here(tmp_path):
         folder = Path(done.report.outputs[0]).parent
         outcomes.append({k: v for k, v in files(folder).items() if k.startswith(("frame.", "control/"))})
     assert outcomes[0] == outcomes[1] and len(outcomes[0]) == 9
+
+
+# --- History (issue 28): results on disk, newest first, restoring their settings ----------------------------------
+
+
+def history_studio(tmp_path, shared=False):
+    return h.Studio(PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path / "cache")),
+                    tmp_path / "outputs", policy=make_policy(shared, "bf16", ["bf16"], None, None))
+
+
+def small(prompt, seed, **depth):
+    from fluxdepth_ui.settings import GenerationSettings, ShotSettings
+
+    return ShotSettings(DepthSettings(long_side=256, **depth), GenerationSettings(prompt, seed=seed, steps=2))
+
+
+def test_history_lists_results_newest_first_under_readable_names_and_restores_their_settings(tmp_path):
+    from fluxdepth_ui.depth import NormalizeSettings
+
+    studio = history_studio(tmp_path)
+    h.run_generate(studio, "s1", str(DEPTH_SYN), small("A lighthouse on a cliff, at dusk", 7))
+    second = h.run_generate(studio, "s2", str(DEPTH_SYN),
+                            small("a statue", 8, normalize=NormalizeSettings(mode="linear", edges="far")))
+    assert re.fullmatch(r"\d{8}-\d{6}-a-statue-seed8\.png", os.path.basename(second.png))
+    entries, page, pages = h.list_history(studio, None, 0)
+    # A local studio: every result in its outputs folder, whichever window made it; the newest first.
+    assert [e["caption"] for e in entries] == ["seed 8 · a statue", "seed 7 · A lighthouse on a cliff, at dusk"]
+    assert (page, pages) == (0, 1) and entries[0]["png"] == second.png
+    assert re.fullmatch(r"\d{8}-\d{6}-a-lighthouse-on-a-cliff-seed7\.png", os.path.basename(entries[1]["png"]))
+    restored = entries[0]["settings"]
+    assert restored["mode"] == "linear" and restored["edges"] == "far" and restored["seed"] == 8
+    assert restored["steps"] == 2 and restored["long_side"] == 256 and restored["randomize"] is False
+    assert "depth_file" not in restored  # what the sidecar cannot say stays as it is in the form
+    # The record is the app's own: made into a shot again, it is the shot that made the image.
+    again = h.shot_from_form({**restored, "depth_file": str(DEPTH_SYN)})
+    assert again == small("a statue", 8, normalize=NormalizeSettings(mode="linear", edges="far"))
+
+
+def test_a_shared_studio_shows_each_browser_its_own_history_across_a_restart(tmp_path):
+    studio = history_studio(tmp_path, shared=True)
+    mine, theirs = h.new_owner_key(), h.new_owner_key()
+    assert mine != theirs and h.new_owner_key(mine) == mine and h.new_owner_key("short") != "short"
+    form = {"depth_file": str(DEPTH_SYN), "prompt": "a hall", "seed": 3, "steps": 2, "long_side": 256,
+            "owner": mine}
+    h.generate_from_form(studio, "tab-1", form)
+    assert [e["caption"] for e in h.list_history(studio, mine, 0)[0]] == ["seed 3 · a hall"]
+    assert h.list_history(studio, theirs, 0)[0] == []
+    assert h.list_history(studio, None, 0)[0] == [] and h.list_history(studio, "../outputs", 0)[0] == []
+    restarted = history_studio(tmp_path, shared=True)  # a new server process over the same outputs folder
+    assert [e["caption"] for e in h.list_history(restarted, mine, 0)[0]] == ["seed 3 · a hall"]
+
+
+def test_history_pages_twelve_at_a_time_and_skips_files_that_are_not_results(tmp_path):
+    import shutil
+
+    studio = history_studio(tmp_path)
+    made = h.run_generate(studio, "s", str(DEPTH_SYN), small("a hall", 1))
+    folder = os.path.dirname(made.png)
+    for i in range(2, 15):  # 13 more results, each a second newer than the last
+        stem = os.path.join(folder, f"copy-{i:02d}")
+        shutil.copy(made.png, stem + ".png")
+        shutil.copy(made.sidecar, stem + ".json")
+        os.utime(stem + ".json", (1e9 + i, 2e9 + i))
+    os.utime(made.sidecar, (1e9, 1e9))
+    (tmp_path / "outputs" / "s" / "notes.json").write_text('{"not": "a result"}')
+    first, page, pages = h.list_history(studio, None, 0)
+    assert (len(first), page, pages) == (12, 0, 2)
+    assert os.path.basename(first[0]["png"]) == "copy-14.png"
+    last, page, _ = h.list_history(studio, None, 5)  # past the end: the last page
+    assert page == 1 and [os.path.basename(e["png"]) for e in last] == ["copy-02.png", os.path.basename(made.png)]

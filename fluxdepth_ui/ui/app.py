@@ -77,6 +77,12 @@ class Wiring:
         finally:
             self.preview_slots.release()
 
+    def history_page(self, owner, page):
+        entries, page, pages = h.list_history(self.studio, owner, page)
+        entries = [{**e, "png": self.serve(e["png"])} for e in entries]
+        where = f"page {page + 1} of {pages}" if entries else "no results yet"
+        return [(e["png"], e["caption"]) for e in entries], entries, page, where
+
     def components(self, *names: str) -> list:
         return [getattr(self.w, n) for n in names]
 
@@ -121,6 +127,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
     with demo:
         preview_kw = wire_preview(app)
         wire_generate(app)
+        wire_history(app)
         wire_presets(app, preview_kw)
         wire_sequence(app)
         wire_api(app)
@@ -201,11 +208,11 @@ def wire_generate(app: Wiring) -> None:
     studio, w = app.studio, app.w
     names = depth_fields() + generation_fields()
 
-    @as_toast(7, status=5)
+    @as_toast(9, status=5)
     def ui_generate(data: dict, request: gr.Request, progress=gr.Progress()):
         form = app.record(data)
         history = form.pop("history")
-        record = dict(form)
+        form["owner"] = form.pop("owner")
         form["depth_file"] = app.gate.resolve(form["depth_file"])
         if form["init_image"]:
             form["init_image"] = app.gate.resolve(form["init_image"], "init image")
@@ -217,20 +224,19 @@ def wire_generate(app: Wiring) -> None:
                                        lambda fraction, message: progress(fraction, desc=message))
         except GenerationCancelled as exc:  # the artist's own choice: a status line, not an error
             keep = gr.update()
-            return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep
+            return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep, keep, keep
         files = []
-        for outcome in outcomes:  # every image of a batch joins the session gallery with its own seed
-            png = app.serve(outcome.png)
-            history = [*history, {**h.history_entry(outcome, {**record, "seed": outcome.metadata["seed"],
-                                                              "batch": 1}), "png": png}]
-            files += [png, app.serve(outcome.sidecar), *(app.serve(p) for p in outcome.extras.values())]
+        for outcome in outcomes:
+            files += [app.serve(outcome.png), app.serve(outcome.sidecar),
+                      *(app.serve(p) for p in outcome.extras.values())]
         first = outcomes[0]
         png, control = files[0], app.serve(first.control_png)
         message = first.message if len(outcomes) == 1 else (
             f"{len(outcomes)} images, seeds " + ", ".join(str(o.metadata["seed"]) for o in outcomes)
-            + " · click one in the gallery to continue from it")
-        return (png, (control, png), files, [(e["png"], e["caption"]) for e in history], history, message,
-                first.metadata["seed"])
+            + " · click one in History to continue from it")
+        # Every image of a batch is in History (newest first) with its own seed.
+        gallery, history, page, where = app.history_page(form["owner"], 0)
+        return (png, (control, png), files, gallery, history, message, first.metadata["seed"], page, where)
 
     # Generate is disabled while this session's job runs (a second click would queue a second image).
     def ui_arm(request: gr.Request):
@@ -238,8 +244,9 @@ def wire_generate(app: Wiring) -> None:
         return gr.update(interactive=False, value="Generating…")
 
     w.generate_btn.click(ui_arm, None, w.generate_btn, queue=False, api_visibility="private").then(
-        ui_generate, inputs={*form_components(w), w.history},
-        outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed],
+        ui_generate, inputs={*form_components(w), w.history, w.owner},
+        outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed, w.history_page,
+                 w.history_where],
         concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
         lambda: gr.update(interactive=True, value="Generate"), None, w.generate_btn, queue=False,
         api_visibility="private")
@@ -270,9 +277,28 @@ def wire_generate(app: Wiring) -> None:
 
     def restore(history, evt: gr.SelectData):
         record = history[evt.index]["settings"]
-        return tuple(False if n == "randomize" else record.get(n) for n in restored)
+        return tuple(False if n == "randomize" else record[n] if n in record else gr.update() for n in restored)
 
     w.gallery.select(restore, [w.history], app.components(*restored), api_visibility="private")
+
+
+
+def wire_history(app: Wiring) -> None:
+    """History: the results on disk, newest first, a page at a time; this browser's key made on its first visit."""
+    w = app.w
+
+    def ui_owner(owner):
+        """This browser's key (made on its first visit) and the first page of its History."""
+        owner = h.new_owner_key(owner)
+        return (owner, *app.history_page(owner, 0))
+
+    history_out = [w.gallery, w.history, w.history_page, w.history_where]
+    app.demo.load(ui_owner, [w.owner], [w.owner, *history_out], api_visibility="private")
+    pages = [w.owner, w.history_page]
+    w.history_newer.click(lambda owner, page: app.history_page(owner, page - 1), pages, history_out,
+                          api_visibility="private")
+    w.history_older.click(lambda owner, page: app.history_page(owner, page + 1), pages, history_out,
+                          api_visibility="private")
 
 
 def preset_lora_slots(loras, folder) -> list:

@@ -22,6 +22,7 @@ from .. import limits
 from ..archive import safe_member_name
 from ..depth.readers import check_regular_file
 from ..errors import FluxDepthError
+from ..outputs import readable_stem
 from ..settings import MAX_SEED, check_number
 from .sharing import HostPolicy, Workspace
 
@@ -329,7 +330,7 @@ class GenerationOutcome:
 
 def run_generate(studio: Studio, session: str | None, path: str, shot, variant: str | None = None, *,
                  init_image=None, init_image_name: str | None = None, on_step=None, load_progress=None, formats=(),
-                 backend: str = "local") -> GenerationOutcome:
+                 backend: str = "local", owner: str | None = None) -> GenerationOutcome:
     """One image of `shot` (settings.ShotSettings) on the studio's model (or BFL's API), saved in the session's
     results folder; its seed settled here when the shot leaves it to chance."""
     from ..depth.readers import read_rgb_image
@@ -358,11 +359,11 @@ def run_generate(studio: Studio, session: str | None, path: str, shot, variant: 
     if backend == "local":
         manager.configure(variant=variant)  # serialized: generations share one GPU slot
     cancel = studio.cancel_event(session)  # armed when the job was asked for (Studio.arm_cancel)
-    stem = studio.unique_stem(f"{time.strftime('%Y%m%d-%H%M%S')}-seed{generation.seed}")
+    stem = studio.unique_stem(readable_stem(generation.prompt, generation.seed))
     # When the results folder fails, the image goes to the session's scratch folder: it is never lost.
     fallback = studio.workspace.folder(session, "unsaved")
     try:
-        folder = studio.session_dir(session)
+        folder = studio.session_dir(results_owner(owner, session))
     except FluxDepthError:
         log.exception("could not make a results folder under %s", studio.outputs)
         folder = fallback
@@ -419,7 +420,7 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
     return run_generate(studio, session, form["depth_file"], shot_from_form(form), form.get("variant"),
                         init_image=init, init_image_name=os.path.basename(init) if init else None, on_step=on_step,
                         load_progress=load_progress, formats=form.get("also_save") or (),
-                        backend=form.get("backend") or "local")
+                        backend=form.get("backend") or "local", owner=form.get("owner"))
 
 
 def loras_from_form(form: dict) -> tuple:
@@ -465,6 +466,121 @@ def generate_batch_from_form(studio: Studio, session: str | None, form: dict, on
         outcomes.append(generate_from_form(studio, session, {**form, "seed": seed, "randomize": seed is None},
                                            on_step, load_progress))
     return outcomes
+
+
+# --- history: the results on disk, across reloads and restarts (docs/outputs.md) -------------------------------------
+
+# A browser's own key (gr.BrowserState): its results folder on a shared studio, so its history is its own.
+OWNER_KEY = re.compile(r"^[A-Za-z0-9_-]{22,43}$")
+HISTORY_PAGE = 12
+HISTORY_SCAN = 2000  # results looked at for one page, newest first (the rest are older than anyone pages to)
+
+
+def new_owner_key(current=None) -> str:
+    """The browser's key, made once: secrets' 128 random bits, kept in the browser, sent with each Generate."""
+    import secrets
+
+    return current if isinstance(current, str) and OWNER_KEY.match(current) else secrets.token_urlsafe(16)
+
+
+def browser_secret(outputs: Path) -> str:
+    """The key gradio encrypts what a browser keeps (its settings, its results key) with: kept in the outputs folder
+    (readable by this user only), so a restarted server still reads what browsers stored. Random per start when the
+    folder cannot hold it (then History and remembered settings last until the restart)."""
+    import secrets
+
+    path = Path(outputs) / ".fluxdepth-browser-secret"
+    for _ in range(2):
+        try:
+            text = path.read_text().strip()
+            if len(text) >= 32:
+                return text
+            path.unlink()  # damaged: made again
+        except FileNotFoundError:
+            pass
+        except OSError:
+            break
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+        except FileExistsError:
+            continue  # another process made it first: read theirs
+        except OSError:
+            break
+    log.warning("cannot keep the browser secret in the outputs folder; browsers forget their keys on restart")
+    return secrets.token_urlsafe(32)
+
+
+def results_owner(owner, session: str | None) -> str | None:
+    """Whose results folder an image goes to: the browser's key when it sent a valid one, else its session."""
+    return owner if isinstance(owner, str) and OWNER_KEY.match(owner) else session
+
+
+def list_history(studio: Studio, owner, page: int = 0) -> tuple[list[dict], int, int]:
+    """One page of results on disk, newest first: (entries, page, pages). A local studio shows every result in its
+    outputs folder (the artist's own machine); a shared one only this browser's (its key's folder). Each entry has
+    the settings record that restores it (the shot's settings from its sidecar)."""
+    import json
+
+    if studio.policy.shared:
+        key = results_owner(owner, None)
+        folders = [studio.outputs / key] if key else []
+    else:
+        folders = [studio.outputs, *(p for p in _subfolders(studio.outputs))]
+    found = []
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+                        found.append((entry.stat().st_mtime, entry.path))
+        except OSError:
+            continue
+    found.sort(reverse=True)
+    found = found[:HISTORY_SCAN]
+    pages = max(1, -(-len(found) // HISTORY_PAGE))
+    page = min(max(0, int(page)), pages - 1)
+    entries = []
+    for _, sidecar in found[page * HISTORY_PAGE:(page + 1) * HISTORY_PAGE]:
+        png = sidecar[:-5] + ".png"
+        try:
+            with open(sidecar) as fh:
+                data = json.load(fh)
+            record = history_record(data)
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, FluxDepthError):
+            continue  # not a result of this app, or damaged: not listed
+        if os.path.isfile(png):
+            entries.append({"png": png, "sidecar": sidecar, "caption": f"seed {data.get('seed')} · "
+                                                                        f"{str(data.get('prompt', ''))[:40]}",
+                            "settings": record})
+    return entries, page, pages
+
+
+def _subfolders(root: Path):
+    try:
+        with os.scandir(root) as entries:
+            return [Path(e.path) for e in entries if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def history_record(sidecar: dict) -> dict:
+    """The app's settings record of a result, from its sidecar: the shot's settings through the codec, its tier and
+    style LoRAs in the app's slots. Only what the sidecar says: the depth file and init image stay as they are."""
+    from ..defaults import LORA_SLOTS
+    from ..settings import ShotSettings, form_from_shot
+
+    shot = ShotSettings.from_dict(sidecar["shot"])
+    record = {k: v for k, v in form_from_shot(shot).items() if k != "loras"}
+    record.update(variant=sidecar.get("variant"), randomize=False, batch=1,
+                  also_save=sorted((sidecar.get("extra_files") or {}).keys()))
+    loras = list(shot.generation.loras)
+    for index, (name, scale) in enumerate(LORA_SLOTS):
+        lora = loras[index] if index < len(loras) else None
+        record[name], record[scale] = (lora.name, lora.scale) if lora else (None, 1.0)
+    return {k: v for k, v in record.items() if v is not None or k.startswith("lora_")}
 
 
 def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:

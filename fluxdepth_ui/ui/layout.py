@@ -11,13 +11,13 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import limits
-from ..defaults import DEFAULT_FPS, EXTRA_FORMATS, STYLE_LORA_SLOTS
+from ..defaults import DEFAULT_FPS, EXTRA_FORMATS, LORA_SLOTS
 from ..depth.readers import DEPTH_SUFFIXES
 from ..loras import available_loras
 from ..presets import list_presets, packaged_folder
 from ..settings import LORA_SCALE_RANGE, form_field, shot_fields
 from .examples import EXAMPLES, example_paths
-from .handlers import AUTO_CHANNEL, MAX_BATCH
+from .handlers import AUTO_CHANNEL, MAX_BATCH, browser_secret
 
 DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
 # What `auto` does for each kind of file, shown in the depth panel (docs/depth.md).
@@ -25,7 +25,6 @@ DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 
 # The form: every setting of the schema (settings.shot_fields) by its name, plus what only the app has. Functions,
 # not constants: a setting added to the dataclasses shows up here with no other edit (tests/test_settings_codec.py).
-LORA_SLOTS = tuple((f"lora_{i}", f"lora_{i}_scale") for i in range(1, STYLE_LORA_SLOTS + 1))
 APP_ONLY_FIELDS = ("variant", "randomize", "batch", "init_image", "also_save",
                    *(name for slot in LORA_SLOTS for name in slot), "backend")
 SEQUENCE_SKIPS = ("strength", "seed")  # img2img only; the sequence's one seed has its own box (seq_seed)
@@ -70,9 +69,14 @@ def build_layout(studio, delete_cache) -> tuple[gr.Blocks, SimpleNamespace]:
     w = SimpleNamespace()
     with gr.Blocks(title="FluxDepth Studio", analytics_enabled=False, delete_cache=delete_cache,
                    fill_width=True) as demo:
-        w.history = gr.State([])
+        secret = browser_secret(studio.outputs)  # a restarted server still reads what browsers kept
+        w.history = gr.State([])  # the entries the History gallery shows (their settings restore on a click)
+        w.history_page = gr.State(0)
+        # This browser's key: its results folder on a shared studio, so its history survives a reload (not secret
+        # from its own user; 128 random bits from the server, handlers.new_owner_key).
+        w.owner = gr.BrowserState("", storage_key="fluxdepth-studio-owner", secret=secret)
         # The artist's last settings, kept in this browser (not on the server) across reloads.
-        w.remembered = gr.BrowserState({}, storage_key="fluxdepth-studio-settings")
+        w.remembered = gr.BrowserState({}, storage_key="fluxdepth-studio-settings", secret=secret)
         _header(studio)
         with gr.Tabs():
             with gr.Tab("Single frame", elem_id="single-tab"):
@@ -262,12 +266,19 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                 setattr(w, scale, gr.Slider(LORA_SCALE_RANGE[0], LORA_SCALE_RANGE[1], value=1.0, step=0.05,
                                             label="Scale", scale=1))
         other_settings(w)
-    with gr.Accordion("Compare, download, this session", open=False):
+    with gr.Accordion("Compare, download", open=False):
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
         w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
                               interactive=False)
-        w.gallery = gr.Gallery(label="This session (click to restore its settings)", columns=4, height=180,
-                               allow_preview=False, elem_id="gallery")
+    # History: the results on disk, newest first, across reloads and restarts (this browser's own on a shared
+    # studio); clicking one restores its settings (handlers.list_history).
+    with gr.Accordion("History", open=False, elem_id="history-panel"):
+        w.gallery = gr.Gallery(label="Results, newest first (click to restore the settings)", columns=4,
+                               height=200, allow_preview=False, elem_id="gallery")
+        with gr.Row():
+            w.history_newer = gr.Button("◀ Newer", size="sm", elem_id="history-newer")
+            w.history_where = gr.Markdown("", elem_id="history-page")
+            w.history_older = gr.Button("Older ▶", size="sm", elem_id="history-older")
 
 
 def tier_choices(studio) -> list[tuple[str, str]]:
