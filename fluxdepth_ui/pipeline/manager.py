@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
 from ..defaults import DEFAULT_VRAM_HEADROOM_GIB, FOLLOW_FREE_MEMORY_BY_DEFAULT
-from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec, draw_seed  # noqa: F401
+from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec  # noqa: F401
 from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
@@ -562,7 +562,8 @@ class PipelineManager:
             self._fit_plan_to_card(load_progress)
             t0 = time.perf_counter()
             # 4. Seed: noise comes from a CPU generator so a seed gives the same image on any device.
-            seed = draw_seed() if settings.seed is None else int(settings.seed)
+            settings = settings.settled()  # the one seed rule (settings.py): drawn when unset, then reported
+            seed = int(settings.seed)
             # 5. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
             #    diffusers passes through untouched.
             loras = self._apply_loras(settings.loras, load_progress)
