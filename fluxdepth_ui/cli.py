@@ -135,6 +135,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder of style LoRAs that --lora names refer to (env FLUXDEPTH_LORA_DIR)")
     g.add_argument("--lora-scale", type=_renamed("--lora-scale", "--depth-lora-scale"), help=argparse.SUPPRESS)
     g.add_argument("--init-image", metavar="PATH", help="start from this image (img2img)")
+    g.add_argument("--mask", metavar="PATH",
+                   help="fix one region of --init-image: white in this image is regenerated with the same control "
+                        "map, the rest kept (inpainting; --strength 0.9 or more repaints it fully; docs/inpaint.md)")
     g.add_argument("--also-save", metavar="FORMATS", default="",
                    help="also write these from the float decode: png16 (16-bit PNG, sRGB), exr (half float, linear "
                         "Rec.709); comma-separated")
@@ -234,10 +237,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     spec = pipeline_spec(args)
     check_output_file(args.out, "--out", (".png",))
     formats = check_formats(args.also_save)
+    if args.mask and not args.init_image:
+        raise UsageError("--mask marks a region of an image: give that image with --init-image too")
+    if args.mask and args.backend != "local":
+        raise UsageError("--mask (fixing one region) runs on the local model only; leave out --backend bfl")
     init = load_init_image(args.init_image)
+    mask = load_init_image(args.mask)
     shot = render_shot(_backend(args, spec), args.depth, settings, args.out, init_image=init,
                        init_image_name=os.path.basename(args.init_image) if args.init_image else None,
-                       on_step=_step_printer(), load_progress=_load_printer(), formats=formats)
+                       on_step=_step_printer(), load_progress=_load_printer(), formats=formats, mask=mask,
+                       mask_name=os.path.basename(args.mask) if args.mask else None)
     meta, stats = shot.metadata, shot.preview.stats
     print(json.dumps({
         "out": shot.png, "json": shot.sidecar, "control": shot.control_png, "also_saved": shot.extras,
@@ -261,8 +270,9 @@ def cmd_sequence(args: argparse.Namespace) -> int:
     from .sequence import find_frames, parse_frame_range
 
     shot = shot_from_args(args)
-    if args.init_image:
-        raise UsageError("--init-image is not supported for sequences; render frames with fluxdepth generate")
+    if args.init_image or args.mask:
+        raise UsageError("--init-image and --mask are not supported for sequences; render frames with fluxdepth "
+                         "generate")
     if args.backend != "local":
         raise UsageError("sequences render on the local model; --backend bfl is for single frames (fluxdepth "
                          "generate)")

@@ -46,13 +46,14 @@ class GenerationMetadata:
     loras: tuple[dict, ...] = ()  # style LoRAs: name, scale, sha256 of the file (pipeline/loras.py)
     vae_tiling: bool = False  # the decode ran in tiles (2K under a small budget; docs/plates.md)
     passes: tuple[dict, ...] = ()  # a plate's two passes: size, steps, strength (shot.py)
+    inpaint_mask: str | None = None  # the mask of a fixed region (white = regenerated), with init_image
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["notes"] = list(self.notes)
         d["loras"] = [dict(lora) for lora in self.loras]
         d["passes"] = [dict(p) for p in self.passes]
-        for name, default in (("loras", []), ("passes", []), ("vae_tiling", False)):
+        for name, default in (("loras", []), ("passes", []), ("vae_tiling", False), ("inpaint_mask", None)):
             if d[name] == default:  # files that do not use them keep the bytes they had before these existed
                 d.pop(name)
         return d

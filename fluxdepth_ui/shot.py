@@ -65,14 +65,15 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
                 preview: DepthPreview | None = None, key: str | None = None, control_png: str | None = None,
                 init_image=None,
                 init_image_name: str | None = None, fallback_dir: str | None = None, on_step=None, cancel=None,
-                load_progress=None, formats: tuple[str, ...] = ()) -> ShotResult:
+                load_progress=None, formats: tuple[str, ...] = (), mask=None,
+                mask_name: str | None = None) -> ShotResult:
     """Render one shot and write its files.
 
     1. The control map: `preview` when the caller already made it with these settings (the artist saw it),
        else read and normalized here.
     2. The seed is settled (drawn when unset) before anything is keyed on it; `key` is the `expected_key` when the
        caller computed it already (a sequence checks it to skip finished frames), so the depth file is hashed once.
-    3. Generate.
+    3. Generate: text-to-image, img2img from `init_image`, or only the region `mask` marks (white) on it.
     4. Write the control PNG, the image PNG, the `formats` copies from the float decode (png16, exr), then the
        sidecar. When the outputs folder fails after the image exists, the files go to `fallback_dir` (if given)
        and `saved` is False: the image is never lost.
@@ -88,9 +89,10 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
     if settings.generation.plate and init_image is None and first_side is not None:
         result = _render_plate(manager, depth_path, settings, preview, first_side, on_step, cancel, load_progress)
     else:
+        masked = {"mask": mask, "mask_name": mask_name} if mask is not None else {}  # fix one region (inpaint)
         result = manager.generate(preview.control, settings.generation, init_image=init_image,
                                   init_image_name=init_image_name, depth=preview.stats, on_step=on_step,
-                                  cancel=cancel, load_progress=load_progress)
+                                  cancel=cancel, load_progress=load_progress, **masked)
     metadata = replace(result.metadata, shot_key=key, depth_crop=tuple(preview.control.crop),
                        depth_edges=preview.stats.edges)
     if settings.generation.plate and not metadata.passes:

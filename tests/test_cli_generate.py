@@ -99,3 +99,24 @@ def test_generate_compile_flag_on_cpu_is_noted_and_changes_nothing(tmp_path, cap
     capsys.readouterr()
     a, b = (np.asarray(Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
     assert np.array_equal(a, b)
+
+
+def test_generate_with_a_mask_fixes_one_region(tmp_path, capsys):
+    """`--init-image` + `--mask`: the masked region regenerated with the same control map (inpainting); the
+    sidecar names the mask; a mask alone is a usage error (exit 2, one line)."""
+    init = tmp_path / "result.png"
+    Image.new("RGB", (256, 192), (90, 120, 200)).save(init)
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", (256, 192), 0)
+    m.paste(255, (64, 48, 192, 144))
+    m.save(mask)
+    rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--model", "tiny-random", "--steps", "4",
+               "--long-side", "256", "--init-image", str(init), "--mask", str(mask), "--strength", "0.9",
+               "--seed", "2", "--out", str(tmp_path / "o.png")])
+    assert rc == 0
+    side = json.loads((tmp_path / "o.json").read_text())
+    assert side["inpaint_mask"] == "mask.png" and side["init_image"] == "result.png" and side["strength"] == 0.9
+    capsys.readouterr()
+    rc = main(["generate", str(DEPTH_SYN), "--prompt", "x", "--mask", str(mask), "--out", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "give that image with --init-image" in err[0]

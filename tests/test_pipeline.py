@@ -52,7 +52,10 @@ def run(manager, depth, **kw):
 
 def direct(components, control, prompt="a wooden chair", seed=7, **extra):
     """What calling diffusers by hand gives: same components, the control as a float tensor, a CPU generator."""
-    cls = FluxControlImg2ImgPipeline if "image" in extra else FluxControlPipeline
+    from diffusers import FluxControlInpaintPipeline
+
+    cls = (FluxControlInpaintPipeline if "mask_image" in extra else FluxControlImg2ImgPipeline if "image" in extra
+           else FluxControlPipeline)
     pipe = cls(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe(prompt=prompt, control_image=control_tensor(control), height=control.height, width=control.width,
@@ -74,6 +77,25 @@ def test_img2img_equals_direct_diffusers_call(manager, depth):
     theirs = direct(build_tiny_components(0), depth.control, prompt="a chair", seed=3, image=init, strength=0.8)
     assert np.array_equal(pixels(ours.image), pixels(theirs))
     assert ours.metadata.strength == 0.8 and ours.metadata.init_image == "plate.png"
+
+
+def test_inpainting_equals_direct_diffusers_call(manager, depth):
+    """Fixing one region (issue 28): exactly what diffusers' FluxControlInpaintPipeline gives with the same
+    components, control map, image, mask and seed; the mask is recorded, and a mask without its image is refused."""
+    init = Image.fromarray((np.indices((192, 256)).sum(0) % 255).astype(np.uint8)).convert("RGB")
+    mask = Image.new("L", (256, 192), 0)
+    mask.paste(255, (96, 64, 192, 160))
+    settings = GenerationSettings("a chair", seed=3, steps=STEPS, strength=0.9)
+    ours = manager.generate(depth.control, settings, init_image=init, init_image_name="result.png", mask=mask,
+                            mask_name="mask.png")
+    theirs = direct(build_tiny_components(0), depth.control, prompt="a chair", seed=3, image=init, mask_image=mask,
+                    strength=0.9)
+    assert np.array_equal(pixels(ours.image), pixels(theirs))
+    assert ours.metadata.inpaint_mask == "mask.png" and ours.metadata.init_image == "result.png"
+    img2img = manager.generate(depth.control, settings, init_image=init)
+    assert not np.array_equal(pixels(img2img.image), pixels(ours.image))  # the mask is what changed it
+    with pytest.raises(PipelineError, match="a mask needs the image it is painted on"):
+        manager.generate(depth.control, settings, mask=mask)
 
 
 def test_img2img_keeps_a_bf16_pipeline_in_bf16(tmp_path, depth):

@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -159,6 +159,7 @@ class PipelineManager:
         self._lock = threading.RLock()
         self._pipe = None
         self._img2img = None
+        self._inpaint = None  # FluxControlInpaintPipeline, made on the first masked image
         self._device: torch.device | None = None
         self._choice: PlacementChoice | None = None
         self._revision: str | None = None
@@ -275,7 +276,7 @@ class PipelineManager:
 
     def unload(self) -> None:
         with self._lock:
-            pipe, self._pipe, self._img2img = self._pipe, None, None
+            pipe, self._pipe, self._img2img, self._inpaint = self._pipe, None, None, None
             if pipe is not None:
                 if hasattr(pipe, "remove_all_hooks"):
                     pipe.remove_all_hooks()
@@ -519,6 +520,15 @@ class PipelineManager:
             self._zerogpu = "applied"
             log.info("transformer compiled ahead of time for ZeroGPU (%s)", variant.name)
 
+    def _inpaint_pipe(self):
+        """diffusers' FluxControlInpaintPipeline over the same modules (no second copy of the weights)."""
+        if self._inpaint is None:
+            from diffusers import FluxControlInpaintPipeline
+
+            self._inpaint = FluxControlInpaintPipeline(**self._pipe.components)
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
+
     def _img2img_pipe(self):
         if self._img2img is None:
             from diffusers import FluxControlImg2ImgPipeline
@@ -539,6 +549,8 @@ class PipelineManager:
         *,
         init_image: Image.Image | None = None,
         init_image_name: str | None = None,
+        mask: Image.Image | None = None,
+        mask_name: str | None = None,
         depth: DepthStats | None = None,
         on_step: StepCallback | None = None,
         cancel: threading.Event | None = None,
@@ -548,6 +560,8 @@ class PipelineManager:
         width, height = control.width, control.height
         if width % 16 or height % 16:
             raise PipelineError(f"control image {width}x{height} is not a multiple of 16; use make_control_image")
+        if mask is not None and init_image is None:
+            raise PipelineError("a mask needs the image it is painted on (the init image): give both to fix a region")
         with self._lock:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("cancelled before it started")
@@ -567,7 +581,7 @@ class PipelineManager:
             # 5. Style LoRAs (a scale change is one number; new files are read once), then the inputs in the form
             #    diffusers passes through untouched.
             loras = self._apply_loras(settings.loras, load_progress)
-            pipe, kwargs, total = self._pipeline_inputs(control, settings, seed, init_image)
+            pipe, kwargs, total = self._pipeline_inputs(control, settings, seed, init_image, mask)
 
             def step_end(p, step, timestep, callback_kwargs):
                 if on_step is not None:
@@ -587,12 +601,15 @@ class PipelineManager:
             self._after_image(shape, total, seconds, compiling)
             # 7. Record what made it.
             meta = self._metadata(settings, seed, shape, seconds, tiled, loras, init_image_name, depth)
+            if mask is not None:
+                meta = replace(meta, inpaint_mask=mask_name or "mask")
             return GenerationResult(image, meta, pixels)
 
     def _pipeline_inputs(self, control: ControlImage, settings: GenerationSettings, seed: int,
-                         init_image: Image.Image | None) -> tuple:
-        """(pipeline, its __call__ arguments, denoising steps that will run): text-to-image, or img2img when an
-        init image is given (steps x strength of them run)."""
+                         init_image: Image.Image | None, mask: Image.Image | None = None) -> tuple:
+        """(pipeline, its __call__ arguments, denoising steps that will run): text-to-image, img2img when an init
+        image is given (steps x strength of them run), inpainting when a mask is given too (white = regenerate;
+        diffusers binarizes it at the latent size, docs/inpaint.md)."""
         prompt_embeds, pooled = self._encode_prompt(settings.prompt, int(settings.max_sequence_length))
         kwargs = dict(
             prompt_embeds=prompt_embeds,
@@ -611,7 +628,11 @@ class PipelineManager:
         kwargs["image"] = init_image.convert("RGB").resize((control.width, control.height),
                                                           Image.Resampling.LANCZOS)
         kwargs["strength"] = float(settings.strength)
-        return self._img2img_pipe(), kwargs, max(1, int(int(settings.steps) * settings.strength))
+        steps = max(1, int(int(settings.steps) * settings.strength))
+        if mask is None:
+            return self._img2img_pipe(), kwargs, steps
+        kwargs["mask_image"] = mask.convert("L")
+        return self._inpaint_pipe(), kwargs, steps
 
     def _announce_compile(self, shape: tuple, load_progress: LoadProgress | None) -> tuple:
         """Say before the image when it compiles (ahead-of-time blocks say it themselves). Returns what
