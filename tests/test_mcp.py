@@ -35,8 +35,9 @@ def test_tools_are_listed_documented_and_callable(tmp_path):
         ]))
     finally:
         demo.close()
-    # Only the two endpoints are tools (no page event leaks out as one), each described per parameter.
-    assert set(tools) == {"fluxdepth_preview", "fluxdepth_generate"}
+    # Only the endpoints are tools (no page event leaks out as one), each described per parameter.
+    assert set(tools) == {"fluxdepth_preview", "fluxdepth_generate", "fluxdepth_inpaint"}
+    assert "white is regenerated" in tools["fluxdepth_inpaint"].inputSchema["properties"]["mask"]["description"]
     props = tools["fluxdepth_generate"].inputSchema["properties"]
     assert "FLUX.1-Depth-dev" in tools["fluxdepth_generate"].description
     assert props["seed"]["description"].startswith("random seed; -1 draws one")

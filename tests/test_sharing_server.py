@@ -71,7 +71,7 @@ def generate_args(depth, prompt="a hall", **kw) -> list:
     values = dict(seed=1, steps=1, guidance=10.0, variant="", channel="auto", mode="auto", invert="auto",
                   clip_low=0.5, clip_high=99.5, near=0.0, far=0.0, long_side=256, init_image=None, strength=0.6,
                   edges="snap", polarity="auto", also_save=[], loras=None, plate=False, plate_strength=0.35,
-                  backend="local", vae_tiling="auto")  # the API's order: app.GENERATE_API_ORDER, then new settings
+                  backend="local", vae_tiling="auto", mask=None)  # the API's order: app.GENERATE_API_ORDER
     values.update(kw)
     return [depth, prompt, *values.values()]
 

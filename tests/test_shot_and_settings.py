@@ -91,6 +91,28 @@ def test_cli_api_and_sequence_make_the_same_files(tmp_path, sequence, capsys):
     api_png = next(studio.outputs.glob("*/*-seed5.png"))
     assert files_of(api_png) == files_of(tmp_path / "cli.png")
 
+    # Fixing one region: the CLI's --init-image/--mask and the /inpaint endpoint, the same files too.
+    from PIL import Image
+
+    mask = tmp_path / "mask.png"
+    m = Image.new("L", Image.open(api_png).size, 0)
+    m.paste(255, (32, 32, 160, 128))
+    m.save(mask)
+    assert main(["generate", str(BEACHBALL), *common, "--init-image", str(api_png), "--mask", str(mask),
+                 "--strength", "0.9", "--out", str(tmp_path / "fixed.png")]) == 0
+    studio, demo = launch_app(tmp_path / "second")
+    try:
+        client = Client(demo.local_url, verbose=False)
+        client.predict(handle_file(str(BEACHBALL)), "a hall", seed=5, steps=2, long_side=256, strength=0.9,
+                       init_image=handle_file(str(api_png)), mask=handle_file(str(mask)), api_name="/inpaint")
+        with pytest.raises(Exception, match="inpaint needs the image"):
+            client.predict(handle_file(str(BEACHBALL)), "a hall", seed=5, api_name="/inpaint")
+    finally:
+        demo.close()
+    fixed = next(studio.outputs.glob("*/*-seed5.png"))
+    meta = json.loads(fixed.with_suffix(".json").read_text())
+    assert meta["inpaint_mask"] == "mask.png" and files_of(fixed) == files_of(tmp_path / "fixed.png")
+
     # A sequence frame vs the CLI re-rendering that frame under the sequence's stats file.
     out = tmp_path / "seq"
     assert main(["sequence", str(sequence / "shot.####.exr"), *common, "--out", str(out)]) == 0

@@ -488,11 +488,13 @@ PREVIEW_API_ORDER = ("channel", "mode", "invert", "clip_low", "clip_high", "near
                      "polarity")
 GENERATE_API_ORDER = ("prompt", "seed", "steps", "guidance", "variant", "channel", "mode", "invert", "clip_low",
                       "clip_high", "near", "far", "long_side", "init_image", "strength", "edges", "polarity",
-                      "also_save", "loras", "plate", "plate_strength", "backend")
+                      "also_save", "loras", "plate", "plate_strength", "backend", "vae_tiling", "mask")
 # What /generate takes besides the shot's settings: (type, default, its line in the API docs).
 GENERATE_API_EXTRAS = {
     "variant": (str, "", "precision tier: bf16, qint8, qint4 or fp8; \"\" keeps the loaded one."),
     "init_image": (FileData | None, None, "optional image to start from (img2img), sent as a file."),
+    "mask": (FileData | None, None, "optional mask over init_image, sent as a file: white is regenerated with the "
+                                    "same depth file, the rest kept (inpainting)."),
     "also_save": (list[str] | None, None, "extra files from the float decode: \"png16\" (16-bit PNG, sRGB), \"exr\" "
                                           "(half float, linear)."),
     "backend": (str, "local", "\"local\" (this studio's model) or \"bfl\" (FLUX.1 Depth [pro] on BFL's API, when the "
@@ -561,7 +563,9 @@ def wire_api(app: Wiring) -> None:
     """
     endpoints = ((preview_endpoint(app), ("control_map", "stats"), dict(api_name="preview", queue=False)),
                  (generate_endpoint(app), ("image", "metadata", "also_saved"),
-                  dict(api_name="generate", concurrency_limit=1, concurrency_id="gpu")))
+                  dict(api_name="generate", concurrency_limit=1, concurrency_id="gpu")),
+                 (generate_endpoint(app, inpaint=True), ("image", "metadata", "also_saved"),
+                  dict(api_name="inpaint", concurrency_limit=1, concurrency_id="gpu")))
     for fn, returned, options in endpoints:
         gr.api(fn, **options)
         document_endpoint(app.demo, options["api_name"], fn, returned)
@@ -606,10 +610,14 @@ def preview_endpoint(app: Wiring):
         run)
 
 
-def generate_endpoint(app: Wiring):
+def generate_endpoint(app: Wiring, inpaint: bool = False):
+    """`/generate`, or `/inpaint` (the same with init_image and mask required: fix one region of a result)."""
     studio = app.studio
 
     def run(depth, values: dict, request):
+        if inpaint and not (values.get("init_image") and values.get("mask")):
+            raise FluxDepthError("inpaint needs the image (init_image) and the mask (white = regenerate), each sent "
+                                 "as a file")
         form = {**values, "batch": 1, "also_save": values["also_save"] or (), "loras": values["loras"] or ()}
         if form["variant"] and not isinstance(form["variant"], str):
             raise FluxDepthError("variant must be one of " + ", ".join(studio.policy.tiers))
@@ -620,11 +628,23 @@ def generate_endpoint(app: Wiring):
         form["depth_file"] = app.gate.resolve(depth, record_only=True)
         init_image = form["init_image"]
         form["init_image"] = app.gate.resolve(init_image, "init image", record_only=True) if init_image else None
+        form["mask"] = app.gate.resolve(form["mask"], "mask", record_only=True) if form.get("mask") else None
         studio.arm_cancel(session_of(request))
         outcome = generate_on_gpu(studio, session_of(request), form, None, None)[0]
         extras = [FileData(path=app.serve(p)) for p in outcome.extras.values()]
         return FileData(path=app.serve(outcome.png)), outcome.metadata, extras
 
+    if inpaint:
+        return api_endpoint(
+            "fluxdepth_inpaint",
+            "Fix one region of an image (init_image) where the mask is white, with FLUX.1-Depth-dev and the same "
+            "depth file, keeping everything else; strength 0.9 or more repaints the region fully.",
+            api_parameters(GENERATE_API_ORDER, None, GENERATE_API_EXTRAS), GENERATE_API_EXTRAS,
+            tuple[FileData, dict[str, Any], list[FileData]],
+            ("the image as an 8-bit PNG with its settings in the text chunks.",
+             "the metadata record, with init_image and inpaint_mask.",
+             "the also_save files (16-bit PNG, EXR), empty when none were asked for."),
+            run)
     return api_endpoint(
         "fluxdepth_generate",
         "Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.",

@@ -330,7 +330,7 @@ class GenerationOutcome:
 
 def run_generate(studio: Studio, session: str | None, path: str, shot, variant: str | None = None, *,
                  init_image=None, init_image_name: str | None = None, on_step=None, load_progress=None, formats=(),
-                 backend: str = "local", owner: str | None = None) -> GenerationOutcome:
+                 backend: str = "local", owner: str | None = None, mask=None) -> GenerationOutcome:
     """One image of `shot` (settings.ShotSettings) on the studio's model (or BFL's API), saved in the session's
     results folder; its seed settled here when the shot leaves it to chance."""
     from ..depth.readers import read_rgb_image
@@ -354,6 +354,16 @@ def run_generate(studio: Studio, session: str | None, path: str, shot, variant: 
     preview = recall_preview(studio, session, path, settings) or run_preview(studio, path, settings, session=session)
     if isinstance(init_image, str):
         init_image = read_rgb_image(init_image)
+    mask_name = None
+    if mask is not None:  # fix one region: white in the mask is regenerated (docs/inpaint.md)
+        if init_image is None:
+            raise FluxDepthError("a mask marks a region of an image: send the image (init_image) with it")
+        if backend != "local":
+            raise FluxDepthError("fixing one region runs on this studio's model only; choose the local backend")
+        if isinstance(mask, str):
+            mask_name = os.path.basename(mask)
+            mask = read_rgb_image(mask, "mask")
+        mask = mask.convert("L")
     check_free_space(studio)
     switched = backend == "local" and manager.variant != variant
     if backend == "local":
@@ -371,7 +381,7 @@ def run_generate(studio: Studio, session: str | None, path: str, shot, variant: 
                        str(folder / f"{stem}.png"),
                        preview=preview, init_image=init_image, init_image_name=init_image_name,
                        fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
-                       formats=formats)
+                       formats=formats, mask=mask, mask_name=mask_name or ("mask" if mask is not None else None))
     meta = made.metadata.to_dict()
     unsaved = not made.saved or folder == fallback
     if unsaved:  # API callers see it in the metadata they get back
@@ -420,7 +430,7 @@ def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=
     return run_generate(studio, session, form["depth_file"], shot_from_form(form), form.get("variant"),
                         init_image=init, init_image_name=os.path.basename(init) if init else None, on_step=on_step,
                         load_progress=load_progress, formats=form.get("also_save") or (),
-                        backend=form.get("backend") or "local", owner=form.get("owner"))
+                        backend=form.get("backend") or "local", owner=form.get("owner"), mask=form.get("mask"))
 
 
 def loras_from_form(form: dict) -> tuple:
