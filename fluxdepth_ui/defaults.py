@@ -5,6 +5,7 @@ DEFAULT_MODEL = "black-forest-labs/FLUX.1-Depth-dev"
 DEFAULT_STEPS = 28  # the model's own practice: 28-30 steps
 DEFAULT_GUIDANCE = 10.0  # FLUX.1-Depth-dev wants 10; diffusers' __call__ default of 3.5 is for FLUX.1-dev
 DEFAULT_STRENGTH = 0.6  # img2img
+DEFAULT_INPAINT_STRENGTH = 0.9  # fixing one region: diffusers' FluxControlInpaintPipeline depth example uses 0.9
 PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
 # GiB of the card that placement auto leaves to other programs (Houdini's viewport, Karma XPU): docs/vram.md.
 DEFAULT_VRAM_HEADROOM_GIB = 1.5

@@ -340,3 +340,55 @@ def test_history_is_this_browsers_own_and_survives_a_reload_and_a_restart(tmp_pa
         context.close()
     finally:
         demo.close()
+
+
+def test_fix_a_region_of_a_result_by_painting_over_it(tmp_path, browser):
+    """Issue 28: Generate, open "Fix a region", bring the result into the editor, paint over part of it, Regenerate
+    region: a new result made by inpainting (its record names the mask), the rest of the shot's settings kept."""
+    import json
+    import time
+
+    studio, demo = launch_app(tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(demo.local_url)
+        upload(page, DEPTH_SYN)
+        page.wait_for_selector("#preview img", timeout=30_000)
+        page.locator("#prompt textarea").fill("a stone arch")
+        page.locator("#generate").click()
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')",
+                               timeout=120_000)
+        page.get_by_text("Fix a region", exact=True).click()
+        page.locator("#fix-load").click()
+        canvas = page.locator("#fix-editor canvas").first
+        canvas.wait_for(timeout=30_000)
+        # The editor shows its zoom once the result is drawn as its background.
+        page.wait_for_function("() => /\\d+%/.test(document.querySelector('#fix-editor').innerText)",
+                               timeout=30_000)
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.locator("#fix-editor button[aria-label='Brush']").first.click()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.4)
+        page.mouse.down()
+        for step in range(1, 9):
+            page.mouse.move(box["x"] + box["width"] * (0.3 + 0.05 * step), box["y"] + box["height"] * 0.5)
+        page.mouse.up()
+        page.locator("#fix-run").click()
+        # Done when the fixed image's record is on disk and the page shows its seed.
+        deadline = time.monotonic() + 120
+        while len(list(studio.outputs.glob("*/*.json"))) < 2:
+            assert time.monotonic() < deadline, page.locator("#status").inner_text()
+            page.wait_for_timeout(200)
+        seed = next(json.loads(p.read_text())["seed"] for p in studio.outputs.glob("*/*.json")
+                    if "inpaint_mask" in p.read_text())
+        page.wait_for_function("(seed) => document.querySelector('#status').innerText.includes('seed ' + seed)",
+                               arg=seed, timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "fix-a-region-1280x720.png"), full_page=True)
+        records = [json.loads(p.read_text()) for p in studio.outputs.glob("*/*.json")]
+        fixed = [r for r in records if r.get("inpaint_mask")]
+        assert len(records) == 2 and len(fixed) == 1, (page.locator("#status").inner_text(), records)
+        assert fixed[0]["prompt"] == "a stone arch" and fixed[0]["strength"] == 0.9
+        page.close()
+    finally:
+        demo.close()

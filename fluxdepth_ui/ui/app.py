@@ -128,6 +128,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
         preview_kw = wire_preview(app)
         wire_generate(app)
         wire_history(app)
+        wire_fix(app)
         wire_presets(app, preview_kw)
         wire_sequence(app)
         wire_api(app)
@@ -212,31 +213,10 @@ def wire_generate(app: Wiring) -> None:
     def ui_generate(data: dict, request: gr.Request, progress=gr.Progress()):
         form = app.record(data)
         history = form.pop("history")
-        form["owner"] = form.pop("owner")
         form["depth_file"] = app.gate.resolve(form["depth_file"])
         if form["init_image"]:
             form["init_image"] = app.gate.resolve(form["init_image"], "init image")
-        from ..pipeline.errors import GenerationCancelled
-
-        try:
-            outcomes = generate_on_gpu(studio, request.session_hash, form,
-                                       lambda step, total: progress((step, total), desc="denoising"),
-                                       lambda fraction, message: progress(fraction, desc=message))
-        except GenerationCancelled as exc:  # the artist's own choice: a status line, not an error
-            keep = gr.update()
-            return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep, keep, keep
-        files = []
-        for outcome in outcomes:
-            files += [app.serve(outcome.png), app.serve(outcome.sidecar),
-                      *(app.serve(p) for p in outcome.extras.values())]
-        first = outcomes[0]
-        png, control = files[0], app.serve(first.control_png)
-        message = first.message if len(outcomes) == 1 else (
-            f"{len(outcomes)} images, seeds " + ", ".join(str(o.metadata["seed"]) for o in outcomes)
-            + " · click one in History to continue from it")
-        # Every image of a batch is in History (newest first) with its own seed.
-        gallery, history, page, where = app.history_page(form["owner"], 0)
-        return (png, (control, png), files, gallery, history, message, first.metadata["seed"], page, where)
+        return generate_and_show(app, form, history, request.session_hash, progress)
 
     # Generate is disabled while this session's job runs (a second click would queue a second image).
     def ui_arm(request: gr.Request):
@@ -281,6 +261,63 @@ def wire_generate(app: Wiring) -> None:
 
     w.gallery.select(restore, [w.history], app.components(*restored), api_visibility="private")
 
+
+
+def generate_and_show(app: Wiring, form: dict, history, session, progress) -> tuple:
+    """Run one Generate (or Regenerate region) of a page and what the page shows after it: (result, compare,
+    downloads, History gallery, its entries, status, seed, History page, its line)."""
+    from ..pipeline.errors import GenerationCancelled
+
+    try:
+        outcomes = generate_on_gpu(app.studio, session, form,
+                                   lambda step, total: progress((step, total), desc="denoising"),
+                                   lambda fraction, message: progress(fraction, desc=message))
+    except GenerationCancelled as exc:  # the artist's own choice: a status line, not an error
+        keep = gr.update()
+        return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep, keep, keep
+    files = []
+    for outcome in outcomes:
+        files += [app.serve(outcome.png), app.serve(outcome.sidecar),
+                  *(app.serve(p) for p in outcome.extras.values())]
+    first = outcomes[0]
+    png, control = files[0], app.serve(first.control_png)
+    message = first.message if len(outcomes) == 1 else (
+        f"{len(outcomes)} images, seeds " + ", ".join(str(o.metadata["seed"]) for o in outcomes)
+        + " · click one in History to continue from it")
+    # Every image of a batch is in History (newest first) with its own seed.
+    gallery, history, page, where = app.history_page(form.get("owner"), 0)
+    return png, (control, png), files, gallery, history, message, first.metadata["seed"], page, where
+
+
+def wire_fix(app: Wiring) -> None:
+    """Fix a region: the current result into the editor; Regenerate region runs the same shot on it with the
+    painted mask (inpainting) and the form's settings, at the region's own strength."""
+    studio, w = app.studio, app.w
+
+    @as_toast(1)
+    def ui_fix_load(result):
+        if not result:
+            raise FluxDepthError("no result yet: generate an image first")
+        return {"background": result, "layers": [], "composite": result}
+
+    w.fix_load.click(ui_fix_load, [w.result_img], [w.fix_editor], api_visibility="private")
+
+    @as_toast(9, status=5)
+    def ui_fix(data: dict, request: gr.Request, progress=gr.Progress()):
+        form = app.record(data)
+        history, editor = form.pop("history"), form.pop("fix_editor")
+        form["depth_file"] = app.gate.resolve(form["depth_file"])
+        form["init_image"], form["mask"] = h.region_to_fix(studio, request.session_hash, editor)
+        form.update(strength=form.pop("fix_strength"), batch=1, plate=False)
+        return generate_and_show(app, form, history, request.session_hash, progress)
+
+    def ui_arm_fix(request: gr.Request):
+        studio.arm_cancel(request.session_hash)
+
+    w.fix_btn.click(ui_arm_fix, None, None, queue=False, api_visibility="private").then(
+        ui_fix, inputs={*form_components(w), w.history, w.owner, w.fix_editor, w.fix_strength},
+        outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed, w.history_page,
+                 w.history_where], concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
 
 
 def wire_history(app: Wiring) -> None:

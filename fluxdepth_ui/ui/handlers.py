@@ -593,6 +593,28 @@ def history_record(sidecar: dict) -> dict:
     return {k: v for k, v in record.items() if v is not None or k.startswith("lora_")}
 
 
+def region_to_fix(studio: Studio, session: str | None, editor) -> tuple[str, str]:
+    """The app's "Fix a region" editor (gradio ImageEditor, numpy) -> (image file, mask file) in the session's
+    scratch: the result it shows, and white wherever the artist painted (any layer)."""
+    from PIL import Image
+
+    editor = editor or {}
+    background = editor.get("background")
+    if background is None or getattr(background, "size", 0) == 0:
+        raise FluxDepthError("no image to fix yet: generate one, then click \"Fix a region of this result\"")
+    painted = np.zeros(background.shape[:2], dtype=bool)
+    for layer in editor.get("layers") or []:
+        if layer is not None and layer.ndim == 3 and layer.shape[:2] == painted.shape:
+            painted |= layer[..., 3] > 0 if layer.shape[2] == 4 else layer.max(axis=2) > 0
+    if not painted.any():
+        raise FluxDepthError("paint over the region to regenerate first (the brush), then Regenerate region")
+    folder = studio.workspace.folder(session, "fix")
+    image, mask = folder / "image.png", folder / "mask.png"
+    Image.fromarray(np.ascontiguousarray(background[..., :3]).astype(np.uint8)).save(image)
+    Image.fromarray(painted.astype(np.uint8) * 255).save(mask)
+    return str(image), str(mask)
+
+
 def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:
     return {"png": outcome.png, "sidecar": outcome.sidecar, "control": outcome.control_png,
             "caption": f"seed {outcome.metadata['seed']} · {outcome.metadata['prompt'][:40]}",

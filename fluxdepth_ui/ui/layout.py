@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import gradio as gr
 
 from .. import limits
-from ..defaults import DEFAULT_FPS, EXTRA_FORMATS, LORA_SLOTS
+from ..defaults import DEFAULT_FPS, DEFAULT_INPAINT_STRENGTH, EXTRA_FORMATS, LORA_SLOTS
 from ..depth.readers import DEPTH_SUFFIXES
 from ..loras import available_loras
 from ..presets import list_presets, packaged_folder
@@ -270,6 +270,18 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
         w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
                               interactive=False)
+    # Fix one region of the result (inpainting, docs/inpaint.md): paint over it, regenerate only there with the same
+    # control map and the prompt above.
+    with gr.Accordion("Fix a region", open=False, elem_id="fix-panel"):
+        w.fix_load = gr.Button("Fix a region of this result", size="sm", elem_id="fix-load")
+        w.fix_editor = gr.ImageEditor(label="Paint over what to regenerate", type="numpy", sources=(),
+                                      brush=gr.Brush(colors=["#ff3366"], color_mode="fixed"), layers=False,
+                                      transforms=(), height=300, elem_id="fix-editor")
+        with gr.Row():
+            w.fix_strength = gr.Slider(0.05, 1.0, value=DEFAULT_INPAINT_STRENGTH, step=0.05,
+                                       label="Strength in the region", info="0.9 or more repaints it fully",
+                                       elem_id="fix-strength", scale=2)
+            w.fix_btn = gr.Button("Regenerate region", variant="primary", elem_id="fix-run", scale=1)
     # History: the results on disk, newest first, across reloads and restarts (this browser's own on a shared
     # studio); clicking one restores its settings (handlers.list_history).
     with gr.Accordion("History", open=False, elem_id="history-panel"):
