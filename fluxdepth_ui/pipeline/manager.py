@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -97,6 +97,13 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _check_inputs(width: int, height: int, init_image, mask) -> None:
+    if width % 16 or height % 16:
+        raise PipelineError(f"control image {width}x{height} is not a multiple of 16; use make_control_image")
+    if mask is not None and init_image is None:
+        raise PipelineError("a mask needs the image it is painted on (the init image): give both to fix a region")
 
 
 def _check_headroom(value) -> float:
@@ -558,10 +565,7 @@ class PipelineManager:
     ) -> GenerationResult:
         # 1. Check the inputs before touching the model (the settings record checked its own values).
         width, height = control.width, control.height
-        if width % 16 or height % 16:
-            raise PipelineError(f"control image {width}x{height} is not a multiple of 16; use make_control_image")
-        if mask is not None and init_image is None:
-            raise PipelineError("a mask needs the image it is painted on (the init image): give both to fix a region")
+        _check_inputs(width, height, init_image, mask)
         with self._lock:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled("cancelled before it started")
@@ -600,9 +604,8 @@ class PipelineManager:
             seconds = time.perf_counter() - t0
             self._after_image(shape, total, seconds, compiling)
             # 7. Record what made it.
-            meta = self._metadata(settings, seed, shape, seconds, tiled, loras, init_image_name, depth)
-            if mask is not None:
-                meta = replace(meta, inpaint_mask=mask_name or "mask")
+            meta = self._metadata(settings, seed, shape, seconds, tiled, loras, init_image_name, depth,
+                                  (mask_name or "mask") if mask is not None else None)
             return GenerationResult(image, meta, pixels)
 
     def _pipeline_inputs(self, control: ControlImage, settings: GenerationSettings, seed: int,
@@ -673,7 +676,8 @@ class PipelineManager:
             torch.cuda.empty_cache()
 
     def _metadata(self, settings: GenerationSettings, seed: int, shape: tuple, seconds: float, tiled: bool,
-                  loras, init_image_name: str | None, depth: DepthStats | None) -> GenerationMetadata:
+                  loras, init_image_name: str | None, depth: DepthStats | None,
+                  mask_name: str | None) -> GenerationMetadata:
         width, height, img2img = shape
         return GenerationMetadata(
             prompt=settings.prompt,
@@ -687,6 +691,7 @@ class PipelineManager:
             revision=self._revision or "",
             strength=float(settings.strength) if img2img else None,
             init_image=init_image_name if img2img else None,
+            inpaint_mask=mask_name,
             depth_file=depth.file if depth else None,
             depth_channel=depth.channel if depth else None,
             depth_mode=depth.mode if depth else None,

@@ -409,22 +409,26 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
     app.demo.load(menu, None, w.preset_menu, api_visibility="private")
 
 
+SEQUENCE_LORA_SLOTS = tuple(name for slot in LORA_SLOTS for name in slot)
+
+
+def sequence_shot(form: dict):
+    """The sequence's shot: its own controls, the single frame's style LoRA slots, the sequence's one seed."""
+    values = {name[len("seq_"):]: form[name] for name in sequence_fields() if name in form}
+    values.update({name: form[name] for name in SEQUENCE_LORA_SLOTS if name in form})
+    if "seq_seed" in form:
+        values.update(seed=form["seq_seed"], randomize=bool(form.get("seq_random")))
+    return h.shot_from_form(values)
+
+
 def wire_sequence(app: Wiring) -> None:
-    """The Sequence tab: the same settings as the single frame (prefixed seq_), one shared range, one seed, one zip."""
+    """The Sequence tab: the same settings as the single frame (prefixed seq_), one shared range, one seed, one zip.
+    Changing the frames or a depth setting prepares the previews; Render all frames: `wire_sequence_render`."""
     studio, w = app.studio, app.w
     depth_names = tuple("seq_" + n for n in shot_names("depth"))
-    lora_slots = tuple(name for slot in LORA_SLOTS for name in slot)
-
-    def shot_of(form: dict):
-        """The sequence's shot: its own controls, the single frame's style LoRA slots, the sequence's one seed."""
-        values = {name[len("seq_"):]: form[name] for name in sequence_fields() if name in form}
-        values.update({name: form[name] for name in lora_slots if name in form})
-        if "seq_seed" in form:
-            values.update(seed=form["seq_seed"], randomize=bool(form.get("seq_random")))
-        return h.shot_from_form(values)
 
     def depth_of(form: dict):
-        return shot_of(form).depth
+        return sequence_shot(form).depth
 
     @as_toast(4, status=2)
     def ui_seq_prepare(data: dict, request: gr.Request):
@@ -452,6 +456,11 @@ def wire_sequence(app: Wiring) -> None:
         control = getattr(w, name)
         trigger = control.release if name == "seq_long_side" else control.input
         trigger(ui_seq_prepare, inputs, outputs, api_visibility="private", trigger_mode="always_last")
+    wire_sequence_render(app)
+
+
+def wire_sequence_render(app: Wiring) -> None:
+    studio, w = app.studio, app.w
 
     @as_toast(5, status=3)
     def ui_seq_render(data: dict, request: gr.Request, progress=gr.Progress()):
@@ -461,7 +470,7 @@ def wire_sequence(app: Wiring) -> None:
         setup = form["seq_setup"]
         if setup is None:
             raise FluxDepthError("add the sequence's frames first")
-        shot = shot_of(form)
+        shot = sequence_shot(form)
         setup = replace(setup, stats=replace(setup.stats, seed=shot.generation.seed))
         done = h.run_sequence(
             studio, request.session_hash, setup, shot, form["variant"],
@@ -484,7 +493,7 @@ def wire_sequence(app: Wiring) -> None:
     w.seq_render.click(ui_arm_render, None, w.seq_render, queue=False, api_visibility="private").then(
         ui_seq_render,
         {w.seq_setup, *app.components(*sequence_fields()), w.variant, w.seq_fps, w.seq_seed, w.seq_random,
-         w.seq_also_save, *app.components(*lora_slots)},
+         w.seq_also_save, *app.components(*SEQUENCE_LORA_SLOTS)},
         [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
         concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
         lambda: gr.update(interactive=True, value="Render all frames"), None, w.seq_render, queue=False,

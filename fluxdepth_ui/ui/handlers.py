@@ -354,16 +354,7 @@ def run_generate(studio: Studio, session: str | None, path: str, shot, variant: 
     preview = recall_preview(studio, session, path, settings) or run_preview(studio, path, settings, session=session)
     if isinstance(init_image, str):
         init_image = read_rgb_image(init_image)
-    mask_name = None
-    if mask is not None:  # fix one region: white in the mask is regenerated (docs/inpaint.md)
-        if init_image is None:
-            raise FluxDepthError("a mask marks a region of an image: send the image (init_image) with it")
-        if backend != "local":
-            raise FluxDepthError("fixing one region runs on this studio's model only; choose the local backend")
-        if isinstance(mask, str):
-            mask_name = os.path.basename(mask)
-            mask = read_rgb_image(mask, "mask")
-        mask = mask.convert("L")
+    mask, mask_name = read_mask(mask, init_image, backend)
     check_free_space(studio)
     switched = backend == "local" and manager.variant != variant
     if backend == "local":
@@ -381,7 +372,7 @@ def run_generate(studio: Studio, session: str | None, path: str, shot, variant: 
                        str(folder / f"{stem}.png"),
                        preview=preview, init_image=init_image, init_image_name=init_image_name,
                        fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
-                       formats=formats, mask=mask, mask_name=mask_name or ("mask" if mask is not None else None))
+                       formats=formats, mask=mask, mask_name=mask_name)
     meta = made.metadata.to_dict()
     unsaved = not made.saved or folder == fallback
     if unsaved:  # API callers see it in the metadata they get back
@@ -420,6 +411,24 @@ def set_vram_headroom(studio: Studio, value) -> str:
     headroom = parse_vram_headroom(value)
     studio.manager.configure(vram_headroom=headroom)
     return f"VRAM headroom: **{headroom:g} GiB** kept free for other programs · applies from the next image"
+
+
+def read_mask(mask, init_image, backend: str) -> tuple:
+    """(the mask as a greyscale image, its name) for fixing one region, or (None, None) without one: white in the
+    mask is regenerated (docs/inpaint.md)."""
+    from ..depth.readers import read_rgb_image
+
+    if mask is None:
+        return None, None
+    if init_image is None:
+        raise FluxDepthError("a mask marks a region of an image: send the image (init_image) with it")
+    if backend != "local":
+        raise FluxDepthError("fixing one region runs on this studio's model only; choose the local backend")
+    name = "mask"
+    if isinstance(mask, str):
+        name = os.path.basename(mask)
+        mask = read_rgb_image(mask, "mask")
+    return mask.convert("L"), name
 
 
 def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=None,

@@ -266,6 +266,11 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                 setattr(w, scale, gr.Slider(LORA_SCALE_RANGE[0], LORA_SCALE_RANGE[1], value=1.0, step=0.05,
                                             label="Scale", scale=1))
         other_settings(w)
+    _result_panels(w)
+
+
+def _result_panels(w: SimpleNamespace) -> None:
+    """Below the result: compare and download, fix a region, the history of results."""
     with gr.Accordion("Compare, download", open=False):
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
         w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
