@@ -1,5 +1,5 @@
 """2K plates (shot.py, pipeline/manager.py) on tiny-random: long sides up to 2048, VAE tiling on and off, and the
-two-pass plate recorded in the metadata. GPU memory and seconds at 2K: benchmarks/plates.py."""
+two-pass plate recorded in the metadata. GPU memory and seconds at 2K: benchmarks/production_gpu.py."""
 
 import json
 

@@ -24,7 +24,7 @@ DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
 DEPTH_DOC = packaged_folder("docs", "docs") / "depth.md"
 
 # The form: every setting of the schema (settings.shot_fields) by its name, plus what only the app has. Functions,
-# not constants: a setting added to the dataclasses shows up here with no other edit (tests/test_settings_codec.py).
+# not constants: a setting added to the dataclasses shows up here with no other edit (tests/test_shot_and_settings.py).
 APP_ONLY_FIELDS = ("variant", "randomize", "batch", "init_image", "also_save",
                    *(name for slot in LORA_SLOTS for name in slot), "backend")
 SEQUENCE_SKIPS = ("strength", "seed")  # img2img only; the sequence's one seed has its own box (seq_seed)
