@@ -11,6 +11,7 @@ No torch here: front ends import this before any model code.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 
@@ -249,11 +250,15 @@ _NORMALIZE_KEYS_V1 = ("mode", "invert", "clip", "near", "far", "gap_max", "polar
 
 def _without_new_defaults(record, d: dict, always: tuple[str, ...]) -> dict:
     for f in fields(record):
-        if f.name not in always and f.name in d:
-            default = f.default if f.default is not MISSING else f.default_factory()
-            if getattr(record, f.name) == default:
-                d.pop(f.name)
+        if f.name not in always and f.name in d and getattr(record, f.name) == _field_default(f):
+            d.pop(f.name)
     return d
+
+
+def _field_default(f):
+    """A dataclass field's default (its factory's value), MISSING when it has none."""
+    return f.default if f.default is not MISSING else (
+        f.default_factory() if f.default_factory is not MISSING else MISSING)
 
 
 def _known(cls, data: dict) -> dict:
@@ -289,8 +294,10 @@ class FormField:
         return self.default is MISSING
 
 
+@functools.lru_cache(maxsize=None)
 def shot_fields(root: type | None = None) -> tuple[FormField, ...]:
-    """Every user-facing setting of a shot, in the order the dataclasses declare them (depth first)."""
+    """Every user-facing setting of a shot, in the order the dataclasses declare them (depth first). Made once per
+    record type: every control, API parameter and form conversion asks for it."""
     out = []
 
     def walk(cls, path):
@@ -304,8 +311,7 @@ def shot_fields(root: type | None = None) -> tuple[FormField, ...]:
                 if isinstance(kind, type) and is_dataclass(kind):
                     walk(kind, path + (f.name,))
                 continue
-            default = f.default if f.default is not MISSING else (
-                f.default_factory() if f.default_factory is not MISSING else MISSING)
+            default = _field_default(f)
             if spec.parts:
                 out.extend(FormField(part, path + (f.name,), spec, default[i], i) for i, part in enumerate(spec.parts))
             else:
@@ -318,7 +324,19 @@ def shot_fields(root: type | None = None) -> tuple[FormField, ...]:
 
 
 def form_field(name: str) -> FormField:
-    return next(f for f in shot_fields() if f.name == name)
+    return _fields_by_name()[name]
+
+
+@functools.lru_cache(maxsize=None)
+def _fields_by_name() -> dict[str, FormField]:
+    return {f.name: f for f in shot_fields()}
+
+
+def _plain(value):
+    """A record's value as JSON holds it: style LoRAs as {"name", "scale"} records, a pair as a list."""
+    if isinstance(value, tuple):
+        return [asdict(v) if is_dataclass(v) else v for v in value]
+    return value
 
 
 def _is_unset(value, unset) -> bool:
@@ -383,11 +401,7 @@ def form_from_shot(shot: "ShotSettings") -> dict:
     form = {}
     for f in shot_fields(type(shot)):
         value = _get(shot, f.path)
-        if f.part is not None:
-            value = value[f.part]
-        elif f.spec.kind is tuple:
-            value = [asdict(v) if is_dataclass(v) else v for v in value]
-        form[f.name] = value
+        form[f.name] = value[f.part] if f.part is not None else _plain(value)
     return form
 
 
@@ -402,12 +416,7 @@ def preset_sections(shot: "ShotSettings") -> dict:
     for f in shot_fields(type(shot)):
         if not f.spec.preset or f.part not in (None, 0):
             continue
-        value = _get(shot, f.path)
-        if f.part is not None:
-            value = list(value)
-        elif f.spec.kind is tuple:
-            value = [asdict(v) if is_dataclass(v) else v for v in value]
-        sections.setdefault(f.section, {})[f.path[-1]] = value
+        sections.setdefault(f.section, {})[f.path[-1]] = _plain(_get(shot, f.path))
     return sections
 
 

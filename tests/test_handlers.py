@@ -37,7 +37,7 @@ def test_generate_from_a_settings_record(studio):
     assert outcome.metadata["seed"] == 7 and "seed **7**" in outcome.message
     assert Image.open(outcome.png).size == (256, 192) and read_metadata(outcome.png).prompt == "a hall"
     assert Image.open(outcome.control_png).mode.startswith("I;16")  # the same 16-bit control PNG as the CLI
-    entry = h.history_entry(outcome, form())
+    entry = next(e for e in h.list_history(studio, None)[0] if e["png"] == outcome.png)  # in History
     assert entry["settings"]["long_side"] == 256 and entry["caption"].startswith("seed 7")
     drawn = [h.generate_from_form(studio, "s1", form(randomize=True, seed=7)).metadata["seed"] for _ in range(2)]
     assert drawn[0] != drawn[1]  # "Random seed" draws a new one each time (2**-32 odds of a repeat)

@@ -78,6 +78,13 @@ def _device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+def _process_fraction(index: int) -> float:
+    """The allocator cap now set on this process (1.0 where this torch build cannot tell)."""
+    if hasattr(torch.cuda, "get_per_process_memory_fraction"):
+        return torch.cuda.get_per_process_memory_fraction(index)
+    return 1.0
+
+
 def available_bytes(device: torch.device) -> int | None:
     """GPU memory this process could hold now: the driver's free memory (other programs' use counted, Houdini's
     included) plus what this process's allocator already reserves, within a cap set from outside. None off CUDA."""
@@ -87,9 +94,9 @@ def available_bytes(device: torch.device) -> int | None:
     free, total = torch.cuda.mem_get_info(index)
     available = free + torch.cuda.memory_reserved(index)
     fraction = _OUTSIDE_CAP.get(index)
-    if fraction is None and hasattr(torch.cuda, "get_per_process_memory_fraction"):
-        fraction = torch.cuda.get_per_process_memory_fraction(index)
-    if fraction is not None and fraction < 1.0:
+    if fraction is None:
+        fraction = _process_fraction(index)
+    if fraction < 1.0:
         available = min(available, int(fraction * total))
     return int(available)
 
@@ -100,8 +107,7 @@ def enforce_budget(budget_bytes: int | None, device: torch.device) -> None:
         return
     index = _device_index(device)
     if index not in _OUTSIDE_CAP:
-        _OUTSIDE_CAP[index] = (torch.cuda.get_per_process_memory_fraction(index)
-                               if hasattr(torch.cuda, "get_per_process_memory_fraction") else 1.0)
+        _OUTSIDE_CAP[index] = _process_fraction(index)
     try:  # fewer, growable segments: block-sized allocations every step do not fragment the capped pool
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     except (AttributeError, RuntimeError):

@@ -21,6 +21,7 @@ from PIL import Image
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
 from ..defaults import DEFAULT_VRAM_HEADROOM_GIB, FOLLOW_FREE_MEMORY_BY_DEFAULT
 from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec  # noqa: F401
+from ..settings import parse_vram_headroom
 from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
@@ -106,12 +107,6 @@ def _check_inputs(width: int, height: int, init_image, mask) -> None:
         raise PipelineError("a mask needs the image it is painted on (the init image): give both to fix a region")
 
 
-def _check_headroom(value) -> float:
-    from ..settings import parse_vram_headroom
-
-    return parse_vram_headroom(value)
-
-
 def _uncompile_blocks(transformer) -> None:
     """Undo diffusers' regional compilation (`compile_repeated_blocks`: nn.Module.compile on each block)."""
     for module in transformer.modules():
@@ -137,10 +132,9 @@ class PipelineManager:
         # GiB, "auto" (free memory minus a margin) or None (the placement option alone decides): budget.py
         self.vram_budget = parse_budget(vram_budget)
         # GiB left free on the card for other programs (Houdini) when the plan follows the card (docs/vram.md).
-        self.vram_headroom = _check_headroom(vram_headroom)
+        self.vram_headroom = parse_vram_headroom(vram_headroom)
         self._read_memory = memory_reader or available_bytes
         self._plan: MemoryPlan | None = None
-        self._follows_card = False  # placement auto without a fixed budget: re-planned between images
         self._plan_handles: list = []
         self._plan_inputs: tuple | None = None  # (sizes, block sizes) the plans are made from
         # Prompt -> (prompt_embeds, pooled_prompt_embeds): a seed batch, a sequence or a re-run never re-encodes.
@@ -224,7 +218,7 @@ class PipelineManager:
         """
         if vram_headroom is not None:
             with self._lock:
-                self.vram_headroom = _check_headroom(vram_headroom)
+                self.vram_headroom = parse_vram_headroom(vram_headroom)
         if variant is not None:
             self.check_variant(variant)  # before the loaded model is dropped: a refusal leaves it in place
         if placement is not None and placement not in PLACEMENTS:
@@ -292,7 +286,6 @@ class PipelineManager:
                 del pipe
             self._choice = None
             self._plan = None
-            self._follows_card = False
             self._plan_handles = []
             self._plan_inputs = None
             self._prompt_cache = {}
@@ -369,7 +362,7 @@ class PipelineManager:
         decision, aot = self._install_compiler(variant, decision, zerogpu, _transformer_moves(choice, plan))
         if decision.reason:
             notes.append(decision.reason)
-        self._pipe, self._device, self._choice, self._revision = pipe, device, choice, loaded.revision
+        self._choice, self._revision = choice, loaded.revision
         self._plan = plan
         self._compiled = decision.enabled
         self._aot = aot
@@ -414,23 +407,20 @@ class PipelineManager:
         the card's memory as the driver sees it now less the headroom kept for other programs. Such a plan follows
         the card: it is re-made between images when their memory use changes (`_fit_plan_to_card`). Model and
         sequential offload only when asked for, or when even streaming cannot hold the tier."""
-        self._follows_card = False
         quantized = variant.transformer is not None or variant.fp8
         budget = resolve_budget(self.vram_budget, device)
-        available = self._read_memory(device) if self.placement == "auto" else None
         if budget is not None and self.placement == "auto":
             plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
             return PlacementChoice("budget", plan.summary()), plan, budget
-        if budget is None and available is not None and self.follows_free_memory:
+        available = self._read_memory(device) if self.follows_free_memory else None
+        if available is not None:
             budget = max(available - int(self.vram_headroom * GIB), GIB)
             try:
                 plan = plan_memory(budget, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
-            except PipelineError:
-                plan = None  # not even streaming holds it: the offloads below
-            if plan is not None:
-                self._follows_card = True
                 return PlacementChoice("budget", f"{plan.summary()} (what the GPU has free now, less "
                                                  f"{self.vram_headroom:g} GiB kept for other programs)"), plan, budget
+            except PipelineError:
+                pass  # not even streaming holds it: the offloads below
         choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device), quantized)
         return choice, None, budget
 
@@ -438,13 +428,19 @@ class PipelineManager:
     def follows_free_memory(self) -> bool:
         """Whether placement auto plans by the card's free memory before every image (`--vram-budget follow`, or the
         default where FOLLOW_FREE_MEMORY_BY_DEFAULT is on)."""
-        return self.vram_budget == "follow" or (self.vram_budget is None and FOLLOW_FREE_MEMORY_BY_DEFAULT)
+        wanted = self.vram_budget == "follow" or (self.vram_budget is None and FOLLOW_FREE_MEMORY_BY_DEFAULT)
+        return wanted and self.placement == "auto"
+
+    @property
+    def _follows_card(self) -> bool:
+        """The loaded plan follows the card (made from its free memory; a fixed budget never follows)."""
+        return self.follows_free_memory and self._plan is not None
 
     def _fit_plan_to_card(self, progress: LoadProgress | None, shrink_to: int | None = None) -> None:
         """Before an image (never during one): when the plan follows the card and other programs took memory since
         it was made (or gave it back), re-plan to what the card has now, less the headroom. `shrink_to` forces a
         smaller plan (an image that ran out of memory is retried once with it)."""
-        if not self._follows_card or self._plan is None or self._active_aot() is not None:
+        if not self._follows_card or self._active_aot() is not None:
             return
         available = self._read_memory(self._device)
         if available is None:
@@ -728,8 +724,7 @@ class PipelineManager:
             # Outside the except block: the caught error (and its traceback, which holds the failed step's tensors)
             # is gone, so the memory can really be freed before anyone sees the message or the image is retried.
             self._after_failure(pipe)
-            retry = (attempt == 1 and isinstance(failure, OutOfMemoryError) and self._follows_card
-                     and self._plan is not None)
+            retry = attempt == 1 and isinstance(failure, OutOfMemoryError) and self._follows_card
             if retry:
                 smaller = int(self._plan.budget * 0.8)
                 try:

@@ -209,7 +209,7 @@ def wire_generate(app: Wiring) -> None:
     studio, w = app.studio, app.w
     names = depth_fields() + generation_fields()
 
-    @as_toast(9, status=5)
+    @as_toast(len(SHOWN_AFTER_IMAGE), status=SHOWN_AFTER_IMAGE.index("status"))
     def ui_generate(data: dict, request: gr.Request, progress=gr.Progress()):
         form = app.record(data)
         history = form.pop("history")
@@ -225,8 +225,7 @@ def wire_generate(app: Wiring) -> None:
 
     w.generate_btn.click(ui_arm, None, w.generate_btn, queue=False, api_visibility="private").then(
         ui_generate, inputs={*form_components(w), w.history, w.owner},
-        outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed, w.history_page,
-                 w.history_where],
+        outputs=app.components(*SHOWN_AFTER_IMAGE),
         concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
         lambda: gr.update(interactive=True, value="Generate"), None, w.generate_btn, queue=False,
         api_visibility="private")
@@ -263,9 +262,13 @@ def wire_generate(app: Wiring) -> None:
 
 
 
+# What a page shows after a Generate or a Regenerate region (generate_and_show's values, in this order).
+SHOWN_AFTER_IMAGE = ("result_img", "compare", "downloads", "gallery", "history", "status", "seed", "history_page",
+                     "history_where")
+
+
 def generate_and_show(app: Wiring, form: dict, history, session, progress) -> tuple:
-    """Run one Generate (or Regenerate region) of a page and what the page shows after it: (result, compare,
-    downloads, History gallery, its entries, status, seed, History page, its line)."""
+    """Run one Generate (or Regenerate region) of a page and what the page shows after it (SHOWN_AFTER_IMAGE)."""
     from ..pipeline.errors import GenerationCancelled
 
     try:
@@ -302,7 +305,7 @@ def wire_fix(app: Wiring) -> None:
 
     w.fix_load.click(ui_fix_load, [w.result_img], [w.fix_editor], api_visibility="private")
 
-    @as_toast(9, status=5)
+    @as_toast(len(SHOWN_AFTER_IMAGE), status=SHOWN_AFTER_IMAGE.index("status"))
     def ui_fix(data: dict, request: gr.Request, progress=gr.Progress()):
         form = app.record(data)
         history, editor = form.pop("history"), form.pop("fix_editor")
@@ -316,8 +319,8 @@ def wire_fix(app: Wiring) -> None:
 
     w.fix_btn.click(ui_arm_fix, None, None, queue=False, api_visibility="private").then(
         ui_fix, inputs={*form_components(w), w.history, w.owner, w.fix_editor, w.fix_strength},
-        outputs=[w.result_img, w.compare, w.downloads, w.gallery, w.history, w.status, w.seed, w.history_page,
-                 w.history_where], concurrency_limit=1, concurrency_id="gpu", api_visibility="private")
+        outputs=app.components(*SHOWN_AFTER_IMAGE), concurrency_limit=1, concurrency_id="gpu",
+        api_visibility="private")
 
 
 def wire_history(app: Wiring) -> None:
@@ -681,23 +684,20 @@ def generate_endpoint(app: Wiring, inpaint: bool = False):
         return FileData(path=app.serve(outcome.png)), outcome.metadata, extras
 
     if inpaint:
-        return api_endpoint(
+        name, summary, record = (
             "fluxdepth_inpaint",
             "Fix one region of an image (init_image) where the mask is white, with FLUX.1-Depth-dev and the same "
             "depth file, keeping everything else; strength 0.9 or more repaints the region fully.",
-            api_parameters(GENERATE_API_ORDER, None, GENERATE_API_EXTRAS), GENERATE_API_EXTRAS,
-            tuple[FileData, dict[str, Any], list[FileData]],
-            ("the image as an 8-bit PNG with its settings in the text chunks.",
-             "the metadata record, with init_image and inpaint_mask.",
-             "the also_save files (16-bit PNG, EXR), empty when none were asked for."),
-            run)
+            "the metadata record, with init_image and inpaint_mask.")
+    else:
+        name, summary, record = (
+            "fluxdepth_generate",
+            "Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.",
+            "the metadata record: prompt, seed, steps, guidance, size, variant, model, depth channel/mode/range.")
     return api_endpoint(
-        "fluxdepth_generate",
-        "Generate an image with FLUX.1-Depth-dev from a depth file and a prompt, keeping the render's layout.",
-        api_parameters(GENERATE_API_ORDER, None, GENERATE_API_EXTRAS), GENERATE_API_EXTRAS,
+        name, summary, api_parameters(GENERATE_API_ORDER, None, GENERATE_API_EXTRAS), GENERATE_API_EXTRAS,
         tuple[FileData, dict[str, Any], list[FileData]],
-        ("the image as an 8-bit PNG with its settings in the text chunks.",
-         "the metadata record: prompt, seed, steps, guidance, size, variant, model, depth channel/mode/range.",
+        ("the image as an 8-bit PNG with its settings in the text chunks.", record,
          "the also_save files (16-bit PNG, EXR), empty when none were asked for."),
         run)
 

@@ -624,12 +624,6 @@ def region_to_fix(studio: Studio, session: str | None, editor) -> tuple[str, str
     return str(image), str(mask)
 
 
-def history_entry(outcome: GenerationOutcome, ui_settings: dict) -> dict:
-    return {"png": outcome.png, "sidecar": outcome.sidecar, "control": outcome.control_png,
-            "caption": f"seed {outcome.metadata['seed']} · {outcome.metadata['prompt'][:40]}",
-            "settings": ui_settings}
-
-
 # --- sequences ---------------------------------------------------------------------------------------------------
 
 
