@@ -292,6 +292,16 @@ def test_a_typo_in_a_clip_box_is_one_line_and_escape_cancels(app_url, browser):
     page.close()
 
 
+def generate_one(page, url, prompt):
+    """Open the studio, load the synthetic depth map and Generate one image with `prompt`; back when it is shown."""
+    page.goto(url)
+    upload(page, DEPTH_SYN)
+    page.wait_for_selector("#preview img", timeout=30_000)
+    page.locator("#prompt textarea").fill(prompt)
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=120_000)
+
+
 def test_history_is_this_browsers_own_and_survives_a_reload_and_a_restart(tmp_path, browser):
     """Issue 28: on a shared studio, History lists this browser's results (by a key it keeps), newest first, after a
     reload and after the server restarts on the same address; another browser sees none of them. Clicking one
@@ -306,13 +316,7 @@ def test_history_is_this_browsers_own_and_survives_a_reload_and_a_restart(tmp_pa
     try:
         context = browser.new_context(viewport={"width": 1280, "height": 720})
         page = context.new_page()
-        page.goto(url)
-        upload(page, DEPTH_SYN)
-        page.wait_for_selector("#preview img", timeout=30_000)
-        page.locator("#prompt textarea").fill("a marble hall")
-        page.locator("#generate").click()
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')",
-                               timeout=120_000)
+        generate_one(page, url, "a marble hall")
         page.reload()
         page.get_by_text("History", exact=True).click()
         page.wait_for_selector("#gallery img", timeout=30_000)
@@ -351,20 +355,15 @@ def test_fix_a_region_of_a_result_by_painting_over_it(tmp_path, browser):
     studio, demo = launch_app(tmp_path)
     try:
         page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(demo.local_url)
-        upload(page, DEPTH_SYN)
-        page.wait_for_selector("#preview img", timeout=30_000)
-        page.locator("#prompt textarea").fill("a stone arch")
-        page.locator("#generate").click()
-        page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')",
-                               timeout=120_000)
+        generate_one(page, demo.local_url, "a stone arch")
         page.get_by_text("Fix a region", exact=True).click()
         page.locator("#fix-load").click()
         canvas = page.locator("#fix-editor canvas").first
         canvas.wait_for(timeout=30_000)
-        # The editor shows its zoom once the result is drawn as its background.
-        page.wait_for_function("() => /\\d+%/.test(document.querySelector('#fix-editor').innerText)",
-                               timeout=30_000)
+        # Paint only once the result is the editor's background: the editor then shows the zoom at which it fitted
+        # the 1024 px result into its 400 px canvas (below 100%; an empty editor shows no zoom).
+        page.wait_for_function("() => { const m = document.querySelector('#fix-editor').innerText.match(/(\\d+)%/);"
+                               " return m && Number(m[1]) < 100; }", timeout=30_000)
         canvas.scroll_into_view_if_needed()
         box = canvas.bounding_box()
         page.locator("#fix-editor button[aria-label='Brush']").first.click()
