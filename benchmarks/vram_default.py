@@ -62,12 +62,18 @@ class OtherProgram:
         self.proc = subprocess.Popen([sys.executable, "-c", HOG], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
 
-    def hold(self, gib: float) -> None:
-        self.proc.stdin.write(f"hold {gib}\n")
-        self.proc.stdin.flush()
-        answer = self.proc.stdout.readline().strip()
-        if answer != "ok":
-            raise RuntimeError(f"the other program could not take {gib:.1f} GiB ({answer or 'it died'})")
+    def hold(self, gib: float, settle: bool = False) -> float:
+        """Hold `gib`; with `settle`, as much of it as the card has free (in 0.25 GiB steps), as a real program
+        would take what it can. Returns what is held."""
+        while True:
+            self.proc.stdin.write(f"hold {gib}\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline().strip()
+            if answer == "ok":
+                return gib
+            if not settle or answer != "short" or gib <= 0.25:
+                raise RuntimeError(f"the other program could not take {gib:.1f} GiB ({answer or 'it died'})")
+            gib -= 0.25
 
     def close(self) -> None:
         self.proc.stdin.close()
@@ -78,10 +84,10 @@ def card_total_gib() -> float:
     return torch.cuda.mem_get_info()[1] / GIB
 
 
-def leave_card(other: OtherProgram, card_gib: float) -> None:
+def leave_card(other: OtherProgram, card_gib: float, settle: bool = False) -> float:
     """The other program holds all of the GPU but `card_gib` (its own CUDA context, about 0.6 GiB, counted): this
-    process sees the free memory of a `card_gib` card on which it runs alone."""
-    other.hold(max(0.0, card_total_gib() - card_gib - 0.6))
+    process sees the free memory of a `card_gib` card on which it runs alone. Returns the GiB it holds."""
+    return other.hold(max(0.0, card_total_gib() - card_gib - 0.6), settle)
 
 
 def manager_over(master: dict, variant: str, placement: str) -> PipelineManager:
@@ -171,8 +177,11 @@ def main() -> None:
             attempt("loaded" if index == 0 else "re-planned", (1, 2), {"card_gib": card})
             # 3. Another program takes memory between two frames of a sequence, then gives it back.
             if card == args.squeeze_at and args.squeeze:
-                leave_card(other, card - args.squeeze)
-                attempt(f"{args.squeeze:g} GiB taken by another program", (2,), {"card_gib": card - args.squeeze})
+                before = card_total_gib() - card - 0.6
+                taken = leave_card(other, card - args.squeeze, settle=True) - before
+                attempt(f"{taken:.2f} GiB taken by another program (asked {args.squeeze:g})", (2,),
+                        {"card_gib": card - taken, "taken_gib": round(taken, 2),
+                         "free_before_gib": round(torch.cuda.mem_get_info()[0] / GIB, 2)})
                 leave_card(other, card)
                 attempt("given back", (2,), {"card_gib": card})
     finally:
