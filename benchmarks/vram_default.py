@@ -91,8 +91,11 @@ def leave_card(other: OtherProgram, card_gib: float, settle: bool = False) -> fl
 
 
 def manager_over(master: dict, variant: str, placement: str) -> PipelineManager:
-    components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
-    loader = lambda v, progress: LoadedModel(components=components, revision="random", notes=[])  # noqa: E731
+    def loader(variant, progress):  # a fresh copy per load, as a load from disk would be (a failed load may have
+        # quantized part of what it was given)
+        components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
+        return LoadedModel(components=components, revision="random", notes=[])
+
     return PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant, placement=placement,
                            loader=loader, cache_root="/tmp/fluxdepth-bench-cache",
                            vram_budget="follow" if placement == "auto" else None)

@@ -9,9 +9,9 @@ DEFAULT_INPAINT_STRENGTH = 0.9  # fixing one region: diffusers' FluxControlInpai
 PLACEMENTS = ("auto", "gpu", "model_offload", "sequential_offload")
 # GiB of the card that placement auto leaves to other programs (Houdini's viewport, Karma XPU): docs/vram.md.
 DEFAULT_VRAM_HEADROOM_GIB = 1.5
-# Placement auto without a --vram-budget plans by the card's free memory before every image ("follow"). Off until
-# it has run on a GPU (docs/vram.md): until then `--vram-budget follow` asks for it.
-FOLLOW_FREE_MEMORY_BY_DEFAULT = False
+# Placement auto without a --vram-budget plans by the card's free memory before every image ("follow"): measured on
+# an H100 made into 8-24 GiB cards by another process (docs/vram.md, docs/benchmarks.md "Session 33").
+FOLLOW_FREE_MEMORY_BY_DEFAULT = True
 VARIANT_NAMES = ("bf16", "qint8", "qint4", "fp8")  # the tiers, in the order the app lists them
 DEFAULT_VARIANT = VARIANT_NAMES[0]
 DEFAULT_DEPTH_LORA_SCALE = 0.85  # black-forest-labs/flux cli_control.py's scale for the depth LoRA

@@ -93,3 +93,52 @@ def test_fp8_takes_torchaos_tuned_compile_options_unless_turned_off(monkeypatch)
     # Off unless asked for: the tuning cost minutes of cold compile for no faster steps (docs/benchmarks.md).
     assert [c["set_inductor_config"] for c in configs] == [False, True]
     assert all(c["granularity"] == "per-row" for c in configs)
+
+
+def test_fp8_quantizes_a_streamed_transformer_one_block_on_the_card_at_a_time(monkeypatch):
+    """Under a budget that streams the transformer, fp8's quantization never brings the whole transformer to the GPU
+    (it did: a 12 GiB card ran out of memory at load, docs/benchmarks.md "Session 33"). Module moves are recorded,
+    not made, so this runs without a GPU; torchao is a stand-in, as above."""
+    import sys
+    import types
+
+    quantization = types.ModuleType("torchao.quantization")
+    quantization.PerRow = lambda: "per-row"
+    quantization.Float8DynamicActivationFloat8WeightConfig = lambda **kw: kw
+    transformer = build_tiny_components(0)["transformer"]
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    where = {id(m): "cpu" for m in transformer.children()} | {id(b): "cpu" for b in blocks}
+    most_blocks_on_card = []
+
+    def quantize_(module, config, filter_fn=None):
+        most_blocks_on_card.append(sum(where[id(b)] == "cuda" for b in blocks))
+
+    quantization.quantize_ = quantize_
+    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
+    monkeypatch.setitem(sys.modules, "torchao.quantization", quantization)
+
+    def record_moves(module):
+        def to(device, *args, **kwargs):
+            where[id(module)] = torch.device(device).type
+            for inner in module.modules():  # a module moves all it holds
+                if id(inner) in where:
+                    where[id(inner)] = torch.device(device).type
+            return module
+        monkeypatch.setattr(module, "to", to)
+
+    for module in [transformer, *transformer.children(), *blocks]:
+        record_moves(module)
+
+    speed.fp8_quantize_transformer(transformer, CUDA, (), keep_on_gpu=False)
+    assert max(most_blocks_on_card) == 1
+    assert all(where[id(b)] == "cpu" for b in blocks)
+    assert {where[id(m)] for m in speed.outside_blocks(transformer)} == {"cpu"}
+
+    most_blocks_on_card.clear()
+    speed.fp8_quantize_transformer(transformer, CUDA, (), keep_on_gpu=True)
+    assert all(where[id(b)] == "cuda" for b in blocks)
+    assert {where[id(m)] for m in speed.outside_blocks(transformer)} == {"cuda"}
+    # the layers outside the blocks are all of the transformer's other children
+    assert {id(m) for m in speed.outside_blocks(transformer)} == {
+        id(m) for name, m in transformer.named_children() if name not in speed.BLOCK_LISTS}
+    assert len(speed.outside_blocks(transformer)) >= 4

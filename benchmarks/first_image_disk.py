@@ -1,0 +1,190 @@
+"""GPU benchmark (issue 26): how long an artist waits from starting the app to the first image, model on disk.
+
+    python benchmarks/first_image_disk.py --folder /tmp/flux-depth-random --tiers bf16 qint8 qint4 --json out.json
+    python benchmarks/first_image_disk.py --tiny --folder /tmp/tiny-folder --tiers bf16 qint8 --json out.json  # CPU
+
+1. The FLUX.1-Depth-dev-shaped random-weight pipeline (benchmarks/configs) is saved as a diffusers folder once
+   (`save_pretrained`; skipped when the folder is there).
+2. The disk's read speed: the transformer's files read once in 64 MiB pieces, after dropping the page cache when this
+   machine lets us (the JSON says whether it did: a warm page cache reads at memory speed).
+3. Per tier and budget, two fresh processes with one cache folder: the first start (the quantized tiers quantize
+   and write the cache), then a later start (the cache is read). Each runs what `fluxdepth generate` runs: a
+   PipelineManager over the folder, one 1024x1024 image of 28 steps, saved as PNG. Timed from the parent's
+   `Popen`: imports done, model loaded, first image saved; and the process's peak host RSS (the app's own, with no
+   benchmark copy of the weights). Each tier's cache folder is removed after its two starts (the lent disk is 64 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+MIB = 2**20
+GIB = 2**30
+
+
+def drop_page_cache() -> bool:
+    """Whether the kernel's page cache could be dropped (root in the machine): then the next read is from disk."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def save_folder(folder: str, tiny: bool) -> float:
+    """Write the random-weight pipeline as a diffusers folder; seconds taken (0 when it was there)."""
+    if os.path.isfile(os.path.join(folder, "model_index.json")):
+        return 0.0
+    import torch
+    from diffusers import FluxControlPipeline
+
+    t = time.perf_counter()
+    if tiny:
+        from fluxdepth_ui.pipeline.tiny import build_tiny_components
+
+        components = build_tiny_components(0, torch.bfloat16)
+    else:
+        from vram_budget import build_master
+
+        components = build_master("bf16")
+    FluxControlPipeline(**components).save_pretrained(folder)
+    return round(time.perf_counter() - t, 1)
+
+
+def read_speed(folder: str) -> dict:
+    dropped = drop_page_cache()
+    files = [os.path.join(folder, "transformer", name) for name in sorted(os.listdir(os.path.join(folder,
+                                                                                                  "transformer")))
+             if name.endswith(".safetensors")]
+    total = 0
+    t = time.perf_counter()
+    for path in files:
+        with open(path, "rb", buffering=0) as fh:
+            while chunk := fh.read(64 * MIB):
+                total += len(chunk)
+    seconds = time.perf_counter() - t
+    return {"bytes": total, "seconds": round(seconds, 2), "gb_per_s": round(total / seconds / 1e9, 2),
+            "page_cache_dropped": dropped}
+
+
+def child(args) -> None:
+    """One start of the app's path, in this fresh process."""
+    t0 = float(args.t0)
+    import resource
+
+    import torch
+
+    from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineManager
+    from pipeline_gpu import PROMPT, control_image
+
+    marks = {"imports_s": time.time() - t0}
+    cuda = torch.cuda.is_available()
+    manager = PipelineManager(ModelSource(args.folder), variant=args.tier, cache_root=args.cache,
+                              placement="auto",
+                              vram_budget=args.budget if args.budget else None)
+    manager.load(lambda f, m: None)
+    marks["loaded_s"] = time.time() - t0
+    control = control_image()
+    if args.tiny:
+        from fluxdepth_ui.depth import ControlImage
+
+        control = ControlImage(control.pixels[::8, ::8].copy())
+    result = manager.generate(control, GenerationSettings(PROMPT, seed=1, steps=args.steps))
+    result.image.save(args.out)
+    marks["first_image_saved_s"] = time.time() - t0
+    row = {k: round(v, 2) for k, v in marks.items()}
+    row["peak_host_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB, 2)
+    if cuda:
+        row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
+    status = manager.status()
+    row["placement"] = status["placement"]
+    row["memory_plan"] = status.get("memory_plan")
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def start(args, tier: str, budget: str, cache: str, out: str) -> dict:
+    dropped = drop_page_cache()
+    t0 = time.time()
+    cmd = [sys.executable, __file__, "--child", "--folder", args.folder, "--tier", tier, "--cache", cache,
+           "--out", out, "--t0", repr(t0), "--steps", str(args.steps), "--json", "-"]
+    if budget:
+        cmd += ["--budget", budget]
+    if args.tiny:
+        cmd.append("--tiny")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    rows = [line for line in p.stdout.splitlines() if line.startswith("ROW ")]
+    if p.returncode != 0 or not rows:
+        tail = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()][-6:]
+        return {"ok": False, "error": f"exit {p.returncode}", "tail": tail, "page_cache_dropped": dropped}
+    return {"ok": True, **json.loads(rows[-1][4:]), "process_s": round(time.time() - t0, 2),
+            "page_cache_dropped": dropped}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--folder", required=True)
+    ap.add_argument("--tiers", nargs="+", default=["bf16", "qint8", "qint4"])
+    ap.add_argument("--budgets", nargs="*", default=[], help="GiB budgets to run besides the default (e.g. 12 8)")
+    ap.add_argument("--steps", type=int, default=28)
+    ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--tiny", action="store_true", help="tiny-random on the CPU: a check of the script")
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--keep-folder", action="store_true")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tier", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--t0", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    report: dict = {"steps": args.steps, "tiny": args.tiny, "rows": []}
+    if not args.tiny:
+        from pipeline_gpu import versions
+
+        report["versions"] = versions()
+
+    def save():
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+
+    report["save_folder_s"] = save_folder(args.folder, args.tiny)
+    report["disk"] = read_speed(args.folder)
+    print(json.dumps(report["disk"]), flush=True)
+    save()
+    work = args.folder.rstrip("/") + "-runs"
+    os.makedirs(work, exist_ok=True)
+    try:
+        for tier in args.tiers:
+            cache = os.path.join(work, f"cache-{tier}")
+            runs = [("", "first start"), ("", "later start")] + [(b, "later start") for b in args.budgets]
+            for budget, phase in runs:
+                row = {"tier": tier, "budget_gib": budget or None, "phase": phase,
+                       **start(args, tier, budget, cache, os.path.join(work, f"{tier}.png"))}
+                print(json.dumps(row), flush=True)
+                report["rows"].append(row)
+                save()
+            shutil.rmtree(cache, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep_folder:
+            shutil.rmtree(args.folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
