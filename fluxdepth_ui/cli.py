@@ -163,10 +163,11 @@ def add_pipeline_arguments(g) -> None:
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
     g.add_argument("--vram-budget", metavar="GiB|auto|follow", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
                    help="never use more GPU memory than this (auto = free memory minus a margin when the model "
-                        "loads; follow = the GPU's free memory less --vram-headroom, read again before every image); "
+                        "loads; follow, the default = the GPU's free memory less --vram-headroom, read again before "
+                        "every image); "
                         "what does not fit streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     g.add_argument("--vram-headroom", metavar="GiB", default=os.environ.get("FLUXDEPTH_VRAM_HEADROOM"),
-                   help=f"GPU memory left free for other programs such as Houdini under --vram-budget follow "
+                   help=f"GPU memory left free for other programs such as Houdini while following the card "
                         f"(default {DEFAULT_VRAM_HEADROOM_GIB:g}; env FLUXDEPTH_VRAM_HEADROOM)")
 
 

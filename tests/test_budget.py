@@ -102,6 +102,20 @@ def test_a_budget_too_small_says_what_to_do():
         plan_memory(5 * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
 
 
+def test_fp8_plans_only_with_its_transformer_resident():
+    """fp8's weights do not stream (measured on an H100: the first streamed step failed, docs/benchmarks.md
+    "Session 33"): where its transformer fits it stays resident (T5 on demand if need be); where it does not, one line
+    names the tiers that stream, never a streamed fp8 plan."""
+    fp8_blocks = [b // 2 for b in BF16_BLOCKS]
+    fp8 = {**BF16, "transformer": sum(fp8_blocks) + int(0.2 * GIB), "text_encoder_2": int(4.8 * GIB)}
+    roomy = plan_memory(20 * GIB, fp8, WORK, fp8_blocks, "fp8")
+    assert "transformer" in roomy.resident and "text_encoder_2" in roomy.streamed
+    for budget in (10, 12):
+        assert "transformer" in plan_memory(budget * GIB, fp8, WORK, fp8_blocks, "qint8").streamed  # same sizes
+        with pytest.raises(PipelineError, match=r"keeps its whole transformer on the GPU .* choose qint8 or qint4"):
+            plan_memory(budget * GIB, fp8, WORK, fp8_blocks, "fp8")
+
+
 @pytest.fixture(scope="module")
 def control():
     return prepare_depth(str(DEPTH_SYN), DepthSettings(long_side=256)).control

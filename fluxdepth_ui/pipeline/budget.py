@@ -175,6 +175,8 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
 
     # The denoiser itself streams: keep as many blocks as fit, spread evenly so copies overlap resident compute.
     blocks = list(block_sizes or [])
+    if variant in UNSTREAMABLE_TIERS:
+        raise PipelineError(_must_be_resident(variant, budget_full, used / (1 - HEADROOM)))
     if not blocks:
         raise PipelineError(_too_small(budget_full, work + sizes.get("transformer", 0)))
     resident.discard("transformer")
@@ -216,6 +218,18 @@ def _spread(blocks: list[int], room: int) -> set[int]:
     while sum(blocks[i] for i in picks) > room and picks:
         picks.discard(max(picks, key=lambda i: blocks[i]))
     return picks
+
+
+# fp8's torchao weights do not move with diffusers' group offloading (measured on an H100: the streamed blocks stayed
+# in host memory and the first step failed, docs/benchmarks.md "Session 33"), so fp8 plans only with its transformer
+# resident.
+UNSTREAMABLE_TIERS = ("fp8",)
+
+
+def _must_be_resident(variant: str, budget: int, needed: float) -> str:
+    return (f"the {variant} tier keeps its whole transformer on the GPU (about {needed / GIB:.1f} GiB with one image) "
+            f"and {budget / GIB:.1f} GiB is available for it: choose qint8 or qint4 (they stream what does not fit), "
+            "or free GPU memory")
 
 
 def _too_small(budget: int, needed: int) -> str:

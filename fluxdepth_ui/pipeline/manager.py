@@ -40,8 +40,8 @@ from .placement import (
 )
 from .sources import LoadedModel, ModelSource, load_model
 from .budget import (
-    GIB, MemoryPlan, apply_memory_plan, available_bytes, enforce_budget, parse_budget, plan_memory,
-    remove_memory_plan, resolve_budget, transformer_block_sizes,
+    GIB, UNSTREAMABLE_TIERS, MemoryPlan, apply_memory_plan, available_bytes, enforce_budget, parse_budget,
+    plan_memory, remove_memory_plan, resolve_budget, transformer_block_sizes,
 )
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
@@ -343,8 +343,8 @@ class PipelineManager:
         decision, zerogpu = self._decide_compile(variant, device, choice, plan)
         if variant.fp8 and not zerogpu:  # on ZeroGPU it quantizes in the start-up GPU call, before the export
             if plan is None and choice.placement != "gpu":
-                raise PipelineError(f"the fp8 tier keeps its transformer on the GPU, but {choice.reason}: set a VRAM "
-                                    "budget (--vram-budget) to stream it, or choose qint8 or qint4")
+                raise PipelineError(f"the fp8 tier keeps its whole transformer on the GPU, but {choice.reason}: "
+                                    "choose qint8 or qint4 (they stream what does not fit), or free GPU memory")
             progress(0.9, "quantizing the transformer to fp8 on the GPU")
             fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE,
                                      keep_on_gpu=plan is None or "transformer" not in plan.streamed)
@@ -420,7 +420,9 @@ class PipelineManager:
                 return PlacementChoice("budget", f"{plan.summary()} (what the GPU has free now, less "
                                                  f"{self.vram_headroom:g} GiB kept for other programs)"), plan, budget
             except PipelineError:
-                pass  # not even streaming holds it: the offloads below
+                if variant.name in UNSTREAMABLE_TIERS:
+                    raise  # its message says which tiers stream
+                # not even streaming holds it: the offloads below
         choice = choose_placement(self.placement, device, sizes, 1.0, budget or free_memory(device), quantized)
         return choice, None, budget
 
@@ -457,7 +459,9 @@ class PipelineManager:
         variant = get_variant(self.variant)
         try:
             plan = plan_memory(wanted, sizes, ACTIVATION_BYTES_PER_MEGAPIXEL, blocks, variant.name)
-        except PipelineError:
+        except PipelineError as exc:
+            if variant.name in UNSTREAMABLE_TIERS:
+                raise OutOfMemoryError(f"other programs took GPU memory: {exc}") from None
             raise OutOfMemoryError(
                 f"only {available / GIB:.1f} GiB of GPU memory is free now (other programs hold the rest): close "
                 f"some, lower the headroom ({self.vram_headroom:g} GiB), or choose qint4") from None

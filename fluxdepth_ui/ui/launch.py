@@ -39,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["auto", "gpu", "model_offload", "sequential_offload"], help="env FLUXDEPTH_PLACEMENT")
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:N, mps or cpu (env FLUXDEPTH_DEVICE)")
     p.add_argument("--vram-budget", default=_env("VRAM_BUDGET"), metavar="GiB|auto|follow",
-                   help="never use more GPU memory than this; auto = free memory minus a margin at load; follow = "
-                        "free memory less --vram-headroom, read before every image (env FLUXDEPTH_VRAM_BUDGET; "
-                        "docs/vram.md)")
+                   help="never use more GPU memory than this; auto = free memory minus a margin at load; follow (the "
+                        "default) = free memory less --vram-headroom, read before every image (env "
+                        "FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     p.add_argument("--vram-headroom", default=_env("VRAM_HEADROOM"), metavar="GiB",
-                   help="GPU memory left free for other programs such as Houdini under --vram-budget follow "
+                   help="GPU memory left free for other programs such as Houdini while following the card "
                         "(env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
     p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
                    help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")

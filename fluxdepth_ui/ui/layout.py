@@ -233,11 +233,12 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         # The host's GPU: set on a local studio only (docs/vram.md).
         budget = studio.manager.vram_budget
         w.vram_budget = gr.Textbox("" if budget is None else str(budget), label="VRAM budget (GiB, auto, follow, or empty)",
-                                   info="never use more GPU memory than this; what does not fit streams (Enter)",
+                                   info="never use more GPU memory than this; empty follows the card's free memory; what does not "
+                                        "fit streams (Enter)",
                                    visible=not studio.policy.shared, elem_id="vram-budget", max_lines=1)
         w.vram_headroom = gr.Textbox(f"{studio.manager.vram_headroom:g}", label="VRAM headroom (GiB)",
-                                     info="left free for Houdini and other programs under budget follow; checked "
-                                          "before every image (Enter)",
+                                     info="left free for Houdini and other programs while following the card; "
+                                          "checked before every image (Enter)",
                                      visible=not studio.policy.shared, elem_id="vram-headroom", max_lines=1)
         # FLUX.1 Depth [pro] on BFL's API when the host offers it (--bfl; costs the host's credits, docs/bfl.md).
         w.backend = gr.Radio([("FLUX.1-Depth-dev on this machine", "local"),
