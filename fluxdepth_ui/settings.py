@@ -50,6 +50,15 @@ def parse_vram_headroom(text) -> float:
     return check_number("VRAM headroom", text, 0.0, 64.0, hint="GiB kept free for other programs, e.g. 1.5")
 
 
+def parse_live_preview(text) -> int:
+    """The app's live preview: every N denoising steps ('4', 'every 4'), or 'off' / '0' / empty (0)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "off", "no", "none", "0")):
+        return 0
+    if isinstance(text, str):
+        text = text.strip().lower().removeprefix("every").removesuffix("steps").strip()
+    return int(check_number("live preview", text, 1, 100, whole=True, hint="every N steps (e.g. 4), or off"))
+
+
 def parse_vram_budget(text) -> float | str | None:
     """A VRAM budget: 'auto' (free memory at load), 'follow' (free memory before every image, less the headroom), a
     size in GiB ('12', '12.5', '12GiB', '16gb'), or None (the default rule; docs/vram.md)."""

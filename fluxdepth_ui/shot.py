@@ -66,14 +66,15 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
                 init_image=None,
                 init_image_name: str | None = None, fallback_dir: str | None = None, on_step=None, cancel=None,
                 load_progress=None, formats: tuple[str, ...] = (), mask=None,
-                mask_name: str | None = None) -> ShotResult:
+                mask_name: str | None = None, on_preview=None, preview_every: int = 0) -> ShotResult:
     """Render one shot and write its files.
 
     1. The control map: `preview` when the caller already made it with these settings (the artist saw it),
        else read and normalized here.
     2. The seed is settled (drawn when unset) before anything is keyed on it; `key` is the `expected_key` when the
        caller computed it already (a sequence checks it to skip finished frames), so the depth file is hashed once.
-    3. Generate: text-to-image, img2img from `init_image`, or only the region `mask` marks (white) on it.
+    3. Generate: text-to-image, img2img from `init_image`, or only the region `mask` marks (white) on it;
+       `on_preview(step, total, image)` every `preview_every` steps (the live preview, pipeline/preview.py).
     4. Write the control PNG, the image PNG, the `formats` copies from the float decode (png16, exr), then the
        sidecar. When the outputs folder fails after the image exists, the files go to `fallback_dir` (if given)
        and `saved` is False: the image is never lost.
@@ -87,9 +88,12 @@ def render_shot(manager, depth_path: str, settings: ShotSettings, out_png: str, 
     key = key or expected_key(manager, depth_path, settings)
     first_side = plate_first_side(preview.control.width, preview.control.height)
     if settings.generation.plate and init_image is None and first_side is not None:
-        result = _render_plate(manager, depth_path, settings, preview, first_side, on_step, cancel, load_progress)
+        result = _render_plate(manager, depth_path, settings, preview, first_side, on_step, cancel, load_progress,
+                               (on_preview, preview_every))
     else:
         masked = {"mask": mask, "mask_name": mask_name} if mask is not None else {}  # fix one region (inpaint)
+        if on_preview is not None:  # the local model's live preview (BFL's API has none)
+            masked.update(on_preview=on_preview, preview_every=preview_every)
         result = manager.generate(preview.control, settings.generation, init_image=init_image,
                                   init_image_name=init_image_name, depth=preview.stats, on_step=on_step,
                                   cancel=cancel, load_progress=load_progress, **masked)
@@ -123,7 +127,7 @@ def plate_first_side(width: int, height: int) -> int | None:
 
 
 def _render_plate(manager, depth_path: str, settings: ShotSettings, preview: DepthPreview, first_side: int,
-                  on_step, cancel, load_progress):
+                  on_step, cancel, load_progress, live: tuple = (None, 0)):
     """A plate in one call: 1. the control map at about 1 MP from the same file and settings (the same reader and
     normalization, only the size differs) and a first image from it; 2. that image, upscaled, refined at the full
     size with the full-size control map (img2img at plate_strength). Both passes are in the metadata."""
@@ -133,14 +137,21 @@ def _render_plate(manager, depth_path: str, settings: ShotSettings, preview: Dep
     first_steps, second_steps = generation.steps, max(1, int(generation.steps * generation.plate_strength))
     total = first_steps + second_steps
 
+    on_preview, every = live
+
     def progress(offset):
         return None if on_step is None else (lambda step, _n: on_step(offset + step, total))
 
+    def previews(offset):  # the local model's live preview (BFL's API has none)
+        if on_preview is None:
+            return {}
+        return {"on_preview": lambda step, _n, image: on_preview(offset + step, total, image), "preview_every": every}
+
     first = manager.generate(small.control, generation, depth=small.stats, on_step=progress(0), cancel=cancel,
-                             load_progress=load_progress)
+                             load_progress=load_progress, **previews(0))
     result = manager.generate(preview.control, second, init_image=first.image, init_image_name="plate first pass",
                               depth=preview.stats, on_step=progress(first_steps), cancel=cancel,
-                              load_progress=load_progress)
+                              load_progress=load_progress, **previews(first_steps))
     passes = ({"pass": 1, "width": first.metadata.width, "height": first.metadata.height, "steps": first_steps,
                "vae_tiling": first.metadata.vae_tiling},
               {"pass": 2, "width": result.metadata.width, "height": result.metadata.height, "steps": second_steps,

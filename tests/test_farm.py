@@ -131,19 +131,21 @@ def test_resume_after_the_driver_is_killed(single, tmp_path, cluster):
 
 
 TEMPLATE = os.path.join(os.path.dirname(__file__), "..", "examples", "deadline", "template.yaml")
+# The openjd CLI installed beside this interpreter (the test extra), whether or not its venv is on PATH.
+OPENJD = os.path.join(os.path.dirname(sys.executable), "openjd")
 
 
 def test_openjd_bundle_checks_and_renders_two_chunks_like_one_process(tmp_path):
     """The Deadline Cloud job bundle: `openjd check` passes, and `openjd run` (Stats, then 2 Render chunks) writes
     the frames a single `fluxdepth sequence` run writes, byte for byte."""
-    check = subprocess.run(["openjd", "check", TEMPLATE], capture_output=True, text=True, timeout=120)
+    check = subprocess.run([OPENJD, "check", TEMPLATE], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and "passes validation" in check.stdout, check.stdout + check.stderr
     pattern = make_frames(tmp_path / "frames", count=5)
     params = {"DepthPattern": str(pattern), "OutputDir": str(tmp_path / "farm"), "Prompt": "a hall",
               "FirstFrame": 1, "LastFrame": 5, "ChunkSize": 3, "Seed": 4, "Steps": 1, "LongSide": 256,
               "Variant": "bf16", "Model": "tiny-random", "VramBudget": "auto",
               "FluxdepthCommand": f"{sys.executable} -m fluxdepth_ui.cli"}
-    run = subprocess.run(["openjd", "run", TEMPLATE, "--step", "Render", "--run-dependencies",
+    run = subprocess.run([OPENJD, "run", TEMPLATE, "--step", "Render", "--run-dependencies",
                           "--job-param", json.dumps(params)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     # Two Render tasks, one per chunk, each printing the CLI's JSON line with its frames.

@@ -365,6 +365,27 @@ def test_unexpected_errors_show_only_an_id(caplog):
     assert err.value.message == "no depth channel in x.exr second line"
 
 
+def test_a_streaming_handler_shows_what_it_sent_then_one_line_on_failure(caplog):
+    """The live preview streams (a generator handler): values already sent stay sent; a failure after them is one
+    line in the status, not a traceback or a server path, as for any handler."""
+    from fluxdepth_ui.ui.sharing import as_toast
+
+    @as_toast(3, status=2)
+    def streams(fail):
+        yield "preview 1", None, "step 1"
+        if fail == "depth":
+            raise DepthInputError("no depth channel in x.exr")
+        if fail == "bug":
+            raise KeyError("/srv/secret/x.png")
+        yield "final", "files", "done"
+
+    assert [v[2] for v in streams(None)] == ["step 1", "done"]
+    sent = list(streams("depth"))
+    assert sent[0][0] == "preview 1" and sent[1][2] == "⚠ no depth channel in x.exr"
+    sent = list(streams("bug"))
+    assert sent[1][2].startswith("⚠ internal error") and "/srv" not in sent[1][2]
+
+
 def test_preset_names_are_bounded(tmp_path):
     from fluxdepth_ui.presets import PresetError, save_preset
 

@@ -46,6 +46,7 @@ from .budget import (
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
 from .compile_cache import load_compile_artifacts, save_compile_artifacts
+from .preview import decode_preview, load_preview_decoder
 from .speed import (
     AOT_TIERS,
     CompileDecision,
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 LoadProgress = Callable[[float, str], None]
+PreviewCallback = Callable[[int, int, Image.Image], None]  # (step, total, the latents seen through TAEF1)
 # Replaces loading from `source` (benchmarks with random full-size weights, apps that own their modules).
 Loader = Callable[[Variant, LoadProgress], LoadedModel]
 # GPU memory this process could hold now, other programs' use counted (budget.available_bytes); None: not a GPU.
@@ -148,6 +150,7 @@ class PipelineManager:
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._aot: AotBlocks | None = None  # ahead-of-time packages (aot.py), else torch.compile when compiled
+        self._preview = None  # the live preview's tiny autoencoder (preview.py); False: not available in this load
         self._artifacts_loaded = False  # this process handed the saved compile artifacts to torch (compile_cache.py)
         # ZeroGPU: the transformer is compiled (and fp8 quantized) in one start-up GPU call (zerogpu.py):
         # "pending" after load until `compile_on_zerogpu` ran, then "applied".
@@ -295,6 +298,7 @@ class PipelineManager:
             self._compiled = False
             self._compiled_shapes = set()
             self._aot = None
+            self._preview = None
             self._zerogpu = None
             release_device_memory()
 
@@ -562,6 +566,8 @@ class PipelineManager:
         on_step: StepCallback | None = None,
         cancel: threading.Event | None = None,
         load_progress: LoadProgress | None = None,
+        on_preview: PreviewCallback | None = None,
+        preview_every: int = 0,
     ) -> GenerationResult:
         # 1. Check the inputs before touching the model (the settings record checked its own values).
         width, height = control.width, control.height
@@ -586,14 +592,8 @@ class PipelineManager:
             #    diffusers passes through untouched.
             loras = self._apply_loras(settings.loras, load_progress)
             pipe, kwargs, total = self._pipeline_inputs(control, settings, seed, init_image, mask)
-
-            def step_end(p, step, timestep, callback_kwargs):
-                if on_step is not None:
-                    on_step(step + 1, total)
-                if cancel is not None and cancel.is_set():
-                    raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
-                return callback_kwargs
-
+            step_end = self._step_end(total, (width, height), on_step, cancel,
+                                      (on_preview, preview_every, load_progress))
             tiled = self._vae_tiling(settings.vae_tiling, width, height)
             shape = (width, height, init_image is not None)
             compiling = self._announce_compile(shape, load_progress)
@@ -607,6 +607,38 @@ class PipelineManager:
             meta = self._metadata(settings, seed, shape, seconds, tiled, loras, init_image_name, depth,
                                   (mask_name or "mask") if mask is not None else None)
             return GenerationResult(image, meta, pixels)
+
+    def _step_end(self, total: int, size: tuple[int, int], on_step: StepCallback | None,
+                  cancel: threading.Event | None, preview: tuple):
+        """The pipeline's callback_on_step_end: progress, cancel between steps, and every `preview_every` steps
+        (not the last: the real decode follows) the live preview (preview.py)."""
+        on_preview, every, load_progress = preview
+
+        def step_end(pipe, step, timestep, callback_kwargs):
+            if on_step is not None:
+                on_step(step + 1, total)
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
+            if on_preview is not None and every and (step + 1) % every == 0 and step + 1 < total:
+                decoder = self._preview_decoder(pipe, load_progress)
+                if decoder is not None:
+                    on_preview(step + 1, total, decode_preview(pipe, decoder, callback_kwargs["latents"], size[1],
+                                                               size[0]))
+            return callback_kwargs
+
+        return step_end
+
+    def _preview_decoder(self, pipe, load_progress: LoadProgress | None):
+        """The tiny autoencoder, loaded on the first preview of this load; a failure is said once and remembered."""
+        if self._preview is None:
+            decoder, why = load_preview_decoder(self.source.kind, pipe.vae.config, pipe._execution_device,
+                                                pipe.vae.dtype)
+            self._preview = decoder if decoder is not None else False
+            if why:
+                self._notes.append(why)
+                if load_progress is not None:
+                    load_progress(0.0, why)
+        return self._preview or None
 
     def _pipeline_inputs(self, control: ControlImage, settings: GenerationSettings, seed: int,
                          init_image: Image.Image | None, mask: Image.Image | None = None) -> tuple:

@@ -10,6 +10,7 @@ import contextlib
 import html
 import inspect
 import os
+import queue
 import threading
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -216,7 +217,7 @@ def wire_generate(app: Wiring) -> None:
         form["depth_file"] = app.gate.resolve(form["depth_file"])
         if form["init_image"]:
             form["init_image"] = app.gate.resolve(form["init_image"], "init image")
-        return generate_and_show(app, form, history, request.session_hash, progress)
+        yield from generate_and_show_live(app, form, history, request.session_hash, progress)
 
     # Generate is disabled while this session's job runs (a second click would queue a second image).
     def ui_arm(request: gr.Request):
@@ -267,14 +268,49 @@ SHOWN_AFTER_IMAGE = ("result_img", "compare", "downloads", "gallery", "history",
                      "history_where")
 
 
-def generate_and_show(app: Wiring, form: dict, history, session, progress) -> tuple:
+def generate_and_show_live(app: Wiring, form: dict, history, session, progress):
+    """generate_and_show, with the live preview (docs/live-preview.md) shown in the result slot while the image
+    forms: the image is made in a worker thread, and each preview it hands over is sent to the page as it comes."""
+    if not app.studio.live_preview_every:
+        yield generate_and_show(app, form, history, session, progress)
+        return
+    previews: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work():
+        try:
+            outcome["shown"] = generate_and_show(app, form, history, session, progress,
+                                                 on_preview=lambda *preview: previews.put(preview))
+        except BaseException as exc:  # noqa: BLE001 - handed to the page's thread, raised there
+            outcome["error"] = exc
+        finally:
+            previews.put(None)
+
+    threading.Thread(target=work, name="generate", daemon=True).start()
+    keep = gr.skip()
+    status = SHOWN_AFTER_IMAGE.index("status")
+    try:
+        while (preview := previews.get()) is not None:
+            step, total, image = preview
+            updates = [image] + [keep] * (len(SHOWN_AFTER_IMAGE) - 1)
+            updates[status] = f"Step {step} of {total}: the image forming (live preview)"
+            yield tuple(updates)
+    except GeneratorExit:  # the page went away mid-image: stop the worker at its next step
+        app.studio.cancel_event(session).set()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome["shown"]
+
+
+def generate_and_show(app: Wiring, form: dict, history, session, progress, on_preview=None) -> tuple:
     """Run one Generate (or Regenerate region) of a page and what the page shows after it (SHOWN_AFTER_IMAGE)."""
     from ..pipeline.errors import GenerationCancelled
 
     try:
         outcomes = generate_on_gpu(app.studio, session, form,
                                    lambda step, total: progress((step, total), desc="denoising"),
-                                   lambda fraction, message: progress(fraction, desc=message))
+                                   lambda fraction, message: progress(fraction, desc=message), on_preview)
     except GenerationCancelled as exc:  # the artist's own choice: a status line, not an error
         keep = gr.update()
         return keep, keep, keep, keep, history, f"Cancelled ({exc}).", keep, keep, keep
@@ -312,7 +348,7 @@ def wire_fix(app: Wiring) -> None:
         form["depth_file"] = app.gate.resolve(form["depth_file"])
         form["init_image"], form["mask"] = h.region_to_fix(studio, request.session_hash, editor)
         form.update(strength=form.pop("fix_strength"), batch=1, plate=False)
-        return generate_and_show(app, form, history, request.session_hash, progress)
+        yield from generate_and_show_live(app, form, history, request.session_hash, progress)
 
     def ui_arm_fix(request: gr.Request):
         studio.arm_cancel(request.session_hash)

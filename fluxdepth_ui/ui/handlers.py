@@ -55,6 +55,8 @@ class Studio:
     farm: dict | None = None
     # FLUX.1 Depth [pro] through BFL's API (bfl.BflBackend), offered when the host started with --bfl; None: off.
     bfl: object | None = None
+    # The live preview: the image forming, every N denoising steps (--live-preview; 0 = off; docs/live-preview.md).
+    live_preview_every: int = 0
     # session -> (path, settings, DepthPreview) last shown, and the last maps read: bounded in bytes over all
     # sessions (limits.cache_mb), least recently used first, whether or not a session ever ends (docs/sharing.md).
     previews: object = field(default_factory=lambda: _byte_bounded_cache())  # a cachetools.LRUCache
@@ -330,7 +332,7 @@ class GenerationOutcome:
 
 def run_generate(studio: Studio, session: str | None, path: str, shot, variant: str | None = None, *,
                  init_image=None, init_image_name: str | None = None, on_step=None, load_progress=None, formats=(),
-                 backend: str = "local", owner: str | None = None, mask=None) -> GenerationOutcome:
+                 backend: str = "local", owner: str | None = None, mask=None, on_preview=None) -> GenerationOutcome:
     """One image of `shot` (settings.ShotSettings) on the studio's model (or BFL's API), saved in the session's
     results folder; its seed settled here when the shot leaves it to chance."""
     from ..depth.readers import read_rgb_image
@@ -372,7 +374,8 @@ def run_generate(studio: Studio, session: str | None, path: str, shot, variant: 
                        str(folder / f"{stem}.png"),
                        preview=preview, init_image=init_image, init_image_name=init_image_name,
                        fallback_dir=str(fallback), on_step=on_step, cancel=cancel, load_progress=load_progress,
-                       formats=formats, mask=mask, mask_name=mask_name)
+                       formats=formats, mask=mask, mask_name=mask_name,
+                       **live_preview(studio, on_preview if backend == "local" else None))
     meta = made.metadata.to_dict()
     unsaved = not made.saved or folder == fallback
     if unsaved:  # API callers see it in the metadata they get back
@@ -431,15 +434,23 @@ def read_mask(mask, init_image, backend: str) -> tuple:
     return mask.convert("L"), name
 
 
+def live_preview(studio: Studio, on_preview) -> dict:
+    """The shot service's live-preview arguments: none when the studio's preview is off or nobody shows it."""
+    if on_preview is None or not studio.live_preview_every:
+        return {}
+    return {"on_preview": on_preview, "preview_every": studio.live_preview_every}
+
+
 def generate_from_form(studio: Studio, session: str | None, form: dict, on_step=None,
-                       load_progress=None) -> GenerationOutcome:
+                       load_progress=None, on_preview=None) -> GenerationOutcome:
     """Generate from one settings record. `depth_file` and `init_image` must already be files this client may open
     (sharing.UploadGate)."""
     init = form.get("init_image")
     return run_generate(studio, session, form["depth_file"], shot_from_form(form), form.get("variant"),
                         init_image=init, init_image_name=os.path.basename(init) if init else None, on_step=on_step,
                         load_progress=load_progress, formats=form.get("also_save") or (),
-                        backend=form.get("backend") or "local", owner=form.get("owner"), mask=form.get("mask"))
+                        backend=form.get("backend") or "local", owner=form.get("owner"), mask=form.get("mask"),
+                        on_preview=on_preview)
 
 
 def loras_from_form(form: dict) -> tuple:
@@ -478,12 +489,12 @@ def batch_seeds(form: dict) -> list[int | None]:
 
 
 def generate_batch_from_form(studio: Studio, session: str | None, form: dict, on_step=None,
-                             load_progress=None) -> list[GenerationOutcome]:
+                             load_progress=None, on_preview=None) -> list[GenerationOutcome]:
     """One image per seed of `batch_seeds`; the model loads once and the depth map is normalized once."""
     outcomes = []
     for seed in batch_seeds(form):
         outcomes.append(generate_from_form(studio, session, {**form, "seed": seed, "randomize": seed is None},
-                                           on_step, load_progress))
+                                           on_step, load_progress, on_preview))
     return outcomes
 
 

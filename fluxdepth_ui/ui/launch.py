@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vram-headroom", default=_env("VRAM_HEADROOM"), metavar="GiB",
                    help="GPU memory left free for other programs such as Houdini while following the card "
                         "(env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
+    p.add_argument("--live-preview", default=_env("LIVE_PREVIEW"), metavar="N|off",
+                   help="show the image forming every N denoising steps, decoded by FLUX's tiny autoencoder (TAEF1, "
+                        "fetched and cached like the model; offline and absent, the step bar only). Off by default: "
+                        "its cost is not yet measured on a GPU (env FLUXDEPTH_LIVE_PREVIEW; docs/live-preview.md)")
     p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
                    help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=int(_env("PORT", "7860")), help="env FLUXDEPTH_PORT")
@@ -110,6 +114,7 @@ def create(args: argparse.Namespace):
     """Build (studio, demo) without serving; tests use this too."""
     from ..pipeline import PipelineManager, parse_model_source
     from .app import build_app
+    from ..settings import parse_live_preview
     from .handlers import Studio, check_outputs_writable
     from .sharing import make_policy
 
@@ -133,7 +138,10 @@ def create(args: argparse.Namespace):
 
         bfl = BflBackend()
         bfl.check()  # no key: the app does not start (exit 2), rather than failing at the first Generate
-    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)), farm=farm, bfl=bfl)
+    # ZeroGPU runs each image in another process: a preview could not be handed back while the image forms.
+    live_preview = 0 if os.environ.get("SPACES_ZERO_GPU") else parse_live_preview(args.live_preview)
+    studio = Studio(manager=manager, outputs=outputs, policy=replace(policy, mcp=bool(args.mcp)), farm=farm, bfl=bfl,
+                    live_preview_every=live_preview)
     return studio, build_app(studio)
 
 

@@ -17,6 +17,7 @@ import contextlib
 import functools
 import hashlib
 import html
+import inspect
 import logging
 import math
 import os
@@ -332,10 +333,10 @@ def user_facing(fn):
 
     import gradio as gr
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    @contextlib.contextmanager
+    def translated():
         try:
-            return fn(*args, **kwargs)
+            yield
         except gr.Error:
             raise
         except FluxDepthError as exc:  # gradio renders a toast's text as HTML: a file name must stay text
@@ -346,6 +347,19 @@ def user_facing(fn):
             raise gr.Error(f"internal error (id {ident}); the host's log has the details", print_exception=False) \
                 from None
 
+    if inspect.isgeneratorfunction(fn):  # a handler that streams (the live preview): each value as it comes
+        @functools.wraps(fn)
+        def streaming(*args, **kwargs):
+            with translated():
+                yield from fn(*args, **kwargs)
+
+        return streaming
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with translated():
+            return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -354,21 +368,34 @@ def as_toast(outputs: int, status: int | None = None):
     left under a red overlay; `status` (an output index) also gets the message. API endpoints raise instead."""
     import gradio as gr
 
+    def as_updates(exc) -> tuple:
+        gr.Warning(exc.message)
+        updates = [gr.update() for _ in range(outputs)]
+        if status is not None:
+            from .handlers import md_text
+
+            updates[status] = f"⚠ {md_text(html.unescape(exc.message))}"
+        return tuple(updates) if outputs > 1 else updates[0]
+
     def wrap(fn):
         guarded = user_facing(fn)
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from guarded(*args, **kwargs)
+                except gr.Error as exc:
+                    yield as_updates(exc)
+
+            return streaming
 
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
                 return guarded(*args, **kwargs)
             except gr.Error as exc:
-                gr.Warning(exc.message)
-                updates = [gr.update() for _ in range(outputs)]
-                if status is not None:
-                    from .handlers import md_text
-
-                    updates[status] = f"⚠ {md_text(html.unescape(exc.message))}"
-                return tuple(updates) if outputs > 1 else updates[0]
+                return as_updates(exc)
 
         return wrapper
 
