@@ -417,3 +417,41 @@ def test_live_preview_shows_the_image_forming_then_the_result(tmp_path, browser)
         assert any("a-forming-chair" in p.name for p in results)
     finally:
         demo.close()
+
+
+def test_a_queue_of_three_shots_renders_them_in_turn(tmp_path, browser):
+    """Issue 28: Queue adds the form as it is to this browser's queue; the page lists the shots with their place, and
+    they render one after another. The model is held busy (its lock taken by the test) while the three are queued,
+    so the list is seen with all three whatever the machine's speed."""
+    import json
+    import time
+
+    studio, demo = launch_app(tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(demo.local_url)
+        upload(page, DEPTH_SYN)
+        page.wait_for_selector("#preview img", timeout=30_000)
+        prompts = ["a red barn", "a glass pavilion", "a moss-covered ruin"]
+        with studio.manager._lock:  # the first shot waits at the model until released
+            for prompt in prompts:
+                page.locator("#prompt textarea").fill(prompt)
+                page.locator("#queue-add").click()
+                page.wait_for_function("(p) => document.querySelector('#queue-list')?.innerText.includes(p)",
+                                       arg=prompt, timeout=60_000)
+            listed = page.locator("#queue-list").inner_text()
+            assert all(p in listed for p in prompts) and "rendering" in listed and "next" in listed
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("#queue-list").scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "queue-three-1280x720.png"))
+        deadline = time.monotonic() + 180
+        while len(list(studio.outputs.glob("*/*.json"))) < 3:
+            assert time.monotonic() < deadline, page.locator("#status").inner_text()
+            page.wait_for_timeout(200)
+        page.wait_for_function("() => !document.querySelector('#queue-list')?.checkVisibility()", timeout=60_000)
+        # One after another, in the order queued: each record is written when its shot is done.
+        sidecars = sorted(studio.outputs.glob("*/*.json"), key=lambda p: p.stat().st_mtime_ns)
+        assert [json.loads(p.read_text())["prompt"] for p in sidecars] == prompts
+        page.close()
+    finally:
+        demo.close()

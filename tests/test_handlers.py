@@ -295,3 +295,29 @@ def test_history_pages_twelve_at_a_time_and_skips_files_that_are_not_results(tmp
     assert os.path.basename(first[0]["png"]) == "copy-14.png"
     last, page, _ = h.list_history(studio, None, 5)  # past the end: the last page
     assert page == 1 and [os.path.basename(e["png"]) for e in last] == ["copy-02.png", os.path.basename(made.png)]
+
+
+def test_the_queue_checks_each_shot_when_queued_and_keeps_its_order(studio):
+    """Issue 28's queue: a shot is checked when Queue is clicked (a typo is refused then, not when its turn comes),
+    waits in order, is listed with its place, can be removed while waiting, and at most MAX_QUEUED wait."""
+    queue = studio.queue_of("q1")
+    assert studio.queue_of("q2") is not queue  # each browser its own
+    first = queue.add(form(prompt="a red barn", seed=3))
+    second = queue.add(form(prompt="a glass pavilion", randomize=True))
+    with pytest.raises(FluxDepthError, match="steps"):
+        queue.add(form(steps=0))
+    assert [q.label for q in queue.waiting] == ["a red barn · seed 3", "a glass pavilion · random seed"]
+    assert queue.rows() == [["1", first.label, "next"], ["2", second.label, "waiting"]]
+    assert queue.start_next() is first and queue.start_next() is None  # one at a time
+    assert queue.rows()[0] == ["▶", first.label, "rendering"]
+    assert queue.choices() == [(f"1. {second.label}", second.ident)]
+    assert not queue.remove(first.ident)  # rendering: Cancel stops it, Remove does not
+    assert queue.remove(second.ident) and queue.waiting == []
+    queue.done()
+    for i in range(h.MAX_QUEUED):
+        queue.add(form(seed=i))
+    with pytest.raises(FluxDepthError, match=f"{h.MAX_QUEUED} shots are already waiting"):
+        queue.add(form())
+    assert queue.clear() == h.MAX_QUEUED and queue.rows() == []
+    studio.end_session("q1")
+    assert studio.queue_of("q1") is not queue

@@ -128,6 +128,7 @@ def build_app(studio: h.Studio) -> gr.Blocks:
     with demo:
         preview_kw = wire_preview(app)
         wire_generate(app)
+        wire_queue(app)
         wire_history(app)
         wire_fix(app)
         wire_presets(app, preview_kw)
@@ -326,6 +327,83 @@ def generate_and_show(app: Wiring, form: dict, history, session, progress, on_pr
     # Every image of a batch is in History (newest first) with its own seed.
     gallery, history, page, where = app.history_page(form.get("owner"), 0)
     return png, (control, png), files, gallery, history, message, first.metadata["seed"], page, where
+
+
+QUEUE_SHOWN = ("queue_panel", "queue_list", "queue_pick")  # what a page shows of its queue (queue_view's values)
+
+
+def queue_view(queue: h.ShotQueue) -> tuple:
+    """The queue panel: shown while there are shots, one line each (prompts are a visitor's text: escaped)."""
+    rows = queue.rows()
+    lines = [f"**{place}** · {state}: {h.md_text(label)}" for place, label, state in rows]
+    return gr.update(visible=bool(rows)), "  \n".join(lines), gr.update(choices=queue.choices(), value=None)
+
+
+def wire_queue(app: Wiring) -> None:
+    """Queue: the form as it is now joins this browser's queue; its shots render one after another (each with the
+    live preview when on), the page lists them with their place, Cancel stops the one rendering and Remove takes
+    a waiting one out (docs/queue.md)."""
+    studio, w = app.studio, app.w
+    status = len(QUEUE_SHOWN)
+
+    @as_toast(len(QUEUE_SHOWN) + 1, status=status)
+    def ui_queue_add(data: dict, request: gr.Request):
+        form = app.record(data)
+        form.pop("history")
+        form["depth_file"] = app.gate.resolve(form["depth_file"])
+        if form["init_image"]:
+            form["init_image"] = app.gate.resolve(form["init_image"], "init image")
+        queue = studio.queue_of(request.session_hash)
+        queued = queue.add(form)
+        place = len(queue.waiting) + (queue.running is not None)
+        return (*queue_view(queue), f"Queued: {h.md_text(queued.label)} (place {place})")
+
+    def ui_queue_run(history, request: gr.Request, progress=gr.Progress()):
+        """Render this browser's waiting shots in turn (a second runner finds nothing left and returns)."""
+        session = request.session_hash
+        queue = studio.queue_of(session)
+        keep = [gr.skip()] * len(SHOWN_AFTER_IMAGE)
+        status_at = SHOWN_AFTER_IMAGE.index("status")
+        while (shot := queue.start_next()) is not None:
+            studio.arm_cancel(session)
+            try:
+                for values in user_facing(generate_and_show_live)(app, dict(shot.form), history, session, progress):
+                    if isinstance(values[SHOWN_AFTER_IMAGE.index("history")], list):
+                        history = values[SHOWN_AFTER_IMAGE.index("history")]
+                    yield (*values, *queue_view(queue))
+            except gr.Error as exc:  # this shot's one line; the next shot still renders
+                failed = list(keep)
+                failed[status_at] = f"⚠ {h.md_text(shot.label)}: {h.md_text(html.unescape(exc.message))}"
+                yield (*failed, *queue_view(queue))
+            finally:
+                queue.done()
+        yield (*keep, *queue_view(queue))
+
+    # trigger_mode "multiple": a click while earlier shots render still queues (gradio's default ignores it).
+    w.queue_btn.click(ui_queue_add, inputs={*form_components(w), w.history, w.owner},
+                      outputs=app.components(*QUEUE_SHOWN, "status"), queue=False, api_visibility="private",
+                      trigger_mode="multiple").then(
+        ui_queue_run, [w.history], app.components(*SHOWN_AFTER_IMAGE, *QUEUE_SHOWN), concurrency_limit=1,
+        concurrency_id="gpu", api_visibility="private", show_progress_on=[w.result_img])
+
+    def ui_queue_remove(ident, request: gr.Request):
+        queue = studio.queue_of(request.session_hash)
+        if ident is None:
+            return (*queue_view(queue), "Choose a waiting shot to remove.")
+        removed = queue.remove(int(ident))
+        return (*queue_view(queue), "Removed from the queue." if removed else "That shot has already started.")
+
+    w.queue_remove.click(ui_queue_remove, [w.queue_pick], app.components(*QUEUE_SHOWN, "status"), queue=False,
+                         api_visibility="private")
+
+    def ui_queue_clear(request: gr.Request):
+        queue = studio.queue_of(request.session_hash)
+        count = queue.clear()
+        return (*queue_view(queue), f"{count} waiting shot{'s' if count != 1 else ''} removed; the one rendering "
+                                    "goes on (Cancel stops it).")
+
+    w.queue_clear.click(ui_queue_clear, None, app.components(*QUEUE_SHOWN, "status"), queue=False,
+                        api_visibility="private")
 
 
 def wire_fix(app: Wiring) -> None:

@@ -57,6 +57,7 @@ class Studio:
     bfl: object | None = None
     # The live preview: the image forming, every N denoising steps (--live-preview; 0 = off; docs/live-preview.md).
     live_preview_every: int = 0
+    queues: dict = field(default_factory=dict)  # session -> ShotQueue: shots waiting to render one after another
     # session -> (path, settings, DepthPreview) last shown, and the last maps read: bounded in bytes over all
     # sessions (limits.cache_mb), least recently used first, whether or not a session ever ends (docs/sharing.md).
     previews: object = field(default_factory=lambda: _byte_bounded_cache())  # a cachetools.LRUCache
@@ -99,10 +100,15 @@ class Studio:
         with self._lock:
             return self.cancels.setdefault(session or "local", threading.Event())
 
+    def queue_of(self, session: str | None) -> "ShotQueue":
+        with self._lock:
+            return self.queues.setdefault(session or "local", ShotQueue())
+
     def end_session(self, session: str | None) -> None:
         """The browser tab closed: its scratch files go, its results stay (retention removes them later)."""
         self.workspace.end(session)
         with self._lock:
+            self.queues.pop(session or "local", None)
             self.cancels.pop(session or "local", None)
             self.previews.pop(session, None)
 
@@ -496,6 +502,80 @@ def generate_batch_from_form(studio: Studio, session: str | None, form: dict, on
         outcomes.append(generate_from_form(studio, session, {**form, "seed": seed, "randomize": seed is None},
                                            on_step, load_progress, on_preview))
     return outcomes
+
+
+# --- the queue: shots that render one after another (docs/queue.md) -------------------------------------------------
+
+MAX_QUEUED = 8  # shots one browser may have waiting (a shared studio: per visitor, beside gradio's own queue bound)
+
+
+@dataclass
+class QueuedShot:
+    ident: int
+    form: dict  # the settings record as it was when queued (depth file already resolved to this client's upload)
+    label: str
+
+
+@dataclass
+class ShotQueue:
+    """One browser's shots: the one rendering, then the waiting ones in order. Thread-safe."""
+
+    waiting: list = field(default_factory=list)
+    running: QueuedShot | None = None
+    next_ident: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, form: dict) -> QueuedShot:
+        shot = shot_from_form(form)  # every value checked now: a typo is refused here, not when its turn comes
+        batch_seeds(form)
+        seed = "random seed" if shot.generation.seed is None else f"seed {shot.generation.seed}"
+        prompt = " ".join(shot.generation.prompt.split())
+        label = (prompt[:48] + "…" if len(prompt) > 48 else prompt) or "(no prompt)"
+        with self.lock:
+            if len(self.waiting) >= MAX_QUEUED:
+                raise FluxDepthError(f"{MAX_QUEUED} shots are already waiting: let one finish or remove one from "
+                                     "the queue")
+            queued = QueuedShot(self.next_ident, dict(form), f"{label} · {seed}")
+            self.next_ident += 1
+            self.waiting.append(queued)
+            return queued
+
+    def remove(self, ident: int) -> bool:
+        """Take a waiting shot out (the one rendering is stopped with Cancel instead)."""
+        with self.lock:
+            kept = [q for q in self.waiting if q.ident != ident]
+            removed = len(kept) != len(self.waiting)
+            self.waiting = kept
+            return removed
+
+    def clear(self) -> int:
+        with self.lock:
+            count, self.waiting = len(self.waiting), []
+            return count
+
+    def start_next(self) -> QueuedShot | None:
+        """The next shot, now rendering; None when nothing waits (or another runner is on it)."""
+        with self.lock:
+            if self.running is not None or not self.waiting:
+                return None
+            self.running = self.waiting.pop(0)
+            return self.running
+
+    def done(self) -> None:
+        with self.lock:
+            self.running = None
+
+    def rows(self) -> list[list]:
+        """The queue as the page lists it: place, shot, state."""
+        with self.lock:
+            rows = [] if self.running is None else [["▶", self.running.label, "rendering"]]
+            rows += [[str(place), q.label, "next" if place == 1 else "waiting"]
+                     for place, q in enumerate(self.waiting, start=1)]
+            return rows
+
+    def choices(self) -> list[tuple[str, int]]:
+        with self.lock:
+            return [(f"{place}. {q.label}", q.ident) for place, q in enumerate(self.waiting, start=1)]
 
 
 # --- history: the results on disk, across reloads and restarts (docs/outputs.md) -------------------------------------

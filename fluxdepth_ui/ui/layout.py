@@ -221,10 +221,18 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
                           placeholder="a brutalist concrete museum at dawn, wet pavement, 35mm photo")
     with gr.Row():
         w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
-        w.cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=1)
+        w.queue_btn = gr.Button("Queue", elem_id="queue-add", scale=1, min_width=90)
+        w.cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=1, min_width=90)
     w.result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=340,
                             elem_id="result")
     w.status = gr.Markdown(elem_id="status")
+    # Shots waiting their turn (Queue): shown only while there are some (docs/queue.md).
+    with gr.Group(visible=False) as w.queue_panel:
+        w.queue_list = gr.Markdown(elem_id="queue-list")
+        with gr.Row():
+            w.queue_pick = gr.Dropdown([], label="Waiting shot", elem_id="queue-pick", scale=3)
+            w.queue_remove = gr.Button("Remove", size="sm", elem_id="queue-remove", scale=1)
+            w.queue_clear = gr.Button("Clear queue", size="sm", elem_id="queue-clear", scale=1)
     with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
         w.variant = gr.Radio(tier_choices(studio), value=studio.manager.variant,
                              label="Precision (switching reloads the model for everyone)",
