@@ -193,25 +193,10 @@ def test_placement_policy():
 # --- depth from a photo ----------------------------------------------------------------------------------------------
 
 
-def tiny_depth_anything():
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
-
-    torch.manual_seed(0)
-    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
-                            patch_size=14, image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"],
-                            reshape_hidden_states=False)
-    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
-                                 neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
-    processor = DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-    return DepthAnythingForDepthEstimation(config), processor
-
-
 def test_depth_from_photo_feeds_the_same_normalization(depth):
-    from fluxdepth_ui.pipeline.depth_estimation import DepthEstimator
+    from fluxdepth_ui.pipeline.tiny import build_tiny_depth_estimator
 
-    model, processor = tiny_depth_anything()
-    estimator = DepthEstimator.from_components(model, processor, "tiny-depth-anything")
+    estimator = build_tiny_depth_estimator()
     photo = Image.fromarray((np.random.default_rng(1).random((150, 200, 3)) * 255).astype(np.uint8))
     estimated = estimator.estimate(photo, "photo.jpg")
     assert estimated.values.shape == (150, 200) and estimated.values.dtype == np.float32
@@ -222,3 +207,33 @@ def test_depth_from_photo_feeds_the_same_normalization(depth):
     assert cmap.mode == "passthrough" and not cmap.inverted  # polarity known: never auto-flipped
     np.testing.assert_allclose(cmap.values, (raw - raw.min()) / (raw.max() - raw.min()), atol=1e-6)
     assert (result.control.width, result.control.height) == (256, 192)
+
+
+def test_depth_from_photo_offline_fails_at_once_and_remembers(tmp_path, monkeypatch):
+    """Issue 28: offline with Depth Anything not cached, Estimate once waited 93 s for the Hub and again on every
+    retry. Now: the local cache is asked first, an offline studio never asks the Hub, the one line says what to do,
+    and a retry within FAILURE_REMEMBERED_S fails at once without trying again."""
+    import time
+
+    from fluxdepth_ui.pipeline import depth_estimation
+    from fluxdepth_ui.pipeline.errors import PipelineError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    estimator = depth_estimation.DepthEstimator()
+    tries = []
+    real = estimator._from_hub
+    monkeypatch.setattr(estimator, "_from_hub", lambda local_only: tries.append(local_only) or real(local_only))
+    photo = Image.new("RGB", (64, 48))
+    t = time.monotonic()
+    with pytest.raises(PipelineError, match="not in the local Hugging Face cache and this studio is offline"):
+        estimator.estimate(photo)
+    assert tries == [True] and time.monotonic() - t < 10
+    with pytest.raises(PipelineError, match="this studio is offline"):
+        estimator.estimate(photo)
+    assert tries == [True]  # remembered: not tried again
+    monkeypatch.setattr(depth_estimation, "FAILURE_REMEMBERED_S", 0.0)
+    with pytest.raises(PipelineError):
+        estimator.estimate(photo)
+    assert tries == [True, True]  # after the window, tried again

@@ -7,8 +7,9 @@ polarity, so the normal `passthrough` normalization min-max stretches it: exactl
 from __future__ import annotations
 
 import logging
-
+import os
 import threading
+import time
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from .sources import ModelSource, translate_load_error
 log = logging.getLogger(__name__)
 
 DEFAULT_DEPTH_MODEL = "LiheYoung/depth-anything-large-hf"
+# After a failed load, further estimates fail at once with the same line for this long (an offline studio must not
+# wait for the Hub again on every click): seconds.
+FAILURE_REMEMBERED_S = 600.0
 
 
 class DepthEstimator:
@@ -33,6 +37,7 @@ class DepthEstimator:
         self._model = None
         self._processor = None
         self._lock = threading.Lock()
+        self._failure: tuple[str, float] | None = None  # (message, when): a failed load, remembered a while
 
     @classmethod
     def from_components(cls, model, processor, name: str = "custom") -> "DepthEstimator":
@@ -41,21 +46,39 @@ class DepthEstimator:
         return est
 
     def _load(self) -> None:
+        """From the local Hugging Face cache first (instant); the Hub only when it is not cached there and the studio
+        is not offline. A failure is one line, and it is remembered for FAILURE_REMEMBERED_S."""
+        if self._failure is not None and time.monotonic() - self._failure[1] < FAILURE_REMEMBERED_S:
+            raise PipelineError(self._failure[0])
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+        try:
+            processor, model = self._from_hub(local_only=True)
+        except Exception:  # noqa: BLE001 - not cached (or unreadable): the Hub, when it may be asked
+            if offline:
+                self._fail(f"the depth estimator {self.model_id} is not in the local Hugging Face cache and this "
+                           "studio is offline: run once with a connection, or drop a rendered depth pass instead")
+            try:
+                processor, model = self._from_hub(local_only=False)
+            except Exception as exc:  # noqa: BLE001 - translated when it is a hub problem
+                log.warning("loading %s failed", self.model_id, exc_info=True)
+                self._fail(translate_load_error(exc, ModelSource(self.model_id)) or (
+                    f"the depth estimator {self.model_id} could not be loaded (not in the local Hugging Face "
+                    "cache, and the Hub cannot be reached): run once with a connection, or drop a rendered depth "
+                    "pass instead"))
+        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._processor, self._model = processor, model.to(device).eval()
+
+    def _from_hub(self, local_only: bool):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-        try:
-            self._processor = AutoImageProcessor.from_pretrained(self.model_id, token=self._token)
-            model = AutoModelForDepthEstimation.from_pretrained(self.model_id, token=self._token)
-        except Exception as exc:  # noqa: BLE001 - translated below when it is a hub problem
-            message = translate_load_error(exc, ModelSource(self.model_id))
-            if message is None:
-                log.warning("loading %s failed", self.model_id, exc_info=True)
-                message = (f"the depth estimator {self.model_id} could not be loaded (not in the local Hugging Face "
-                           "cache, and the Hub cannot be reached): run once with a connection, or drop a rendered "
-                           "depth pass instead")
-            raise PipelineError(message) from None
-        device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self._model = model.to(device).eval()
+        processor = AutoImageProcessor.from_pretrained(self.model_id, token=self._token, local_files_only=local_only)
+        model = AutoModelForDepthEstimation.from_pretrained(self.model_id, token=self._token,
+                                                            local_files_only=local_only)
+        return processor, model
+
+    def _fail(self, message: str):
+        self._failure = (message, time.monotonic())
+        raise PipelineError(message) from None
 
     def estimate(self, image: Image.Image, name: str = "photo") -> DepthMap:
         with self._lock:

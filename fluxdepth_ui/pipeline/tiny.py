@@ -72,3 +72,21 @@ def build_tiny_components(seed: int = 0, dtype: torch.dtype = torch.float32) -> 
         module = components[name].eval()
         components[name] = module if dtype == torch.float32 else module.to(dtype)
     return components
+
+
+def build_tiny_depth_estimator():
+    """A random-weight Depth Anything of a few thousand parameters and its processor: what the tiny-random studio
+    estimates photo depth with (tests, demos), instead of fetching Depth Anything large."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    from .depth_estimation import DepthEstimator
+
+    torch.manual_seed(0)
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=37,
+                            patch_size=14, image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"],
+                            reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, patch_size=14,
+                                 neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8)
+    processor = DPTImageProcessor(size={"height": 56, "width": 56}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                                  image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    return DepthEstimator.from_components(DepthAnythingForDepthEstimation(config), processor, "tiny-depth-anything")

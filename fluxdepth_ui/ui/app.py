@@ -195,15 +195,15 @@ def wire_preview(app: Wiring) -> dict:
     for control in app.components(*names[1:]):
         control.input(**preview_kw)
 
-    @as_toast(1)
+    @as_toast(2, status=1)
     def ui_estimate(photo, request: gr.Request):
         made = h.estimate_photo_depth(studio, request.session_hash, photo)
         served = app.gate.register(app.serve(made))
         studio.remember_made(served, None, alias_of=made)
-        return served
+        return served, "Depth estimated: it is now the depth file (near = white)."
 
-    w.estimate_btn.click(ui_estimate, [w.photo], [w.depth_file], api_visibility="private",
-                         concurrency_limit=1, concurrency_id="gpu")
+    w.estimate_btn.click(ui_estimate, [w.photo], [w.depth_file, w.estimate_status], api_visibility="private",
+                         concurrency_limit=1, concurrency_id="gpu", show_progress_on=[w.estimate_status])
     return preview_kw
 
 

@@ -311,7 +311,12 @@ def estimate_photo_depth(studio: Studio, session: str | None, photo) -> str:
 
         raise DepthInputError("add a photo first")
     if studio.estimator is None:
-        studio.estimator = DepthEstimator()
+        if studio.manager.source.kind == "tiny":  # the tiny-random studio: a tiny estimator, nothing fetched
+            from ..pipeline.tiny import build_tiny_depth_estimator
+
+            studio.estimator = build_tiny_depth_estimator()
+        else:
+            studio.estimator = DepthEstimator()
     depth = studio.estimator.estimate(photo)
     values = depth.values
     span = float(values.max() - values.min()) or 1.0

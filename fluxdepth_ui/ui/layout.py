@@ -149,7 +149,8 @@ def _depth_panel(w: SimpleNamespace, studio) -> None:
                     example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
     with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
         w.photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"], height=160)
-        w.estimate_btn = gr.Button("Estimate depth")
+        w.estimate_btn = gr.Button("Estimate depth", elem_id="estimate")
+        w.estimate_status = gr.Markdown(elem_id="estimate-status")  # progress and the outcome, beside the button
     with gr.Accordion("Presets", open=False):
         _presets(w, studio.policy)
     if DEPTH_DOC.is_file():
@@ -223,8 +224,8 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
         w.queue_btn = gr.Button("Queue", elem_id="queue-add", scale=1, min_width=90)
         w.cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=1, min_width=90)
-    w.result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=340,
-                            elem_id="result")
+    # The status line (seed, time, errors) right under the buttons: on the first screen even at 1280x633 (a laptop
+    # browser with its bars), whatever the result's height.
     w.status = gr.Markdown(elem_id="status")
     # Shots waiting their turn (Queue): shown only while there are some (docs/queue.md).
     with gr.Group(visible=False) as w.queue_panel:
@@ -233,6 +234,8 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
             w.queue_pick = gr.Dropdown([], label="Waiting shot", elem_id="queue-pick", scale=3)
             w.queue_remove = gr.Button("Remove", size="sm", elem_id="queue-remove", scale=1)
             w.queue_clear = gr.Button("Clear queue", size="sm", elem_id="queue-clear", scale=1)
+    w.result_img = gr.Image(label="Result", type="filepath", format="png", interactive=False, height=340,
+                            elem_id="result")
     with gr.Accordion("Generation settings", open=False, elem_id="generation-settings"):
         w.variant = gr.Radio(tier_choices(studio), value=studio.manager.variant,
                              label="Precision (switching reloads the model for everyone)",
