@@ -167,3 +167,39 @@ def test_api_page_documents_every_parameter_and_typed_returns(app):
         assert all(r["python_type"]["description"] for r in endpoint["returns"])
     types = [r["python_type"]["type"] for r in info["/generate"]["returns"]]
     assert types == ["filepath", "dict(str, Any)", "list[filepath]"]
+
+
+def test_python_app_py_names_its_own_flags_not_gradios(tmp_path):
+    """Issue 28: `python app.py` printed gradio's "set share=True in launch()", which no artist can act on; it now
+    prints its address and the --share flag, and serves the page."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = os.path.join(os.path.dirname(__file__), "..")
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "XDG_CONFIG_HOME": str(tmp_path / "config"), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    proc = subprocess.Popen([sys.executable, os.path.join(root, "app.py"), "--model", "tiny-random", "--port",
+                             str(port), "--outputs", str(tmp_path / "out")], cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while not any("FluxDepth Studio on" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        lines.append(proc.stdout.readline())
+        printed = "".join(lines)
+        assert f"http://127.0.0.1:{port}/" in printed and "start with --share" in printed
+        assert "share=True" not in printed and "launch()" not in printed
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=60) as page:
+            assert page.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -185,9 +185,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
+    # quiet: gradio's own lines would tell the artist to "set share=True in launch()"; ours name our flag.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
-                **launch_options(studio, auth))
+                quiet=True, prevent_thread_lock=True, **launch_options(studio, auth))
+    print(f"FluxDepth Studio on {demo.local_url}", file=sys.stderr)
+    if demo.share_url:
+        print(f"public link (about a week; anyone with it can use this studio): {demo.share_url}", file=sys.stderr)
+    elif not args.share:
+        print("for a temporary public link, start with --share (and --auth USER:PASS)", file=sys.stderr)
     # (an MCP client connects to http://HOST:PORT/gradio_api/mcp/, listed on the page's "Use via API")
+    demo.block_thread()
 
 
 def start_on_zerogpu(studio) -> None:
