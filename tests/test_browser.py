@@ -455,3 +455,22 @@ def test_a_queue_of_three_shots_renders_them_in_turn(tmp_path, browser):
         page.close()
     finally:
         demo.close()
+
+
+def test_the_16_bit_near_dark_example_comes_with_its_near_and_far(app_url, browser):
+    """Issue 28: the bundled "16-bit PNG, near = dark" example showed two warnings with its defaults; picking it now
+    fills the remap's own near and far (mode disparity), and the map reads as true inverse depth with no warning."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    page.goto(app_url)
+    page.get_by_text("Examples", exact=True).click()
+    page.get_by_text("16-bit PNG, near = dark", exact=True).click()
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('sphere_export_near_dark')",
+                           timeout=60_000)
+    page.wait_for_function("() => document.querySelector('#stats').innerText.includes('mode disparity')",
+                           timeout=30_000)
+    assert "⚠" not in page.locator("#stats").inner_text()
+    page.get_by_text("Range, size and edges", exact=True).first.click()
+    assert page.get_by_label("Near distance (0 = from percentiles)").first.input_value() == "3"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "example-loaded-1280x720.png"))
+    page.close()

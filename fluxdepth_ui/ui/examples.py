@@ -20,6 +20,13 @@ EXAMPLES = {
     "sphere_export_near_dark_16bit.png": "16-bit PNG, near = dark",
     "room_near_white_8bit.png": "8-bit map, near = white",
 }
+# How each example is read when picked (mode, invert, near, far): the 16-bit export was remapped from 3-40 scene units
+# (`make_examples` below), so it comes with them and reads as true inverse depth, with no warning.
+EXAMPLE_SETTINGS = {
+    "room_karma_depth.exr": ("auto", "auto", None, None),
+    "sphere_export_near_dark_16bit.png": ("disparity", "auto", 3.0, 40.0),
+    "room_near_white_8bit.png": ("auto", "auto", None, None),
+}
 
 
 def _rays(width: int = W, height: int = H) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +85,7 @@ def make_examples(folder: Path = FOLDER) -> dict[str, Path]:
     out[path.name] = path
 
     sphere = sphere_depth()
-    near, far = 3.0, 40.0
+    _, _, near, far = EXAMPLE_SETTINGS["sphere_export_near_dark_16bit.png"]
     remapped = np.where(np.isfinite(sphere), (sphere - near) / (far - near), 1.0)
     path = folder / "sphere_export_near_dark_16bit.png"
     Image.fromarray(np.round(np.clip(remapped, 0, 1) * 65535).astype(np.uint16)).save(path)

@@ -16,7 +16,7 @@ from ..depth.readers import DEPTH_SUFFIXES
 from ..loras import available_loras
 from ..presets import list_presets, packaged_folder
 from ..settings import LORA_SCALE_RANGE, form_field, shot_fields
-from .examples import EXAMPLES, example_paths
+from .examples import EXAMPLE_SETTINGS, EXAMPLES, example_paths
 from .handlers import AUTO_CHANNEL, MAX_BATCH, browser_secret
 
 DEPTH_FILE_TYPES = list(DEPTH_SUFFIXES)
@@ -145,7 +145,8 @@ def _depth_panel(w: SimpleNamespace, studio) -> None:
                            type="filepath", elem_id="depth-file", height=110)
     _depth_controls(w, "", elem_ids=True)
     with gr.Accordion("Examples", open=False):
-        gr.Examples(examples=[[p] for p in example_paths()], inputs=[w.depth_file], label=None,
+        gr.Examples(examples=[[p, *EXAMPLE_SETTINGS[os.path.basename(p)]] for p in example_paths()],
+                    inputs=[w.depth_file, w.mode, w.invert, w.near, w.far], label=None,
                     example_labels=[EXAMPLES[os.path.basename(p)] for p in example_paths()])
     with gr.Accordion("Depth from a photo (Depth Anything)", open=False):
         w.photo = gr.Image(type="pil", label="Photo", sources=["upload", "clipboard"], height=160)
