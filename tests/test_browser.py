@@ -150,6 +150,17 @@ def test_sequence_tab_renders_all_frames_with_one_range(app_url, browser, tmp_pa
     page.close()
 
 
+def snap(page, name: str, **kw) -> None:
+    """Screenshots of the page as it is at 1280x720 and at 1280x633 (a laptop browser with its bars), for looking
+    at what was built (test-artifacts/); the viewport is put back after."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    size = page.viewport_size
+    for height in (720, 633):
+        page.set_viewport_size({"width": 1280, "height": height})
+        page.screenshot(path=str(ARTIFACTS / f"{name}-1280x{height}.png"), **kw)
+    page.set_viewport_size(size)
+
+
 def in_viewport(page, selector) -> bool:
     box = page.locator(selector).bounding_box()
     view = page.viewport_size
@@ -162,6 +173,8 @@ def test_desktop_loop_on_one_1280x720_screen(app_url, browser):
     depth channel is not found by name; an error leaves every control usable; log scale keeps a real histogram."""
     page = browser.new_page(viewport={"width": 1280, "height": 720})
     page.goto(app_url)
+    page.wait_for_selector("#generate")
+    snap(page, "empty")
     upload(page, BEACHBALL)
     page.wait_for_selector("#preview img", timeout=30_000)
     page.locator("#prompt textarea").fill("a beach ball")
@@ -340,7 +353,7 @@ def test_history_is_this_browsers_own_and_survives_a_reload_and_a_restart(tmp_pa
         page.wait_for_function("() => document.querySelector('#prompt textarea').value === 'a marble hall'",
                                timeout=30_000)
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "history-after-restart-1280x720.png"))
+        snap(page, "history-after-restart")
         context.close()
     finally:
         demo.close()
@@ -389,7 +402,7 @@ def test_fix_a_region_of_a_result_by_painting_over_it(tmp_path, browser):
         # The screen as the artist sees it (a full-page capture of the editor's canvas once took over 30 s on a
         # loaded 2-core machine).
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "fix-a-region-1280x720.png"), timeout=120_000)
+        snap(page, "fix-a-region", timeout=120_000)
         page.close()
     finally:
         demo.close()
@@ -410,7 +423,7 @@ def test_live_preview_shows_the_image_forming_then_the_result(tmp_path, browser)
                                timeout=120_000)
         assert page.locator("#result img").count() == 1  # the preview is in the result slot
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "live-preview-1280x720.png"))
+        snap(page, "live-preview")
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=120_000)
         assert "live preview" not in page.locator("#status").inner_text()
         results = list((tmp_path / "outputs").rglob("*.png"))
@@ -443,7 +456,7 @@ def test_a_queue_of_three_shots_renders_them_in_turn(tmp_path, browser):
             assert all(p in listed for p in prompts) and "rendering" in listed and "next" in listed
             ARTIFACTS.mkdir(exist_ok=True)
             page.locator("#queue-list").scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "queue-three-1280x720.png"))
+            snap(page, "queue-three")
         deadline = time.monotonic() + 180
         while len(list(studio.outputs.glob("*/*.json"))) < 3:
             assert time.monotonic() < deadline, page.locator("#status").inner_text()
@@ -472,5 +485,5 @@ def test_the_16_bit_near_dark_example_comes_with_its_near_and_far(app_url, brows
     page.get_by_text("Range, size and edges", exact=True).first.click()
     assert page.get_by_label("Near distance (0 = from percentiles)").first.input_value() == "3"
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "example-loaded-1280x720.png"))
+    snap(page, "example-loaded")
     page.close()
