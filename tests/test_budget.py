@@ -409,3 +409,9 @@ def test_the_default_follows_the_card_only_where_it_is_switched_on(tmp_path, con
     fixed = card_manager(tmp_path, card, budget="12")
     assert not fixed.follows_free_memory and card_manager(tmp_path, card).follows_free_memory
     assert parse_budget("Follow") == "follow"
+    # A compiled transformer (fp8, --compile) follows only when asked: not yet run compiled on a GPU (docs/vram.md).
+    compiled = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path), compile=True)
+    fp8 = PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path), variant="fp8")
+    assert not compiled.follows_free_memory and not fp8.follows_free_memory
+    assert PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path), variant="fp8",
+                           vram_budget="follow").follows_free_memory

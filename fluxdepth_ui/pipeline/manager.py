@@ -433,9 +433,12 @@ class PipelineManager:
     @property
     def follows_free_memory(self) -> bool:
         """Whether placement auto plans by the card's free memory before every image (`--vram-budget follow`, or the
-        default where FOLLOW_FREE_MEMORY_BY_DEFAULT is on)."""
-        wanted = self.vram_budget == "follow" or (self.vram_budget is None and FOLLOW_FREE_MEMORY_BY_DEFAULT)
-        return wanted and self.placement == "auto"
+        default where FOLLOW_FREE_MEMORY_BY_DEFAULT is on). Not by default for a compiled transformer (fp8,
+        --compile): following the card has not yet run compiled on a GPU (docs/vram.md), so those place as before
+        unless follow is asked for."""
+        compiled = self.compile or get_variant(self.variant).fp8
+        by_default = self.vram_budget is None and FOLLOW_FREE_MEMORY_BY_DEFAULT and not compiled
+        return (self.vram_budget == "follow" or by_default) and self.placement == "auto"
 
     @property
     def _follows_card(self) -> bool:
