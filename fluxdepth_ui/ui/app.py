@@ -447,7 +447,7 @@ def wire_history(app: Wiring) -> None:
         return (owner, *app.history_page(owner, 0))
 
     history_out = [w.gallery, w.history, w.history_page, w.history_where]
-    app.demo.load(ui_owner, [w.owner], [w.owner, *history_out], api_visibility="private")
+    app.demo.load(ui_owner, [w.owner], [w.owner, *history_out], api_visibility="private", show_progress="hidden")
     pages = [w.owner, w.history_page]
     w.history_newer.click(lambda owner, page: app.history_page(owner, page - 1), pages, history_out,
                           api_visibility="private")
@@ -523,7 +523,7 @@ def wire_presets(app: Wiring, preview_kw: dict) -> None:
 
     w.preset_delete.click(remove_preset, [w.preset_menu], [w.preset_menu, w.preset_status], api_visibility="private")
     # The menu is read again on every page load: presets saved in another tab or session show up after a reload.
-    app.demo.load(menu, None, w.preset_menu, api_visibility="private")
+    app.demo.load(menu, None, w.preset_menu, api_visibility="private", show_progress="hidden")
 
 
 SEQUENCE_LORA_SLOTS = tuple(name for slot in LORA_SLOTS for name in slot)
@@ -640,9 +640,11 @@ def wire_memory(app: Wiring) -> None:
             values.append(value if usable else gr.update())
         return tuple(values)
 
-    app.demo.load(recall, [w.remembered], controls, api_visibility="private")
+    # Page-load restores show no progress overlay: a flash of spinners over the controls on every visit.
+    app.demo.load(recall, [w.remembered], controls, api_visibility="private", show_progress="hidden")
     # Tier labels carry the step times measured on this machine: re-read on each page load (after images ran).
-    app.demo.load(lambda: gr.update(choices=tier_choices(app.studio)), None, w.variant, api_visibility="private")
+    app.demo.load(lambda: gr.update(choices=tier_choices(app.studio)), None, w.variant, api_visibility="private",
+                  show_progress="hidden")
 
 
 # Positional callers of /preview and /generate rely on this order (the endpoints grew a parameter at a time);

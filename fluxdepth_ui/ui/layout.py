@@ -61,6 +61,7 @@ CSS = """
 .fd-head p {margin: 2px 0 !important; font-size: 0.9em}
 .fd-warning {background: #fff3cd; color: #664d03; padding: 2px 8px; border-radius: 6px}
 .fd-stats p {margin: 2px 0; font-size: 0.85em}
+#depth-file button.center {padding-top: 18px}
 """
 
 
@@ -142,7 +143,7 @@ def _header(studio) -> None:
 def _depth_panel(w: SimpleNamespace, studio) -> None:
     """Left: the depth file and how it is read."""
     w.depth_file = gr.File(label="Depth file (EXR, PNG, TIFF, PFM, NPY, JPEG)", file_types=DEPTH_FILE_TYPES,
-                           type="filepath", elem_id="depth-file", height=110)
+                           type="filepath", elem_id="depth-file", height=136)
     _depth_controls(w, "", elem_ids=True)
     with gr.Accordion("Examples", open=False):
         gr.Examples(examples=[[p, *EXAMPLE_SETTINGS[os.path.basename(p)]] for p in example_paths()],
