@@ -442,3 +442,29 @@ def test_compiled_pipeline_says_when_a_size_compiles_and_records_it(tmp_path, de
         "(cached after)"
     # The per-size step figures are unaffected by the first-image record.
     assert "s/step at 256×192 here (1 image)" in manager.tier_labels()["bf16"]
+
+
+def test_a_cache_file_is_read_a_window_at_a_time_into_its_own_memory(tmp_path, monkeypatch):
+    """Issue 26 (host memory): a quantized cache is read through a fresh mapping every READ_WINDOW bytes (one mapping
+    of the whole file held its bytes twice in resident memory: benchmarks/cache_read_rss.py); the tensors and their
+    dtypes are the file's, each in memory of its own."""
+    import safetensors
+    from safetensors.torch import load_file, save_file
+
+    from fluxdepth_ui.pipeline import variants
+
+    path = str(tmp_path / "weights.safetensors")
+    torch.manual_seed(0)
+    tensors = {"a.weight": torch.randn(64, 32), "b.qdata": torch.randint(-128, 127, (40, 16), dtype=torch.int8),
+               "c.scale": torch.randn(40, 1, dtype=torch.bfloat16), "d.bias": torch.randn(7), "e": torch.zeros(())}
+    save_file(tensors, path)
+    opens = []
+    real_open = safetensors.safe_open
+    monkeypatch.setattr(safetensors, "safe_open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(variants, "READ_WINDOW", 3000)  # bytes: a few tensors per mapping
+    read = variants._read_tensors(path, "cpu")
+    expected = load_file(path)
+    assert set(read) == set(expected)
+    assert all(read[k].dtype == expected[k].dtype and torch.equal(read[k], expected[k]) for k in expected)
+    assert len({t.untyped_storage().data_ptr() for t in read.values()}) == len(read)
+    assert len(opens) >= 3  # the keys once, then one mapping per window
