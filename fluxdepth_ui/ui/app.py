@@ -612,7 +612,9 @@ def wire_sequence_render(app: Wiring) -> None:
         {w.seq_setup, *app.components(*sequence_fields()), w.variant, w.seq_fps, w.seq_seed, w.seq_random,
          w.seq_also_save, *app.components(*SEQUENCE_LORA_SLOTS)},
         [w.seq_gallery, w.seq_video, w.seq_downloads, w.seq_status, w.seq_seed],
-        concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
+        # The frames' progress shows on the gallery they fill, not over the Seed box (it is an output only to report
+        # the seed drawn).
+        concurrency_limit=1, concurrency_id="gpu", api_visibility="private", show_progress_on=[w.seq_gallery]).then(
         lambda: gr.update(interactive=True, value="Render all frames"), None, w.seq_render, queue=False,
         api_visibility="private")
 
