@@ -267,6 +267,16 @@ def test_a_batch_of_seeds_fills_the_gallery(app_url, browser):
     page.wait_for_function("() => document.querySelectorAll('#gallery img').length >= 3", timeout=30_000)
     captions = page.locator("#gallery").inner_text()
     assert all(f"seed {seed}" in captions for seed in seeds), captions
+    # Issue 28's rough edges: every thumbnail inside the panel (the 4th was cut off), the read-only downloads
+    # without remove buttons.
+    page.locator("#gallery").scroll_into_view_if_needed()
+    panel = page.locator("#gallery").bounding_box()
+    for thumb in page.locator("#gallery .thumbnail-item").all():
+        box = thumb.bounding_box()
+        assert box["x"] >= panel["x"] and box["x"] + box["width"] <= panel["x"] + panel["width"] + 1
+    page.get_by_text("Compare, download", exact=True).click()
+    page.wait_for_selector("#downloads a", timeout=30_000)
+    assert page.locator("#downloads .label-clear-button").first.is_hidden()
     page.screenshot(path=str(ARTIFACTS / "desktop-batch.png"))
     page.close()
 

@@ -62,6 +62,9 @@ CSS = """
 .fd-warning {background: #fff3cd; color: #664d03; padding: 2px 8px; border-radius: 6px}
 .fd-stats p {margin: 2px 0; font-size: 0.85em}
 #depth-file button.center {padding-top: 18px}
+#gallery .caption-label {max-width: calc(100% - 8px); font-size: 0.75em}
+#downloads .label-clear-button, #seq-downloads .label-clear-button {display: none}
+#history-page {text-align: center; white-space: nowrap}
 """
 
 
@@ -287,8 +290,8 @@ def _result_panels(w: SimpleNamespace) -> None:
     """Below the result: compare and download, fix a region, the history of results."""
     with gr.Accordion("Compare, download", open=False):
         w.compare = gr.ImageSlider(label="Control map ↔ result", type="filepath", format="png")
-        w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen", file_count="multiple",
-                              interactive=False)
+        w.downloads = gr.File(label="Download: PNG (settings inside), JSON, 16-bit PNG / EXR if chosen",
+                              file_count="multiple", interactive=False, elem_id="downloads")
     # Fix one region of the result (inpainting, docs/inpaint.md): paint over it, regenerate only there with the same
     # control map and the prompt above.
     with gr.Accordion("Fix a region", open=False, elem_id="fix-panel"):
@@ -304,12 +307,12 @@ def _result_panels(w: SimpleNamespace) -> None:
     # History: the results on disk, newest first, across reloads and restarts (this browser's own on a shared
     # studio); clicking one restores its settings (handlers.list_history).
     with gr.Accordion("History", open=False, elem_id="history-panel"):
-        w.gallery = gr.Gallery(label="Results, newest first (click to restore the settings)", columns=4,
+        w.gallery = gr.Gallery(label="Results, newest first (click to restore the settings)", columns=3,
                                height=200, allow_preview=False, elem_id="gallery")
         with gr.Row():
-            w.history_newer = gr.Button("◀ Newer", size="sm", elem_id="history-newer")
-            w.history_where = gr.Markdown("", elem_id="history-page")
-            w.history_older = gr.Button("Older ▶", size="sm", elem_id="history-older")
+            w.history_newer = gr.Button("◀ Newer", size="sm", elem_id="history-newer", min_width=90)
+            w.history_where = gr.Markdown("", elem_id="history-page", min_height=0)
+            w.history_older = gr.Button("Older ▶", size="sm", elem_id="history-older", min_width=90)
 
 
 def tier_choices(studio) -> list[tuple[str, str]]:
