@@ -497,3 +497,38 @@ def test_the_16_bit_near_dark_example_comes_with_its_near_and_far(app_url, brows
     ARTIFACTS.mkdir(exist_ok=True)
     snap(page, "example-loaded")
     page.close()
+
+
+def test_ctrl_shift_enter_renders_the_same_shot_with_a_new_seed(tmp_path, browser):
+    """Issue 28: Ctrl+Enter generates with the form's fixed seed, even with the Random seed box focused (it once
+    toggled it); Ctrl+Shift+Enter renders the same shot with a newly drawn seed, which the seed box then shows
+    (Random seed stays off)."""
+    studio, demo = launch_app(tmp_path)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(demo.local_url)
+        upload(page, DEPTH_SYN)
+        page.wait_for_selector("#preview img", timeout=30_000)
+        page.locator("#prompt textarea").fill("a lighthouse")
+        page.get_by_text("Generation settings", exact=True).click()
+        page.get_by_label("Random seed").uncheck()
+        steps = page.locator("input[aria-label='number input for Steps']")
+        steps.fill("4")
+        steps.press("Enter")
+        seed = page.get_by_label("Seed", exact=True)
+        seed.fill("5")
+        seed.press("Tab")
+        page.keyboard.press("Control+Enter")
+        page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed 5')",
+                               timeout=120_000)
+        page.wait_for_function("() => !document.querySelector('#generate').disabled", timeout=30_000)
+        page.keyboard.press("Control+Shift+Enter")
+        page.wait_for_function("() => /seed \\d+/.test(document.querySelector('#status').innerText) && "
+                               "!document.querySelector('#status').innerText.includes('seed 5 ')", timeout=120_000)
+        page.wait_for_function("() => !document.querySelector('#generate').disabled", timeout=30_000)
+        drawn = re.search(r"seed (\d+)", page.locator("#status").inner_text()).group(1)
+        assert drawn != "5" and seed.input_value() == drawn
+        assert not page.get_by_label("Random seed").is_checked()
+        assert len(list(studio.outputs.glob("*/*.json"))) == 2
+    finally:
+        demo.close()

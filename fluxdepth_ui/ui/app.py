@@ -38,18 +38,22 @@ from .sharing import DAY, UploadGate, as_toast, user_facing
 PREVIEW_SLOTS = 4
 PREVIEW_WAIT_S = 30.0
 PREVIEW_OUTPUTS = ("preview_img", "raw_plot", "control_plot", "stats", "channel")
-# Ctrl/Cmd+Enter generates, Escape cancels the running image (as a DCC's render and stop keys).
+# Ctrl/Cmd+Enter generates, Ctrl/Cmd+Shift+Enter generates again with a new seed, Escape cancels the running image
+# (as a DCC's render and stop keys).
 GENERATE_SHORTCUT_JS = """() => {
   document.addEventListener("keydown", (event) => {
     if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
-      const button = document.querySelector("#generate");
-      if (button && !button.disabled) { event.preventDefault(); button.click(); }
+      const generate = document.querySelector("#generate");
+      const button = event.shiftKey ? document.querySelector("#generate-new-seed") : generate;
+      event.preventDefault();
+      event.stopPropagation();  // a focused control (a checkbox) must not act on the Enter as well
+      if (button && generate && !generate.disabled) { button.click(); }
     } else if (event.key === "Escape") {
       const generate = document.querySelector("#generate");
       const cancel = document.querySelector("#cancel");
       if (cancel && generate && generate.disabled) { event.preventDefault(); cancel.click(); }
     }
-  });
+  }, true);  // capture: before the focused control sees the key
 }"""
 
 
@@ -225,12 +229,20 @@ def wire_generate(app: Wiring) -> None:
         studio.arm_cancel(request.session_hash)
         return gr.update(interactive=False, value="Generating…")
 
-    w.generate_btn.click(ui_arm, None, w.generate_btn, queue=False, api_visibility="private").then(
-        ui_generate, inputs={*form_components(w), w.history, w.owner},
-        outputs=app.components(*SHOWN_AFTER_IMAGE),
-        concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
-        lambda: gr.update(interactive=True, value="Generate"), None, w.generate_btn, queue=False,
-        api_visibility="private")
+    @as_toast(len(SHOWN_AFTER_IMAGE), status=SHOWN_AFTER_IMAGE.index("status"))
+    def ui_generate_new_seed(data: dict, request: gr.Request, progress=gr.Progress()):
+        """Ctrl/Cmd+Shift+Enter: the same shot again with a newly drawn seed (the seed box then shows it)."""
+        data = {component: value for component, value in data.items()}
+        data[w.randomize] = True
+        yield from ui_generate(data, request, progress)
+
+    for button, handler in ((w.generate_btn, ui_generate), (w.new_seed_btn, ui_generate_new_seed)):
+        button.click(ui_arm, None, w.generate_btn, queue=False, api_visibility="private").then(
+            handler, inputs={*form_components(w), w.history, w.owner},
+            outputs=app.components(*SHOWN_AFTER_IMAGE),
+            concurrency_limit=1, concurrency_id="gpu", api_visibility="private").then(
+            lambda: gr.update(interactive=True, value="Generate"), None, w.generate_btn, queue=False,
+            api_visibility="private")
 
     def ui_cancel(request: gr.Request):
         studio.cancel_event(request.session_hash).set()

@@ -65,6 +65,7 @@ CSS = """
 #gallery .caption-label {max-width: calc(100% - 8px); font-size: 0.75em}
 #downloads .label-clear-button, #seq-downloads .label-clear-button {display: none}
 #history-page {text-align: center; white-space: nowrap}
+.fd-hidden {display: none !important}
 """
 
 
@@ -229,6 +230,8 @@ def _generation_panel(w: SimpleNamespace, studio) -> None:
         w.generate_btn = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
         w.queue_btn = gr.Button("Queue", elem_id="queue-add", scale=1, min_width=90)
         w.cancel_btn = gr.Button("Cancel", elem_id="cancel", scale=1, min_width=90)
+    # Ctrl/Cmd+Shift+Enter clicks it: the same shot with a new seed (kept in the page, out of sight).
+    w.new_seed_btn = gr.Button("Generate with a new seed", elem_id="generate-new-seed", elem_classes="fd-hidden")
     # The status line (seed, time, errors) right under the buttons: on the first screen even at 1280x633 (a laptop
     # browser with its bars), whatever the result's height.
     w.status = gr.Markdown(elem_id="status")
