@@ -252,6 +252,8 @@ class _Samples:
     near_black: bool | None  # passthrough polarity vote
     working: np.ndarray | None = None  # the full working-value frame, kept for normalize()
     valid: np.ndarray | None = None
+    # A made image decoded to 1/Z with near/far: those say what its codes stand for, not where the map's ends are.
+    decoded: bool = False
 
 
 def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False,
@@ -275,9 +277,10 @@ def _samples(depth: DepthMap, settings: NormalizeSettings, keep: bool = False,
     if mode == "passthrough":  # flip when near is black: as stated, as known or as the layout says
         near_white = made_polarity(depth, settings)
         bright = None if near_white is None else not near_white
+    decoded = mode == "disparity" and depth.kind == "image"
     if keep:
-        return _Samples(mode, values, background, bright, x, valid)
-    return _Samples(mode, values, background, bright)
+        return _Samples(mode, values, background, bright, x, valid, decoded)
+    return _Samples(mode, values, background, bright, decoded=decoded)
 
 
 def _check_mode_fits(depth: DepthMap, mode: str, settings: NormalizeSettings) -> None:
@@ -310,8 +313,11 @@ def _range_from_samples(samples: list[_Samples], settings: NormalizeSettings) ->
     # `values` is our own copy: let percentile partition it in place instead of copying it again.
     p_lo, p_hi = np.percentile(values, settings.clip, overwrite_input=True)
     low, high = float(p_lo), float(p_hi)
-    if mode == "disparity" and (settings.near is not None or settings.far is not None):
-        # Explicit distances replace the percentile ends (near -> white, far -> far end).
+    if mode == "disparity" and (settings.near is not None or settings.far is not None) and not any(
+            s.decoded for s in samples):
+        # Explicit distances replace the percentile ends (near -> white, far -> far end). Not for a made image
+        # decoded with them: its 1/Z is stretched between its own percentiles, as Depth Anything's maps are
+        # (docs/depth.md "Made images with near and far").
         if settings.near is not None:
             high = 1.0 / settings.near
         if settings.far is not None:
