@@ -163,8 +163,8 @@ def add_pipeline_arguments(g) -> None:
     g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: best available)")
     g.add_argument("--vram-budget", metavar="GiB|auto|follow", default=os.environ.get("FLUXDEPTH_VRAM_BUDGET"),
                    help="never use more GPU memory than this (auto = free memory minus a margin when the model "
-                        "loads; follow, the default = the GPU's free memory less --vram-headroom, read again before "
-                        "every image); "
+                        "loads; follow = the GPU's free memory less --vram-headroom, read again before every "
+                        "image: the default, for fp8 and --compile only when asked); "
                         "what does not fit streams from pinned host memory (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     g.add_argument("--vram-headroom", metavar="GiB", default=os.environ.get("FLUXDEPTH_VRAM_HEADROOM"),
                    help=f"GPU memory left free for other programs such as Houdini while following the card "

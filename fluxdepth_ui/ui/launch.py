@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=_env("DEVICE"), help="cuda, cuda:N, mps or cpu (env FLUXDEPTH_DEVICE)")
     p.add_argument("--vram-budget", default=_env("VRAM_BUDGET"), metavar="GiB|auto|follow",
                    help="never use more GPU memory than this; auto = free memory minus a margin at load; follow (the "
-                        "default) = free memory less --vram-headroom, read before every image (env "
-                        "FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
+                        "default; for fp8 and --compile only when asked) = free memory less --vram-headroom, read "
+                        "before every image (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     p.add_argument("--vram-headroom", default=_env("VRAM_HEADROOM"), metavar="GiB",
                    help="GPU memory left free for other programs such as Houdini while following the card "
                         "(env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
