@@ -106,3 +106,23 @@ def test_without_taef1_offline_the_preview_is_off_with_one_note(tmp_path, monkey
     assert result.image.size == (256, 192) and seen == []
     assert sum(line.startswith("live preview off") for line in lines) == 1  # tried once, remembered
     assert any(n.startswith("live preview off") for n in manager.status()["notes"])
+
+
+def test_a_plate_previews_both_passes_with_steps_counted_across_them(manager, tmp_path):
+    """A 2K plate renders in two passes (shot.py): previews come from both, numbered on one bar of all its steps."""
+    from fluxdepth_ui.settings import ShotSettings
+    from fluxdepth_ui.shot import render_shot
+
+    settings = ShotSettings(DepthSettings(long_side=1536),
+                            GenerationSettings("a hall", seed=3, steps=4, plate=True, plate_strength=0.75))
+    seen = []
+    result = render_shot(manager, str(DEPTH_SYN), settings, str(tmp_path / "plate.png"), preview_every=1,
+                         on_preview=lambda step, total, image: seen.append((step, total, image.size)))
+    assert len(result.metadata.passes) == 2
+    first, second = result.metadata.passes
+    assert first["steps"] > 1 and second["steps"] > 1  # both passes make previews
+    total = first["steps"] + second["steps"]
+    # every step but the last of each pass (the real decode follows it), at that pass's size
+    expected = [(s, total, (first["width"], first["height"])) for s in range(1, first["steps"])]
+    expected += [(first["steps"] + s, total, (second["width"], second["height"])) for s in range(1, second["steps"])]
+    assert seen == expected
