@@ -126,3 +126,24 @@ def test_a_plate_previews_both_passes_with_steps_counted_across_them(manager, tm
     expected = [(s, total, (first["width"], first["height"])) for s in range(1, first["steps"])]
     expected += [(first["steps"] + s, total, (second["width"], second["height"])) for s in range(1, second["steps"])]
     assert seen == expected
+
+
+def test_a_failing_preview_decode_never_costs_the_image(manager, depth, monkeypatch):
+    """A preview is optional: when its decode fails (out of memory on a full card, say), the preview is off for the
+    rest of the load with one line, and the image is the one made without previews."""
+    from fluxdepth_ui.pipeline import manager as manager_module
+
+    settings = GenerationSettings("a wooden chair", seed=11, steps=STEPS)
+    plain = manager.generate(depth.control, settings)
+
+    def broken(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(manager_module, "decode_preview", broken)
+    lines, seen = [], []
+    result = manager.generate(depth.control, settings, preview_every=1, on_preview=lambda *a: seen.append(a),
+                              load_progress=lambda f, m: lines.append(m))
+    assert np.array_equal(np.asarray(result.image), np.asarray(plain.image)) and seen == []
+    assert [line for line in lines if line.startswith("live preview off")] == [
+        "live preview off: its decode failed (OutOfMemoryError); the image goes on"]
+    manager.unload()  # the next load tries the preview again

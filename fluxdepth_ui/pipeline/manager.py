@@ -623,13 +623,30 @@ class PipelineManager:
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"cancelled after step {step + 1} of {total}")
             if on_preview is not None and every and (step + 1) % every == 0 and step + 1 < total:
-                decoder = self._preview_decoder(pipe, load_progress)
-                if decoder is not None:
-                    on_preview(step + 1, total, decode_preview(pipe, decoder, callback_kwargs["latents"], size[1],
-                                                               size[0]))
+                self._show_preview(pipe, callback_kwargs["latents"], size, (step + 1, total), on_preview,
+                                   load_progress)
             return callback_kwargs
 
         return step_end
+
+    def _show_preview(self, pipe, latents, size: tuple[int, int], step: tuple[int, int], on_preview,
+                      load_progress: LoadProgress | None) -> None:
+        """One live preview. It never costs the image: a decode that fails turns the preview off for this load, with
+        one line, and the image goes on."""
+        decoder = self._preview_decoder(pipe, load_progress)
+        if decoder is None:
+            return
+        try:
+            image = decode_preview(pipe, decoder, latents, size[1], size[0])
+        except Exception as exc:  # noqa: BLE001 - the preview is optional; the image is not
+            log.warning("live preview failed; off for this load", exc_info=True)
+            self._preview = False
+            why = f"live preview off: its decode failed ({type(exc).__name__}); the image goes on"
+            self._notes.append(why)
+            if load_progress is not None:
+                load_progress(0.0, why)
+            return
+        on_preview(step[0], step[1], image)
 
     def _preview_decoder(self, pipe, load_progress: LoadProgress | None):
         """The tiny autoencoder, loaded on the first preview of this load; a failure is said once and remembered."""
