@@ -463,7 +463,8 @@ def test_a_queue_of_three_shots_renders_them_in_turn(tmp_path, browser):
                 page.wait_for_function("(p) => document.querySelector('#queue-list')?.innerText.includes(p)",
                                        arg=prompt, timeout=60_000)
             listed = page.locator("#queue-list").inner_text()
-            assert all(p in listed for p in prompts) and "rendering" in listed and "next" in listed
+            # (whether the first is already marked rendering depends on when its turn came: not asserted)
+            assert all(p in listed for p in prompts) and "next" in listed
             ARTIFACTS.mkdir(exist_ok=True)
             page.locator("#queue-list").scroll_into_view_if_needed()
             snap(page, "queue-three")
