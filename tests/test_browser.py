@@ -248,10 +248,7 @@ def test_presets_survive_a_reload_and_errors_leave_controls_usable(app_url, brow
 
 
 def test_a_batch_of_seeds_fills_the_gallery(app_url, browser):
-    page = browser.new_page(viewport={"width": 1280, "height": 720})
-    page.goto(app_url)
-    upload(page, DEPTH_SYN)
-    page.wait_for_selector("#preview img", timeout=30_000)
+    page = open_with_depth(browser, app_url)
     page.get_by_text("Generation settings", exact=True).click()
     images = page.locator("input[aria-label='number input for Images']")
     images.fill("3")
@@ -315,11 +312,22 @@ def test_a_typo_in_a_clip_box_is_one_line_and_escape_cancels(app_url, browser):
     page.close()
 
 
-def generate_one(page, url, prompt):
-    """Open the studio, load the synthetic depth map and Generate one image with `prompt`; back when it is shown."""
+def load_depth(page, url):
+    """Open the studio in `page` with the synthetic depth map loaded; back when its control map is shown."""
     page.goto(url)
     upload(page, DEPTH_SYN)
     page.wait_for_selector("#preview img", timeout=30_000)
+    return page
+
+
+def open_with_depth(browser, url):
+    """A new 1280x720 page of the studio with the synthetic depth map loaded (load_depth)."""
+    return load_depth(browser.new_page(viewport={"width": 1280, "height": 720}), url)
+
+
+def generate_one(page, url, prompt):
+    """Open the studio, load the synthetic depth map and Generate one image with `prompt`; back when it is shown."""
+    load_depth(page, url)
     page.locator("#prompt textarea").fill(prompt)
     page.locator("#generate").click()
     page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=120_000)
@@ -423,10 +431,7 @@ def test_live_preview_shows_the_image_forming_then_the_result(tmp_path, browser)
     forms, with the step in the status line; then the real image and its seed."""
     studio, demo = launch_app(tmp_path, "--live-preview", "1")
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(demo.local_url)
-        upload(page, DEPTH_SYN)
-        page.wait_for_selector("#preview img", timeout=30_000)
+        page = open_with_depth(browser, demo.local_url)
         page.locator("#prompt textarea").fill("a forming chair")
         page.locator("#generate").click()
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('live preview')",
@@ -451,10 +456,7 @@ def test_a_queue_of_three_shots_renders_them_in_turn(tmp_path, browser):
 
     studio, demo = launch_app(tmp_path)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(demo.local_url)
-        upload(page, DEPTH_SYN)
-        page.wait_for_selector("#preview img", timeout=30_000)
+        page = open_with_depth(browser, demo.local_url)
         prompts = ["a red barn", "a glass pavilion", "a moss-covered ruin"]
         with studio.manager._lock:  # the first shot waits at the model until released
             for prompt in prompts:
@@ -506,10 +508,7 @@ def test_ctrl_shift_enter_renders_the_same_shot_with_a_new_seed(tmp_path, browse
     (Random seed stays off)."""
     studio, demo = launch_app(tmp_path)
     try:
-        page = browser.new_page(viewport={"width": 1280, "height": 720})
-        page.goto(demo.local_url)
-        upload(page, DEPTH_SYN)
-        page.wait_for_selector("#preview img", timeout=30_000)
+        page = open_with_depth(browser, demo.local_url)
         page.locator("#prompt textarea").fill("a lighthouse")
         page.get_by_text("Generation settings", exact=True).click()
         page.get_by_label("Random seed").uncheck()

@@ -7,7 +7,6 @@ polarity, so the normal `passthrough` normalization min-max stretches it: exactl
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -17,7 +16,7 @@ from PIL import Image
 
 from ..depth import DepthMap
 from .errors import PipelineError
-from .sources import ModelSource, translate_load_error
+from .sources import ModelSource, from_cache_or_hub, hub_offline, translate_load_error
 
 log = logging.getLogger(__name__)
 
@@ -46,25 +45,21 @@ class DepthEstimator:
         return est
 
     def _load(self) -> None:
-        """From the local Hugging Face cache first (instant); the Hub only when it is not cached there and the studio
-        is not offline. A failure is one line, and it is remembered for FAILURE_REMEMBERED_S."""
+        """From the local Hugging Face cache first, the Hub only when not cached and not offline (sources.py
+        from_cache_or_hub). A failure is one line, and it is remembered for FAILURE_REMEMBERED_S."""
         if self._failure is not None and time.monotonic() - self._failure[1] < FAILURE_REMEMBERED_S:
             raise PipelineError(self._failure[0])
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
         try:
-            processor, model = self._from_hub(local_only=True)
-        except Exception:  # noqa: BLE001 - not cached (or unreadable): the Hub, when it may be asked
-            if offline:
+            processor, model = from_cache_or_hub(self._from_hub)
+        except Exception as exc:  # noqa: BLE001 - one line: offline, or translated when it is a hub problem
+            if hub_offline():
                 self._fail(f"the depth estimator {self.model_id} is not in the local Hugging Face cache and this "
                            "studio is offline: run once with a connection, or drop a rendered depth pass instead")
-            try:
-                processor, model = self._from_hub(local_only=False)
-            except Exception as exc:  # noqa: BLE001 - translated when it is a hub problem
-                log.warning("loading %s failed", self.model_id, exc_info=True)
-                self._fail(translate_load_error(exc, ModelSource(self.model_id)) or (
-                    f"the depth estimator {self.model_id} could not be loaded (not in the local Hugging Face "
-                    "cache, and the Hub cannot be reached): run once with a connection, or drop a rendered depth "
-                    "pass instead"))
+            log.warning("loading %s failed", self.model_id, exc_info=True)
+            self._fail(translate_load_error(exc, ModelSource(self.model_id)) or (
+                f"the depth estimator {self.model_id} could not be loaded (not in the local Hugging Face "
+                "cache, and the Hub cannot be reached): run once with a connection, or drop a rendered depth "
+                "pass instead"))
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._processor, self._model = processor, model.to(device).eval()
 

@@ -640,11 +640,8 @@ class PipelineManager:
             image = decode_preview(pipe, decoder, latents, size[1], size[0])
         except Exception as exc:  # noqa: BLE001 - the preview is optional; the image is not
             log.warning("live preview failed; off for this load", exc_info=True)
-            self._preview = False
-            why = f"live preview off: its decode failed ({type(exc).__name__}); the image goes on"
-            self._notes.append(why)
-            if load_progress is not None:
-                load_progress(0.0, why)
+            self._preview_off(f"live preview off: its decode failed ({type(exc).__name__}); the image goes on",
+                              load_progress)
             return
         on_preview(step[0], step[1], image)
 
@@ -653,12 +650,17 @@ class PipelineManager:
         if self._preview is None:
             decoder, why = load_preview_decoder(self.source.kind, pipe.vae.config, pipe._execution_device,
                                                 pipe.vae.dtype)
-            self._preview = decoder if decoder is not None else False
+            self._preview = decoder
             if why:
-                self._notes.append(why)
-                if load_progress is not None:
-                    load_progress(0.0, why)
+                self._preview_off(why, load_progress)
         return self._preview or None
+
+    def _preview_off(self, why: str, load_progress: LoadProgress | None) -> None:
+        """No live preview for the rest of this load, said once (status line and the load's notes)."""
+        self._preview = False
+        self._notes.append(why)
+        if load_progress is not None:
+            load_progress(0.0, why)
 
     def _pipeline_inputs(self, control: ControlImage, settings: GenerationSettings, seed: int,
                          init_image: Image.Image | None, mask: Image.Image | None = None) -> tuple:

@@ -9,7 +9,6 @@ with `vae=AutoencoderTiny(TAEF1)` returns (tests/test_live_preview.py).
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 from PIL import Image
@@ -35,15 +34,14 @@ def load_preview_decoder(source_kind: str, vae_config, device: torch.device, dty
                                   shift_factor=vae_config.shift_factor or 0.0)
         decoder = decoder.to(device) if dtype == torch.float32 else decoder.to(device=device, dtype=dtype)
         return decoder.eval(), None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-    for local_only in (True, False):
-        if not local_only and offline:
-            break
-        try:
-            decoder = AutoencoderTiny.from_pretrained(TAEF1, torch_dtype=dtype, local_files_only=local_only)
-            return decoder.to(device).eval(), None
-        except Exception as exc:  # noqa: BLE001 - any failure only turns the preview off
-            log.info("TAEF1 %s: %s", "not cached" if local_only else "could not be fetched", exc)
+    from .sources import from_cache_or_hub
+
+    try:
+        decoder = from_cache_or_hub(lambda local_only: AutoencoderTiny.from_pretrained(
+            TAEF1, torch_dtype=dtype, local_files_only=local_only))
+        return decoder.to(device).eval(), None
+    except Exception as exc:  # noqa: BLE001 - any failure only turns the preview off
+        log.info("TAEF1 is not cached and could not be fetched: %s", exc)
     return None, (f"live preview off: the tiny autoencoder ({TAEF1}) is not cached and cannot be fetched now; the "
                   "step bar shows progress instead")
 

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
@@ -112,6 +112,7 @@ class LoadedModel:
 
 
 ProgressFn = Callable[[float, str], None]
+T = TypeVar("T")
 
 
 def _noop(fraction: float, message: str) -> None:
@@ -288,6 +289,23 @@ def _fuse_lora(pipe, source: ModelSource, token: str | None) -> None:
 
 
 # --- finding the files -------------------------------------------------------------------------------------------
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as it is set now (huggingface_hub reads it once, at import; a launcher or a test may set it
+    later)."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def from_cache_or_hub(load: Callable[[bool], T]) -> T:
+    """`load(local_files_only)`: from the local Hugging Face cache first (instant, no network), then from the Hub
+    unless offline. A failure raises the last attempt's error."""
+    try:
+        return load(True)
+    except Exception:  # noqa: BLE001 - not cached (or unreadable there): the Hub, when it may be asked
+        if hub_offline():
+            raise
+        return load(False)
 
 
 def _resolve_folder(source: ModelSource, token: str | None, progress: ProgressFn) -> tuple[str, str]:

@@ -229,12 +229,10 @@ def wire_generate(app: Wiring) -> None:
         studio.arm_cancel(request.session_hash)
         return gr.update(interactive=False, value="Generating…")
 
-    @as_toast(len(SHOWN_AFTER_IMAGE), status=SHOWN_AFTER_IMAGE.index("status"))
     def ui_generate_new_seed(data: dict, request: gr.Request, progress=gr.Progress()):
-        """Ctrl/Cmd+Shift+Enter: the same shot again with a newly drawn seed (the seed box then shows it)."""
-        data = {component: value for component, value in data.items()}
-        data[w.randomize] = True
-        yield from ui_generate(data, request, progress)
+        """Ctrl/Cmd+Shift+Enter: the same shot again with a newly drawn seed (the seed box then shows it); errors
+        are ui_generate's one line."""
+        yield from ui_generate({**data, w.randomize: True}, request, progress)
 
     for button, handler in ((w.generate_btn, ui_generate), (w.new_seed_btn, ui_generate_new_seed)):
         button.click(ui_arm, None, w.generate_btn, queue=False, api_visibility="private").then(
