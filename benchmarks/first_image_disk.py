@@ -79,6 +79,35 @@ def read_speed(folder: str) -> dict:
             "page_cache_dropped": dropped}
 
 
+def reader_check(cache: str) -> list[dict]:
+    """Each cache file read twice from a dropped page cache: plain sequential reads (the disk), then the app's
+    reader (`variants._read_tensors`), so a slow load can be told apart from a slow disk."""
+    from fluxdepth_ui.pipeline.variants import _read_tensors
+
+    out = []
+    for root, _dirs, names in os.walk(cache):
+        for name in names:
+            if not name.endswith(".safetensors"):
+                continue
+            path = os.path.join(root, name)
+            size = os.path.getsize(path)
+            drop_page_cache()
+            t = time.perf_counter()
+            with open(path, "rb", buffering=0) as fh:
+                while fh.read(64 * MIB):
+                    pass
+            raw = time.perf_counter() - t
+            drop_page_cache()
+            t = time.perf_counter()
+            tensors = _read_tensors(path, "cpu")
+            reader = time.perf_counter() - t
+            del tensors
+            out.append({"file": os.path.relpath(path, cache), "gb": round(size / 1e9, 2),
+                        "sequential_read_s": round(raw, 2), "app_reader_s": round(reader, 2)})
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def child(args) -> None:
     """One start of the app's path, in this fresh process."""
     t0 = float(args.t0)
@@ -94,7 +123,8 @@ def child(args) -> None:
     manager = PipelineManager(ModelSource(args.folder), variant=args.tier, cache_root=args.cache,
                               placement="auto",
                               vram_budget=args.budget if args.budget else None)
-    manager.load(lambda f, m: None)
+    phases = []  # (seconds since launch, the load's own progress line): where the load's time goes
+    manager.load(lambda f, m: phases.append((round(time.time() - t0, 2), m)))
     marks["loaded_s"] = time.time() - t0
     control = control_image()
     if args.tiny:
@@ -111,6 +141,7 @@ def child(args) -> None:
     status = manager.status()
     row["placement"] = status["placement"]
     row["memory_plan"] = status.get("memory_plan")
+    row["phases"] = phases
     print("ROW " + json.dumps(row), flush=True)
 
 
@@ -142,6 +173,8 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny-random on the CPU: a check of the script")
     ap.add_argument("--json", required=True)
     ap.add_argument("--keep-folder", action="store_true")
+    ap.add_argument("--reader-check", action="store_true",
+                    help="after each tier's starts, time its cache files: sequential read vs the app's reader")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--tier", help=argparse.SUPPRESS)
     ap.add_argument("--budget", default="", help=argparse.SUPPRESS)
@@ -178,6 +211,9 @@ def main() -> None:
                        **start(args, tier, budget, cache, os.path.join(work, f"{tier}.png"))}
                 print(json.dumps(row), flush=True)
                 report["rows"].append(row)
+                save()
+            if args.reader_check:
+                report.setdefault("reader_check", {})[tier] = reader_check(cache)
                 save()
             shutil.rmtree(cache, ignore_errors=True)
     finally:

@@ -193,6 +193,8 @@ def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, 
     process starting the same tier waits for the first one's cache instead of quantizing again."""
     waiting = f"waiting for another process quantizing {component} to {weights} (then loading its cache)"
     with exclusive(folder, on_wait=lambda: progress(0.4, waiting)):
+        if os.path.exists(os.path.join(folder, "fingerprint.json")):
+            progress(0.35, f"reading {component} ({weights}) from the quantized cache")
         module = cache.load(folder, fingerprint, build_empty)
         if module is not None:
             notes.append(f"{component}: {weights} weights from the cache")
