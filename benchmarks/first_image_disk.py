@@ -154,7 +154,12 @@ def start(args, tier: str, budget: str, cache: str, out: str) -> dict:
         cmd += ["--budget", budget]
     if args.tiny:
         cmd.append("--tiny")
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired as exc:
+        text = "".join(t.decode() if isinstance(t, bytes) else t for t in (exc.stdout or "", exc.stderr or ""))
+        tail = [line for line in text.splitlines() if line.strip()][-6:]
+        return {"ok": False, "error": f"over {args.timeout:.0f} s", "tail": tail, "page_cache_dropped": dropped}
     rows = [line for line in p.stdout.splitlines() if line.startswith("ROW ")]
     if p.returncode != 0 or not rows:
         tail = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()][-6:]

@@ -119,3 +119,58 @@ def test_dense_linears_trace_whole_under_torch_compile(weights, cls):
     compiled = torch.compile(dense, backend="aot_eager", fullgraph=True)
     with torch.no_grad():
         assert torch.equal(compiled(x), dense(x))
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("component,weights", [("transformer", "qint8"), ("transformer", "qint4"),
+                                               ("text_encoder_2", "qint8")])  # the tiers' pairs (variants.VARIANTS)
+def test_quantizing_block_by_block_gives_the_whole_modules_weights(component, weights):
+    """On a GPU the first start quantizes one block at a time on the card; on the CPU here, the same path must give
+    exactly the tensors of quantizing the whole component at once."""
+    from fluxdepth_ui.pipeline.variants import BLOCK_LISTS, quantize_component
+
+    whole = quantize_component(build_tiny_components(3, torch.bfloat16)[component], weights, component)
+    by_block = quantize_component(build_tiny_components(3, torch.bfloat16)[component], weights, component,
+                                  device=torch.device("cpu"))
+    expected, got = _state(whole), _state(by_block)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+    blocks = [b for path in BLOCK_LISTS[component] for b in by_block.get_submodule(path)]
+    assert blocks and all(not isinstance(m, torch.nn.Linear) or isinstance(m, (DenseInt8Linear, DenseInt4Linear))
+                          for b in blocks for m in b.modules())
+
+
+def test_a_card_that_runs_out_mid_quantization_finishes_on_the_cpu(monkeypatch, caplog):
+    """Another program holds the card: the block that did not fit and every later one are quantized on the CPU, with
+    one warning, and the weights are those of an all-CPU quantization."""
+    from fluxdepth_ui.pipeline import variants
+
+    component, weights = "transformer", "qint4"
+    expected = _state(variants.quantize_component(build_tiny_components(5, torch.bfloat16)[component], weights,
+                                                  component))
+    real = variants.quantize_module
+    calls = []
+
+    def quantize_until_full(module, weights, exclude=()):
+        calls.append(module)
+        if len(calls) == 2:  # the second block: half quantized when the card runs out
+            from optimum.quanto import qint4, quantize
+
+            first = next(name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear))
+            quantize(module, weights=qint4, include=[first])  # wrapped, not yet frozen
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(module, weights, exclude)
+
+    monkeypatch.setattr(variants, "quantize_module", quantize_until_full)
+    with caplog.at_level("WARNING", logger="fluxdepth_ui.pipeline.variants"):
+        got = _state(variants.quantize_component(build_tiny_components(5, torch.bfloat16)[component], weights,
+                                                 component, device=torch.device("cpu")))
+    assert len(calls) == 3  # block one, block two (ran out), then the whole module's rest on the CPU
+    assert [r.getMessage() for r in caplog.records if "ran out of memory" in r.getMessage()]
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key

@@ -333,7 +333,8 @@ class PipelineManager:
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
-            loaded = load_model(self.source, variant, self.cache, progress, self._token)
+            loaded = load_model(self.source, variant, self.cache, progress, self._token,
+                                quantize_on=device if device.type == "cuda" else None)
         # 2. Where it goes: the memory plan (or an offload) from the sizes it will have on the card.
         sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
         blocks = transformer_block_sizes(loaded.components["transformer"])

@@ -120,15 +120,18 @@ def _noop(fraction: float, message: str) -> None:
 
 
 def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, progress: ProgressFn = _noop,
-               token: str | None = None) -> LoadedModel:
-    """Load every component on the CPU, with the variant's quantization applied (from the cache when it matches)."""
+               token: str | None = None, quantize_on: torch.device | None = None) -> LoadedModel:
+    """Load every component on the CPU, with the variant's quantization applied (from the cache when it matches).
+
+    `quantize_on`: the GPU that quantizes (block by block) when there is no cache yet; None quantizes on the CPU."""
     if source.kind == "tiny":
         from .tiny import build_tiny_components
 
         progress(0.1, "building tiny-random components")
         components = build_tiny_components(source.seed, source.dtype)
         loaded = LoadedModel(components, "tiny", [])
-        _quantize_in_place(loaded, source, variant, cache, source_id=f"tiny-seed{source.seed}", progress=progress)
+        _quantize_in_place(loaded, source, variant, cache, source_id=f"tiny-seed{source.seed}", progress=progress,
+                           quantize_on=quantize_on)
         return loaded
 
     folder, revision = _resolve_folder(source, token, progress)
@@ -138,7 +141,8 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     notes: list[str] = []
     if variant.transformer or variant.text_encoder_2:
         progress(0.3, f"preparing {variant.name} weights")
-        overrides = _quantized_components(folder, source, variant, cache, source_id, token, progress, notes)
+        overrides = _quantized_components(folder, source, variant, cache, source_id, token, progress, notes,
+                                          quantize_on)
     progress(0.6, "loading the remaining components")
     from diffusers import FluxControlPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -174,7 +178,7 @@ def _component_config(module: torch.nn.Module) -> dict:
 
 
 def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Variant, cache: QuantizedCache,
-                       source_id: str, progress: ProgressFn) -> None:
+                       source_id: str, progress: ProgressFn, quantize_on: torch.device | None = None) -> None:
     """tiny-random: the components already exist; quantize (or take the cache) for each quantized component."""
     for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
         if not weights:
@@ -183,12 +187,12 @@ def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Varian
         folder, fp = _fingerprint(cache, source, source_id, component, weights, _component_config(module))
         loaded.components[component] = _cached_or_quantized(
             cache, folder, fp, lambda m=module: _empty_like(m, source.dtype), lambda m=module: m, component, weights,
-            progress, loaded.notes)
+            progress, loaded.notes, quantize_on)
 
 
 def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, build_empty: Callable,
                          build_full: Callable, component: str, weights: str, progress: ProgressFn,
-                         notes: list[str]) -> torch.nn.Module:
+                         notes: list[str], quantize_on: torch.device | None = None) -> torch.nn.Module:
     """The cached quantized component, else quantize the full one and cache it. Under the entry's lock: a second
     process starting the same tier waits for the first one's cache instead of quantizing again."""
     waiting = f"waiting for another process quantizing {component} to {weights} (then loading its cache)"
@@ -199,9 +203,10 @@ def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, 
         if module is not None:
             notes.append(f"{component}: {weights} weights from the cache")
             return module
-        progress(0.4, f"quantizing {component} to {weights} (first start of this tier; cached afterwards)")
+        where = f" on {quantize_on}" if quantize_on is not None else ""
+        progress(0.4, f"quantizing {component} to {weights}{where} (first start of this tier; cached afterwards)")
         module = build_full()
-        quantize_component(module, weights, component)
+        quantize_component(module, weights, component, quantize_on)
         cache.save(folder, fingerprint, module)
         return module
 
@@ -217,7 +222,8 @@ def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def _quantized_components(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache,
-                          source_id: str, token: str | None, progress: ProgressFn, notes: list[str]) -> dict:
+                          source_id: str, token: str | None, progress: ProgressFn, notes: list[str],
+                          quantize_on: torch.device | None = None) -> dict:
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
@@ -244,7 +250,7 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
         out[component] = _cached_or_quantized(
             cache, cache_folder, fp, build_empty,
             lambda component=component: _load_full_component(folder, source, component, token),
-            component, weights, progress, notes)
+            component, weights, progress, notes, quantize_on)
     return out
 
 

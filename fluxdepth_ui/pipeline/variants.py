@@ -67,19 +67,24 @@ def get_variant(name: str) -> Variant:
 
 
 def use_torch_unpack() -> None:
-    """Route quanto's CPU int4 unpack through plain PyTorch.
+    """Route quanto's int4 unpack through plain PyTorch, on the CPU and on CUDA.
 
-    quanto otherwise JIT-builds a C++ extension on first qint4 use (~50 s, needs g++ and ninja, and writes into
-    site-packages, which fails on read-only installs). This function is bit-identical to that extension.
+    quanto otherwise JIT-builds a C++ (CPU) or CUDA extension on first qint4 use (~50 s on the CPU, minutes with
+    nvcc; needs a compiler and writes into site-packages, which fails on read-only installs). This function is
+    bit-identical to those kernels. The CUDA extension's other kernels (AWQ, Marlin) serve float16 and fp8 weights,
+    which no tier here makes (bf16 scales), so a call to one would fail loudly instead of building.
     """
     from optimum.quanto.library.extensions import cpp as qcpp
+    from optimum.quanto.library.extensions.extension import get_extension, is_extension_available
 
     def unpack(packed: torch.Tensor, bits: int) -> torch.Tensor:  # split each byte into 8 // bits values, low first
         mask = [(packed & (2 ** (bits * (i + 1)) - 1)) >> (bits * i) for i in range(8 // bits)]
         return torch.cat(mask).to(torch.uint8)
 
-    if qcpp.ext._lib is None:
-        qcpp.ext._lib = types.SimpleNamespace(unpack=unpack)
+    extensions = [qcpp.ext] + ([get_extension("quanto_cuda")] if is_extension_available("quanto_cuda") else [])
+    for extension in extensions:
+        if extension._lib is None:
+            extension._lib = types.SimpleNamespace(unpack=unpack)
 
 
 def quantize_module(module: torch.nn.Module, weights: str, exclude: tuple[str, ...] = ()) -> torch.nn.Module:
@@ -93,13 +98,51 @@ def quantize_module(module: torch.nn.Module, weights: str, exclude: tuple[str, .
     return module
 
 
-def quantize_component(module: torch.nn.Module, weights: str, component: str) -> torch.nn.Module:
-    """quanto quantizes, then the dense-path linears take its tensors (same values, faster at FLUX sizes)."""
+# The block lists of each quantized component: on a GPU they are quantized one block at a time (quantize_component).
+BLOCK_LISTS = {"transformer": ("transformer_blocks", "single_transformer_blocks"), "text_encoder_2": ("encoder.block",)}
+
+
+def quantize_component(module: torch.nn.Module, weights: str, component: str,
+                       device: torch.device | None = None) -> torch.nn.Module:
+    """quanto quantizes, then the dense-path linears take its tensors (same values, faster at FLUX sizes).
+
+    With a `device`, each block of the component's block lists goes there, is quantized and comes back, one at a
+    time: the card holds one full-precision block at most. quanto's qint4 on the CPU took over 300 s for the FLUX
+    transformer on the lent machine's 16 cores (docs/benchmarks.md, "Session 34"). A block that does not fit the
+    card (another program holds it) is finished on the CPU, and so is the rest. What is left outside the block
+    lists (embedders, norms; a few MB) is quantized on the CPU.
+    """
     from .dense import densify
 
+    if device is not None:
+        _quantize_blocks_on(module, weights, component, torch.device(device))
     quantize_module(module, weights, exclude_for(component))
     densify(module)
     return module
+
+
+def _quantize_blocks_on(module: torch.nn.Module, weights: str, component: str, device: torch.device) -> None:
+    from optimum.quanto import freeze
+
+    from .dense import densify
+    from .placement import release_device_memory
+
+    blocks = [block for path in BLOCK_LISTS.get(component, ()) for block in module.get_submodule(path)]
+    for block in blocks:
+        try:
+            block.to(device)
+            quantize_module(block, weights)  # no exclusions apply inside a block (exclude_for names top-level layers)
+            densify(block)
+        except torch.OutOfMemoryError:
+            block.to("cpu")
+            freeze(block)  # whatever quanto wrapped before the card ran out, quantized here instead
+            densify(block)
+            release_device_memory()
+            log.warning("quantizing %s: the GPU ran out of memory; the other blocks are quantized on the CPU "
+                        "(slower; close other GPU programs to speed up a first start)", component)
+            return
+        block.to("cpu")
+    release_device_memory()  # the allocator's cache would otherwise count as used when the memory plan is made
 
 
 def exclude_for(component: str) -> tuple[str, ...]:
