@@ -12,6 +12,9 @@ DEFAULT_VRAM_HEADROOM_GIB = 1.5
 # Placement auto without a --vram-budget plans by the card's free memory before every image ("follow"): measured on
 # an H100 made into 8-24 GiB cards by another process (docs/vram.md, docs/benchmarks.md "Session 33").
 FOLLOW_FREE_MEMORY_BY_DEFAULT = True
+# The app's live preview, every N denoising steps: at 4 it cost 2.4 % of a 28-step bf16 image on an H100, at 1 12.4 %
+# (docs/live-preview.md, docs/benchmarks.md "Session 34").
+DEFAULT_LIVE_PREVIEW_EVERY = 4
 VARIANT_NAMES = ("bf16", "qint8", "qint4", "fp8")  # the tiers, in the order the app lists them
 DEFAULT_VARIANT = VARIANT_NAMES[0]
 DEFAULT_DEPTH_LORA_SCALE = 0.85  # black-forest-labs/flux cli_control.py's scale for the depth LoRA

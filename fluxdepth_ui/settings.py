@@ -18,7 +18,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass,
 from . import limits, schema
 from .defaults import (
     DEFAULT_DEPTH_LORA_SCALE, DEFAULT_GUIDANCE, DEFAULT_MODEL, DEFAULT_STEPS, DEFAULT_STRENGTH, DEFAULT_VARIANT,
-    DEFAULT_VRAM_HEADROOM_GIB, PLACEMENTS, VARIANT_NAMES,
+    DEFAULT_LIVE_PREVIEW_EVERY, DEFAULT_VRAM_HEADROOM_GIB, PLACEMENTS, VARIANT_NAMES,
 )
 from .depth import DepthSettings, NormalizeSettings
 from .errors import FluxDepthError
@@ -51,8 +51,10 @@ def parse_vram_headroom(text) -> float:
 
 
 def parse_live_preview(text) -> int:
-    """The app's live preview: every N denoising steps ('4', 'every 4'), or 'off' / '0' / empty (0)."""
-    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "off", "no", "none", "0")):
+    """The app's live preview: every N denoising steps ('4', 'every 4'), 'off' / '0' (0); empty is the default."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return DEFAULT_LIVE_PREVIEW_EVERY
+    if isinstance(text, str) and text.strip().lower() in ("off", "no", "none", "0"):
         return 0
     if isinstance(text, str):
         text = text.strip().lower().removeprefix("every").removesuffix("steps").strip()
