@@ -2,6 +2,7 @@
 
 import gc
 import json
+import os
 import threading
 import weakref
 
@@ -468,3 +469,65 @@ def test_a_cache_file_is_read_a_window_at_a_time_into_its_own_memory(tmp_path, m
     assert all(read[k].dtype == expected[k].dtype and torch.equal(read[k], expected[k]) for k in expected)
     assert len({t.untyped_storage().data_ptr() for t in read.values()}) == len(read)
     assert len(opens) >= 3  # the keys once, then one mapping per window
+
+
+def test_a_load_reads_its_big_files_ahead_in_the_order_it_uses_them(tmp_path, depth, monkeypatch):
+    """A later start sets its quantized caches reading (a background thread) before the minutes-long imports, in the
+    order the load reads them; a first start from a model folder reads that folder's weights ahead. The images are
+    the same with and without (the read-ahead only warms the page cache)."""
+    from fluxdepth_ui.pipeline import sources
+
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    cache = str(tmp_path / "cache")
+    opened, started = [], []
+    real_prefetch, real_open = sources._prefetch, open
+
+    def recording_prefetch(paths):
+        started.append(list(paths))
+        real_prefetch(paths)
+        for thread in threading.enumerate():
+            if thread.name == "fluxdepth-prefetch":
+                thread.join(timeout=60)
+
+    def recording_open(path, *args, **kwargs):
+        if str(path).endswith(".safetensors"):
+            opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "_prefetch", recording_prefetch)
+    monkeypatch.setattr(sources, "open", recording_open, raising=False)
+    first = run(PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache), depth)
+    shards = [str(p) for c in ("transformer", "text_encoder_2") for p in sorted((folder / c).glob("*.safetensors"))]
+    assert started[0] == shards and opened == shards  # first start: the folder's weights, read once ahead
+    opened.clear()
+    later = run(PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache), depth)
+    assert [os.path.basename(os.path.dirname(p)) for p in started[1]] == ["transformer-qint8", "text_encoder_2-qint8"]
+    assert opened == started[1]
+    assert np.array_equal(pixels(first.image), pixels(later.image))
+
+
+def test_read_ahead_goes_on_past_a_missing_file_and_skips_what_memory_cannot_hold(tmp_path, monkeypatch):
+    from fluxdepth_ui.pipeline import sources
+
+    files = [tmp_path / "a.safetensors", tmp_path / "gone.safetensors", tmp_path / "b.safetensors"]
+    files[0].write_bytes(b"x" * 1000)
+    files[2].write_bytes(b"y" * 1000)
+    opened = []
+    real_open = open
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(os.path.basename(str(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "open", recording_open, raising=False)
+    monkeypatch.setattr(sources, "_available_memory", lambda: 10**9)
+    sources._prefetch([str(f) for f in files])
+    for thread in threading.enumerate():
+        if thread.name == "fluxdepth-prefetch":
+            thread.join(timeout=60)
+    assert opened == ["a.safetensors", "gone.safetensors", "b.safetensors"]
+    opened.clear()
+    monkeypatch.setattr(sources, "_available_memory", lambda: 3000)  # 2000 bytes to read: more than half of it
+    sources._prefetch([str(f) for f in files])
+    assert opened == []

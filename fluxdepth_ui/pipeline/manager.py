@@ -320,8 +320,6 @@ class PipelineManager:
                     "or choose qint8 or qint4, or placement model_offload")
 
     def _load(self, progress: LoadProgress) -> None:
-        from diffusers import FluxControlPipeline
-
         variant = get_variant(self.variant)
         device = pick_device(self._device_request)
         if variant.fp8:
@@ -354,6 +352,8 @@ class PipelineManager:
             fp8_quantize_transformer(loaded.components["transformer"], device, TRANSFORMER_EXCLUDE,
                                      keep_on_gpu=plan is None or "transformer" not in plan.streamed)
         # 4. Place it, under the budget's cap from here on (this process never holds more).
+        from diffusers import FluxControlPipeline  # here, not above: step 1 sets its files reading before importing
+
         enforce_budget(budget, device)
         pipe = FluxControlPipeline(**loaded.components)
         pipe.set_progress_bar_config(disable=True)

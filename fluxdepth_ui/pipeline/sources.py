@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
@@ -134,6 +135,7 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
                            quantize_on=quantize_on)
         return loaded
 
+    _prefetch(_files_to_read(source, variant, cache))  # read ahead while diffusers and transformers import
     folder, revision = _resolve_folder(source, token, progress)
     _check_pipeline_folder(folder, source)
     source_id = revision if source.kind == "hub" else _folder_fingerprint(folder)
@@ -158,6 +160,65 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     del pipe
     progress(0.95, "components ready")
     return LoadedModel(components, revision, notes)
+
+
+# --- reading ahead -----------------------------------------------------------------------------------------------
+
+PREFETCH_CHUNK = 64 << 20
+
+
+def _files_to_read(source: ModelSource, variant: Variant, cache: QuantizedCache) -> list[str]:
+    """The big files this load reads, in the order it reads them: the quantized caches that exist, and for a model
+    folder the weights of the components no cache replaces (the tokenizers, CLIP and the VAE are small)."""
+    paths = []
+    for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
+        cached = ""
+        if weights:
+            cached = os.path.join(cache.folder(source.key, source.revision or "default", component, weights),
+                                  "weights.safetensors")
+        if os.path.isfile(cached):
+            paths.append(cached)
+        elif source.kind == "local":
+            subfolder = os.path.join(source.model, component)
+            if os.path.isdir(subfolder):
+                paths += sorted(os.path.join(subfolder, n) for n in os.listdir(subfolder) if n.endswith(".safetensors"))
+    return paths
+
+
+def _prefetch(paths: list[str]) -> None:
+    """Read these files once in a background thread, so that they are in the page cache when the load reads them.
+
+    A later start spends about 11 s importing diffusers and transformers before it reads 11-17 GB of weights
+    (docs/benchmarks.md "Session 34"); the disk can work during the imports. Plain sequential reads: the kernel's
+    own read-ahead hint (posix_fadvise WILLNEED) read only a few MB of a 2 GB file here. The reads wait for
+    nothing and hold nothing: pages the kernel evicts before they are used are read again."""
+    total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+    if not paths or total > _available_memory() // 2:  # pages evicted before use would be read twice
+        return
+
+    def read_all() -> None:
+        buffer = bytearray(PREFETCH_CHUNK)
+        for path in paths:
+            try:
+                with open(path, "rb", buffering=0) as fh:
+                    while fh.readinto(buffer):
+                        pass
+            except OSError:
+                continue  # the load itself reports a file it cannot read
+
+    threading.Thread(target=read_all, name="fluxdepth-prefetch", daemon=True).start()
+
+
+def _available_memory() -> int:
+    """Bytes the kernel can give without swapping (MemAvailable; 0 where there is no /proc/meminfo)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 # --- quantization with the cache ---------------------------------------------------------------------------------
