@@ -437,12 +437,20 @@ def test_live_preview_shows_the_image_forming_then_the_result(tmp_path, browser)
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('live preview')",
                                timeout=120_000)
         assert page.locator("#result img").count() == 1  # the preview is in the result slot
+        assert "live-preview.jpeg" in page.locator("#result img").get_attribute("src")  # small, not a full PNG
         ARTIFACTS.mkdir(exist_ok=True)
         snap(page, "live-preview")
         page.wait_for_function("() => document.querySelector('#status').innerText.includes('seed')", timeout=120_000)
         assert "live preview" not in page.locator("#status").inner_text()
         results = list((tmp_path / "outputs").rglob("*.png"))
         assert any("a-forming-chair" in p.name for p in results)
+        # The image is done: its previews leave gradio's cache (the handler's last step, just after the result).
+        cache = Path(demo.GRADIO_CACHE)
+        for _ in range(600):  # up to a minute for that state, on a busy machine
+            if not list(cache.rglob("live-preview.jpeg")):
+                break
+            page.wait_for_timeout(100)
+        assert not list(cache.rglob("live-preview.jpeg"))
     finally:
         demo.close()
 

@@ -2,6 +2,8 @@
 decode them with it in place of its VAE; the image itself unchanged; offline without TAEF1 the preview is off with one
 note, never an error."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,23 @@ def test_a_failing_preview_decode_never_costs_the_image(manager, depth, monkeypa
     assert [line for line in lines if line.startswith("live preview off")] == [
         "live preview off: its decode failed (OutOfMemoryError); the image goes on"]
     manager.unload()  # the next load tries the preview again
+
+
+def test_live_previews_go_to_the_page_small_and_leave_no_files_behind(tmp_path):
+    """A preview every few steps, hundreds of images a day: each is a 512 px JPEG in gradio's cache (tens of KB over a
+    share link instead of a 1-2 MB PNG), and all of an image's previews are removed once it is done."""
+    from PIL import Image
+
+    from fluxdepth_ui.ui.app import LIVE_PREVIEW_LONG_SIDE, LivePreviewFiles
+
+    cache = tmp_path / "gradio-cache"
+    files = LivePreviewFiles(str(cache))
+    rng = np.random.default_rng(0)
+    paths = [files.add(Image.fromarray(rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8))) for _ in range(3)]
+    for path in paths:
+        assert os.path.dirname(os.path.dirname(path)) == str(cache.resolve())
+        with Image.open(path) as shown:
+            assert shown.format == "JPEG" and shown.size == (LIVE_PREVIEW_LONG_SIDE, 384)
+        assert os.path.getsize(path) < 200_000
+    files.remove_all()
+    assert not any(cache.rglob("*")), "previews left in gradio's cache"

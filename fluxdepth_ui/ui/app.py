@@ -279,6 +279,37 @@ SHOWN_AFTER_IMAGE = ("result_img", "compare", "downloads", "gallery", "history",
                      "history_where")
 
 
+# The live preview as sent to the page: the result slot is 340 px high, and over a share link a full-size PNG every
+# few steps (1-2 MB each) would queue behind itself; a 512 px JPEG is tens of KB.
+LIVE_PREVIEW_LONG_SIDE = 512
+
+
+class LivePreviewFiles:
+    """The live preview's images, written to gradio's cache as small JPEGs and removed once the image is done: a
+    studio makes hundreds of images a day, and their previews must not pile up in the temporary folder."""
+
+    def __init__(self, cache_dir: str):
+        self.cache_dir = cache_dir
+        self.paths: list[str] = []
+
+    def add(self, image) -> str:
+        from gradio.processing_utils import save_pil_to_cache
+
+        small = image.convert("RGB")
+        small.thumbnail((LIVE_PREVIEW_LONG_SIDE, LIVE_PREVIEW_LONG_SIDE))
+        path = save_pil_to_cache(small, self.cache_dir, name="live-preview", format="jpeg")
+        self.paths.append(path)
+        return path
+
+    def remove_all(self) -> None:
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(path))  # gradio's folder per content hash, now empty
+        self.paths.clear()
+
+
 def generate_and_show_live(app: Wiring, form: dict, history, session, progress):
     """generate_and_show, with the live preview (docs/live-preview.md) shown in the result slot while the image
     forms: the image is made in a worker thread, and each preview it hands over is sent to the page as it comes."""
@@ -300,18 +331,22 @@ def generate_and_show_live(app: Wiring, form: dict, history, session, progress):
     threading.Thread(target=work, name="generate", daemon=True).start()
     keep = gr.skip()
     status = SHOWN_AFTER_IMAGE.index("status")
+    files = LivePreviewFiles(app.demo.GRADIO_CACHE)
     try:
-        while (preview := previews.get()) is not None:
-            step, total, image = preview
-            updates = [image] + [keep] * (len(SHOWN_AFTER_IMAGE) - 1)
-            updates[status] = f"Step {step} of {total}: the image forming (live preview)"
-            yield tuple(updates)
-    except GeneratorExit:  # the page went away mid-image: stop the worker at its next step
-        app.studio.cancel_event(session).set()
-        raise
-    if "error" in outcome:
-        raise outcome["error"]
-    yield outcome["shown"]
+        try:
+            while (preview := previews.get()) is not None:
+                step, total, image = preview
+                updates = [files.add(image)] + [keep] * (len(SHOWN_AFTER_IMAGE) - 1)
+                updates[status] = f"Step {step} of {total}: the image forming (live preview)"
+                yield tuple(updates)
+        except GeneratorExit:  # the page went away mid-image: stop the worker at its next step
+            app.studio.cancel_event(session).set()
+            raise
+        if "error" in outcome:
+            raise outcome["error"]
+        yield outcome["shown"]
+    finally:
+        files.remove_all()
 
 
 def generate_and_show(app: Wiring, form: dict, history, session, progress, on_preview=None) -> tuple:
