@@ -42,8 +42,8 @@ def load_preview_decoder(source_kind: str, vae_config, device: torch.device, dty
         return decoder.to(device).eval(), None
     except Exception as exc:  # noqa: BLE001 - any failure only turns the preview off
         log.info("TAEF1 is not cached and could not be fetched: %s", exc)
-    return None, (f"live preview off: the tiny autoencoder ({TAEF1}) is not cached and cannot be fetched now; the "
-                  "step bar shows progress instead")
+    return None, (f"live preview off: the tiny autoencoder ({TAEF1}) is not cached and cannot be fetched now (once "
+                  f"online: hf download {TAEF1}); the step bar shows progress instead")
 
 
 def decode_preview(pipe, decoder, latents: torch.Tensor, height: int, width: int) -> Image.Image:
