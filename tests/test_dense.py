@@ -133,13 +133,15 @@ def test_quantizing_block_by_block_gives_the_whole_modules_weights(component, we
     from fluxdepth_ui.pipeline.variants import BLOCK_LISTS, quantize_component
 
     whole = quantize_component(build_tiny_components(3, torch.bfloat16)[component], weights, component)
+    told = []
     by_block = quantize_component(build_tiny_components(3, torch.bfloat16)[component], weights, component,
-                                  device=torch.device("cpu"))
+                                  device=torch.device("cpu"), on_block=lambda done, total: told.append((done, total)))
     expected, got = _state(whole), _state(by_block)
     assert got.keys() == expected.keys()
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
     blocks = [b for path in BLOCK_LISTS[component] for b in by_block.get_submodule(path)]
+    assert told == [(i + 1, len(blocks)) for i in range(len(blocks))]  # the load's progress line counts blocks
     assert blocks and all(not isinstance(m, torch.nn.Linear) or isinstance(m, (DenseInt8Linear, DenseInt4Linear))
                           for b in blocks for m in b.modules())
 

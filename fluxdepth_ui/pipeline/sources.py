@@ -265,9 +265,11 @@ def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, 
             notes.append(f"{component}: {weights} weights from the cache")
             return module
         where = f" on {quantize_on}" if quantize_on is not None else ""
-        progress(0.4, f"quantizing {component} to {weights}{where} (first start of this tier; cached afterwards)")
+        what = f"quantizing {component} to {weights}{where} (first start of this tier; cached afterwards)"
+        progress(0.4, what)
         module = build_full()
-        quantize_component(module, weights, component, quantize_on)
+        quantize_component(module, weights, component, quantize_on,
+                           on_block=lambda done, total: progress(0.4, f"{what}: block {done} of {total}"))
         cache.save(folder, fingerprint, module)
         return module
 

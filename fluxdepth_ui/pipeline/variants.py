@@ -103,32 +103,34 @@ BLOCK_LISTS = {"transformer": ("transformer_blocks", "single_transformer_blocks"
 
 
 def quantize_component(module: torch.nn.Module, weights: str, component: str,
-                       device: torch.device | None = None) -> torch.nn.Module:
+                       device: torch.device | None = None,
+                       on_block: Callable[[int, int], None] | None = None) -> torch.nn.Module:
     """quanto quantizes, then the dense-path linears take its tensors (same values, faster at FLUX sizes).
 
     With a `device`, each block of the component's block lists goes there, is quantized and comes back, one at a
     time: the card holds one full-precision block at most. quanto's qint4 on the CPU took over 300 s for the FLUX
     transformer on the lent machine's 16 cores (docs/benchmarks.md, "Session 34"). A block that does not fit the
     card (another program holds it) is finished on the CPU, and so is the rest. What is left outside the block
-    lists (embedders, norms; a few MB) is quantized on the CPU.
+    lists (embedders, norms; a few MB) is quantized on the CPU. `on_block(done, total)` is told after each block.
     """
     from .dense import densify
 
     if device is not None:
-        _quantize_blocks_on(module, weights, component, torch.device(device))
+        _quantize_blocks_on(module, weights, component, torch.device(device), on_block or (lambda done, total: None))
     quantize_module(module, weights, exclude_for(component))
     densify(module)
     return module
 
 
-def _quantize_blocks_on(module: torch.nn.Module, weights: str, component: str, device: torch.device) -> None:
+def _quantize_blocks_on(module: torch.nn.Module, weights: str, component: str, device: torch.device,
+                        on_block: Callable[[int, int], None]) -> None:
     from optimum.quanto import freeze
 
     from .dense import densify
     from .placement import release_device_memory
 
     blocks = [block for path in BLOCK_LISTS.get(component, ()) for block in module.get_submodule(path)]
-    for block in blocks:
+    for done, block in enumerate(blocks):
         try:
             block.to(device)
             quantize_module(block, weights)  # no exclusions apply inside a block (exclude_for names top-level layers)
@@ -142,6 +144,7 @@ def _quantize_blocks_on(module: torch.nn.Module, weights: str, component: str, d
                         "(slower; close other GPU programs to speed up a first start)", component)
             return
         block.to("cpu")
+        on_block(done + 1, len(blocks))
     release_device_memory()  # the allocator's cache would otherwise count as used when the memory plan is made
 
 
