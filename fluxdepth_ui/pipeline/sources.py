@@ -181,7 +181,9 @@ def _files_to_read(source: ModelSource, variant: Variant, cache: QuantizedCache)
         elif source.kind == "local":
             subfolder = os.path.join(source.model, component)
             if os.path.isdir(subfolder):
-                paths += sorted(os.path.join(subfolder, n) for n in os.listdir(subfolder) if n.endswith(".safetensors"))
+                # diffusers reads the files without a variant infix ("model.fp16.safetensors" is another copy)
+                paths += sorted(os.path.join(subfolder, n) for n in os.listdir(subfolder)
+                                if n.endswith(".safetensors") and n.count(".") == 1)
     return paths
 
 
