@@ -446,11 +446,18 @@ def test_live_preview_shows_the_image_forming_then_the_result(tmp_path, browser)
         assert any("a-forming-chair" in p.name for p in results)
         # The image is done: its previews leave gradio's cache (the handler's last step, just after the result).
         cache = Path(demo.GRADIO_CACHE)
+
+        def previews_left() -> bool:
+            try:
+                return bool(list(cache.rglob("live-preview.jpeg")))
+            except FileNotFoundError:  # a folder went while the walk was in it: being removed, look again
+                return True
+
         for _ in range(600):  # up to a minute for that state, on a busy machine
-            if not list(cache.rglob("live-preview.jpeg")):
+            if not previews_left():
                 break
             page.wait_for_timeout(100)
-        assert not list(cache.rglob("live-preview.jpeg"))
+        assert not previews_left()
     finally:
         demo.close()
 
