@@ -11,7 +11,8 @@
    and write the cache), then a later start (the cache is read). Each runs what `fluxdepth generate` runs: a
    PipelineManager over the folder, one 1024x1024 image of 28 steps, saved as PNG. Timed from the parent's
    `Popen`: imports done, model loaded, first image saved; and the process's peak host RSS (the app's own, with no
-   benchmark copy of the weights). Each tier's cache folder is removed after its two starts (the lent disk is 64 GiB).
+   benchmark copy of the weights). `--compare-read-ahead` runs every later start again without the load's
+   read-ahead of its files. Each tier's cache folder is removed after its two starts (the lent disk is 64 GiB).
 """
 
 from __future__ import annotations
@@ -131,6 +132,10 @@ def child(args) -> None:
 
     marks = {"imports_s": time.time() - t0}
     cuda = torch.cuda.is_available()
+    if args.no_read_ahead:  # the load as it was before session 34's read-ahead, for the comparison
+        from fluxdepth_ui.pipeline import sources
+
+        sources._prefetch = lambda paths: None
     manager = PipelineManager(ModelSource(args.folder), variant=args.tier, cache_root=args.cache,
                               placement="auto",
                               vram_budget=args.budget if args.budget else None)
@@ -156,13 +161,15 @@ def child(args) -> None:
     print("ROW " + json.dumps(row), flush=True)
 
 
-def start(args, tier: str, budget: str, cache: str, out: str) -> dict:
+def start(args, tier: str, budget: str, cache: str, out: str, read_ahead: bool = True) -> dict:
     dropped = drop_page_cache()
     t0 = time.time()
     cmd = [sys.executable, __file__, "--child", "--folder", args.folder, "--tier", tier, "--cache", cache,
            "--out", out, "--t0", repr(t0), "--steps", str(args.steps), "--json", "-"]
     if budget:
         cmd += ["--budget", budget]
+    if not read_ahead:
+        cmd.append("--no-read-ahead")
     if args.tiny:
         cmd.append("--tiny")
     try:
@@ -189,6 +196,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny-random on the CPU: a check of the script")
     ap.add_argument("--json", required=True)
     ap.add_argument("--keep-folder", action="store_true")
+    ap.add_argument("--compare-read-ahead", action="store_true",
+                    help="run every later start a second time without the load's read-ahead (sources._prefetch)")
+    ap.add_argument("--no-read-ahead", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reader-check", action="store_true",
                     help="after each tier's starts, time its cache files: sequential read vs the app's reader")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -221,10 +231,13 @@ def main() -> None:
     try:
         for tier in args.tiers:
             cache = os.path.join(work, f"cache-{tier}")
-            runs = [("", "first start"), ("", "later start")] + [(b, "later start") for b in args.budgets]
-            for budget, phase in runs:
-                row = {"tier": tier, "budget_gib": budget or None, "phase": phase,
-                       **start(args, tier, budget, cache, os.path.join(work, f"{tier}.png"))}
+            runs = [("", "first start", True), ("", "later start", True)]
+            runs += [(b, "later start", True) for b in args.budgets]
+            if args.compare_read_ahead:  # the same later starts without the read-ahead
+                runs += [(budget, phase, False) for budget, phase, _ in runs[1:]]
+            for budget, phase, read_ahead in runs:
+                row = {"tier": tier, "budget_gib": budget or None, "phase": phase, "read_ahead": read_ahead,
+                       **start(args, tier, budget, cache, os.path.join(work, f"{tier}.png"), read_ahead)}
                 print(json.dumps(row), flush=True)
                 report["rows"].append(row)
                 save()
