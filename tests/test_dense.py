@@ -130,7 +130,7 @@ def _state(module):
 def test_quantizing_block_by_block_gives_the_whole_modules_weights(component, weights):
     """On a GPU the first start quantizes one block at a time on the card; on the CPU here, the same path must give
     exactly the tensors of quantizing the whole component at once."""
-    from fluxdepth_ui.pipeline.variants import BLOCK_LISTS, quantize_component
+    from fluxdepth_ui.pipeline.variants import QUANTIZED_BLOCK_LISTS, quantize_component
 
     whole = quantize_component(build_tiny_components(3, torch.bfloat16)[component], weights, component)
     told = []
@@ -140,7 +140,7 @@ def test_quantizing_block_by_block_gives_the_whole_modules_weights(component, we
     assert got.keys() == expected.keys()
     for key in expected:
         assert torch.equal(got[key], expected[key]), key
-    blocks = [b for path in BLOCK_LISTS[component] for b in by_block.get_submodule(path)]
+    blocks = [b for path in QUANTIZED_BLOCK_LISTS[component] for b in by_block.get_submodule(path)]
     assert told == [(i + 1, len(blocks)) for i in range(len(blocks))]  # the load's progress line counts blocks
     assert blocks and all(not isinstance(m, torch.nn.Linear) or isinstance(m, (DenseInt8Linear, DenseInt4Linear))
                           for b in blocks for m in b.modules())

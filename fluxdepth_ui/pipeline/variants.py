@@ -99,7 +99,8 @@ def quantize_module(module: torch.nn.Module, weights: str, exclude: tuple[str, .
 
 
 # The block lists of each quantized component: on a GPU they are quantized one block at a time (quantize_component).
-BLOCK_LISTS = {"transformer": ("transformer_blocks", "single_transformer_blocks"), "text_encoder_2": ("encoder.block",)}
+QUANTIZED_BLOCK_LISTS = {"transformer": ("transformer_blocks", "single_transformer_blocks"),
+                         "text_encoder_2": ("encoder.block",)}
 
 
 def quantize_component(module: torch.nn.Module, weights: str, component: str,
@@ -129,7 +130,7 @@ def _quantize_blocks_on(module: torch.nn.Module, weights: str, component: str, d
     from .dense import densify
     from .placement import release_device_memory
 
-    blocks = [block for path in BLOCK_LISTS.get(component, ()) for block in module.get_submodule(path)]
+    blocks = [block for path in QUANTIZED_BLOCK_LISTS.get(component, ()) for block in module.get_submodule(path)]
     for done, block in enumerate(blocks):
         try:
             block.to(device)
