@@ -21,6 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from fluxdepth_ui.pipeline import variants  # noqa: E402
+from host_memory import drop_page_cache  # noqa: E402 - beside this script
 
 
 def main() -> None:
@@ -36,13 +37,7 @@ def main() -> None:
                     f"save_file({{f'w{{i}}': torch.randn(2048, 4096) for i in range({count})}}, sys.argv[1])", path],
                    check=True)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-        dropped = True
-    except OSError:
-        dropped = False
+    dropped = drop_page_cache()
     t = time.perf_counter()
     state = variants._read_tensors(path, "cpu")
     seconds = time.perf_counter() - t

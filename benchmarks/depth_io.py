@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from host_memory import peak_rss_bytes  # beside this script
 
 W, H = 7680, 4320
 
@@ -42,11 +43,7 @@ def make_exr(path: str) -> None:
 
 
 def high_water_kib() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak_rss_bytes() // 1024
 
 
 def child(path: str) -> None:

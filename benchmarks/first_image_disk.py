@@ -29,19 +29,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
+from host_memory import drop_page_cache, peak_rss_bytes  # noqa: E402
+
 MIB = 2**20
 GIB = 2**30
-
-
-def drop_page_cache() -> bool:
-    """Whether the kernel's page cache could be dropped (root in the machine): then the next read is from disk."""
-    try:
-        os.sync()
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def save_folder(folder: str, tiny: bool) -> float:
@@ -107,19 +98,6 @@ def reader_check(cache: str) -> list[dict]:
                         "sequential_read_s": round(raw, 2), "app_reader_s": round(reader, 2)})
             print(json.dumps(out[-1]), flush=True)
     return out
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: VmHWM, the high-water mark of its own memory map. ru_maxrss would carry
-    the parent's mark across fork+exec (this benchmark's parent builds and holds the 33 GB pipeline when it saves the
-    folder: session 34's qint4 rows and session 33's rows read 32.4 GiB through that)."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def child(args) -> None:

@@ -19,7 +19,10 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
+
+from host_memory import drop_page_cache  # noqa: E402
 
 
 def child(path: str, ahead: bool) -> None:
@@ -60,13 +63,7 @@ def main() -> None:
     try:
         for _ in range(args.repeat):
             for ahead in ("0", "1"):
-                try:
-                    os.sync()
-                    with open("/proc/sys/vm/drop_caches", "w") as fh:
-                        fh.write("3\n")
-                    dropped = True
-                except OSError:
-                    dropped = False
+                dropped = drop_page_cache()
                 out = subprocess.run([sys.executable, __file__, "--child", ahead, "--file", args.file, "--json", "-"],
                                      capture_output=True, text=True, check=True).stdout
                 row = json.loads([line for line in out.splitlines() if line.startswith("ROW ")][-1][4:])
