@@ -33,11 +33,11 @@ import torch
 from torch.utils import _pytree as pytree
 
 from ..atomic import atomic_path, exclusive, write_text
+from .speed import BLOCK_LISTS
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-BLOCK_KINDS = ("transformer_blocks", "single_transformer_blocks")
 # The package carries code only; each block's weights are handed to it at load (see the module docstring).
 PACKAGE_OPTIONS = {"aot_inductor.package_constants_in_so": False}
 # Inductor options that change the code it writes: part of the key, so a package built with other settings (torchao's
@@ -181,14 +181,14 @@ class AotBlocks:
     def install(self) -> None:
         if self._installed:
             return
-        for kind in BLOCK_KINDS:
+        for kind in BLOCK_LISTS:
             for index, block in enumerate(self.blocks(kind)):
                 block.forward = self._dispatcher(kind, index)
         self._installed = True
 
     def remove(self) -> None:
         """The blocks' own forwards again; loaded runners are dropped (packages stay on disk)."""
-        for kind in BLOCK_KINDS:
+        for kind in BLOCK_LISTS:
             for block in self.blocks(kind):
                 block.__dict__.pop("forward", None)
         self._runners = {}

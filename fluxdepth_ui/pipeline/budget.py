@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import PipelineError
+from .speed import BLOCK_LISTS
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ STREAM_GROUPS = 4
 # (0.4 GiB together) are not worth streaming: they always stay.
 STREAM_ORDER = ("text_encoder_2", "text_encoder", "vae", "transformer")
 STREAMABLE = ("text_encoder_2", "transformer")
-BLOCK_LISTS = ("transformer_blocks", "single_transformer_blocks")
 NAMES = {"transformer": "transformer", "text_encoder_2": "T5", "text_encoder": "CLIP", "vae": "VAE"}
 
 

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from .speed import BLOCK_LISTS
+
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # 1 was quanto's own serialization
@@ -99,8 +101,7 @@ def quantize_module(module: torch.nn.Module, weights: str, exclude: tuple[str, .
 
 
 # The block lists of each quantized component: on a GPU they are quantized one block at a time (quantize_component).
-QUANTIZED_BLOCK_LISTS = {"transformer": ("transformer_blocks", "single_transformer_blocks"),
-                         "text_encoder_2": ("encoder.block",)}
+QUANTIZED_BLOCK_LISTS = {"transformer": BLOCK_LISTS, "text_encoder_2": ("encoder.block",)}
 
 
 def quantize_component(module: torch.nn.Module, weights: str, component: str,
