@@ -171,11 +171,10 @@ def _files_to_read(source: ModelSource, variant: Variant, cache: QuantizedCache)
     """The big files this load reads, in the order it reads them: the quantized caches that exist, and for a model
     folder the weights of the components no cache replaces (the tokenizers, CLIP and the VAE are small)."""
     paths = []
-    for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
+    for component, weights in _quantizable(variant):
         cached = ""
         if weights:
-            cached = os.path.join(cache.folder(source.key, source.revision or "default", component, weights),
-                                  "weights.safetensors")
+            cached = os.path.join(_cache_folder(cache, source, component, weights), cache.WEIGHTS)
         if os.path.isfile(cached):
             paths.append(cached)
         elif source.kind == "local":
@@ -226,11 +225,19 @@ def _available_memory() -> int:
 # --- quantization with the cache ---------------------------------------------------------------------------------
 
 
+def _quantizable(variant: Variant) -> tuple[tuple[str, str | None], ...]:
+    """(component, its quanto weight type or None) for the components a tier may quantize, in load order."""
+    return ("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)
+
+
+def _cache_folder(cache: QuantizedCache, source: ModelSource, component: str, weights: str) -> str:
+    return cache.folder(source.key, source.revision or "default", component, weights)
+
+
 def _fingerprint(cache: QuantizedCache, source: ModelSource, revision_id: str, component: str, weights: str,
                  config: dict) -> tuple[str, dict]:
-    folder = cache.folder(source.key, source.revision or "default", component, weights)
-    return folder, cache.fingerprint(source.key, source.revision or "default", revision_id, component, weights,
-                                     config)
+    return _cache_folder(cache, source, component, weights), cache.fingerprint(
+        source.key, source.revision or "default", revision_id, component, weights, config)
 
 
 def _component_config(module: torch.nn.Module) -> dict:
@@ -243,7 +250,7 @@ def _component_config(module: torch.nn.Module) -> dict:
 def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Variant, cache: QuantizedCache,
                        source_id: str, progress: ProgressFn, quantize_on: torch.device | None = None) -> None:
     """tiny-random: the components already exist; quantize (or take the cache) for each quantized component."""
-    for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
+    for component, weights in _quantizable(variant):
         if not weights:
             continue
         module = loaded.components[component]
@@ -260,7 +267,7 @@ def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, 
     process starting the same tier waits for the first one's cache instead of quantizing again."""
     waiting = f"waiting for another process quantizing {component} to {weights} (then loading its cache)"
     with exclusive(folder, on_wait=lambda: progress(0.4, waiting)):
-        if os.path.exists(os.path.join(folder, "fingerprint.json")):
+        if os.path.exists(os.path.join(folder, cache.FINGERPRINT)):
             progress(0.35, f"reading {component} ({weights}) from the quantized cache")
         module = cache.load(folder, fingerprint, build_empty)
         if module is not None:
@@ -294,7 +301,7 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
     from transformers import T5Config, T5EncoderModel
 
     out = {}
-    for component, weights in (("transformer", variant.transformer), ("text_encoder_2", variant.text_encoder_2)):
+    for component, weights in _quantizable(variant):
         if not weights:
             continue
         with open(os.path.join(folder, component, "config.json")) as fh:

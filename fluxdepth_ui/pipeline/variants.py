@@ -168,6 +168,9 @@ def default_cache_root() -> str:
 @dataclass(frozen=True)
 class QuantizedCache:
     root: str
+    # An entry's files; the fingerprint is written last, so an entry without one is incomplete and ignored.
+    WEIGHTS = "weights.safetensors"
+    FINGERPRINT = "fingerprint.json"
 
     def folder(self, model_key: str, revision: str, component: str, weights: str) -> str:
         # Keyed by component and weight type, not tier: qint8 and qint4 share one qint8 T5.
@@ -197,7 +200,7 @@ class QuantizedCache:
     def load(self, folder: str, expected: dict, build_empty: Callable[[], torch.nn.Module],
              device: str | torch.device = "cpu") -> torch.nn.Module | None:
         """The cached module, or None when there is no cache or it does not match `expected` (then it is removed)."""
-        meta_path = os.path.join(folder, "fingerprint.json")
+        meta_path = os.path.join(folder, self.FINGERPRINT)
         if not os.path.exists(meta_path):
             return None
         try:
@@ -214,7 +217,7 @@ class QuantizedCache:
                 layout = json.load(fh)
             module = build_empty()
             apply_dense_layout(module, layout["modules"], getattr(torch, layout["dtype"]))
-            state = _read_tensors(os.path.join(folder, "weights.safetensors"), device)
+            state = _read_tensors(os.path.join(folder, self.WEIGHTS), device)
             with open(os.path.join(folder, "aliases.json")) as fh:
                 for alias, kept in json.load(fh).items():
                     state[alias] = state[kept]
@@ -241,14 +244,14 @@ class QuantizedCache:
         os.makedirs(tmp)
         try:
             state, aliases = _dedupe_tied(module.state_dict())
-            save_file(state, os.path.join(tmp, "weights.safetensors"))
+            save_file(state, os.path.join(tmp, self.WEIGHTS))
             with open(os.path.join(tmp, "aliases.json"), "w") as fh:
                 json.dump(aliases, fh)
             with open(os.path.join(tmp, "layout.json"), "w") as fh:
                 json.dump({"dtype": str(_module_dtype(module)).removeprefix("torch."),
                            "modules": dense_layout(module)}, fh)
             # The fingerprint is written last: a half-written cache has none and is ignored.
-            with open(os.path.join(tmp, "fingerprint.json"), "w") as fh:
+            with open(os.path.join(tmp, self.FINGERPRINT), "w") as fh:
                 json.dump(fingerprint, fh, indent=1)
             shutil.rmtree(folder, ignore_errors=True)
             os.makedirs(os.path.dirname(folder), exist_ok=True)

@@ -96,6 +96,16 @@ class Wiring:
         names = {id(component): name for name, component in vars(self.w).items()}
         return {names[id(component)]: value for component, value in data.items()}
 
+    def shot_form(self, data: dict) -> tuple[dict, Any]:
+        """(the page's form as a shot, the page's history): its files resolved through the upload gate, so a shot
+        only ever opens what this client uploaded."""
+        form = self.record(data)
+        history = form.pop("history")
+        form["depth_file"] = self.gate.resolve(form["depth_file"])
+        if form["init_image"]:
+            form["init_image"] = self.gate.resolve(form["init_image"], "init image")
+        return form, history
+
 
 def session_of(request) -> str | None:
     """The browser session of a request; API clients have one, an MCP tool call has none (shared "local")."""
@@ -217,11 +227,7 @@ def wire_generate(app: Wiring) -> None:
 
     @as_toast(len(SHOWN_AFTER_IMAGE), status=SHOWN_AFTER_IMAGE.index("status"))
     def ui_generate(data: dict, request: gr.Request, progress=gr.Progress()):
-        form = app.record(data)
-        history = form.pop("history")
-        form["depth_file"] = app.gate.resolve(form["depth_file"])
-        if form["init_image"]:
-            form["init_image"] = app.gate.resolve(form["init_image"], "init image")
+        form, history = app.shot_form(data)
         yield from generate_and_show_live(app, form, history, request.session_hash, progress)
 
     # Generate is disabled while this session's job runs (a second click would queue a second image).
@@ -393,11 +399,7 @@ def wire_queue(app: Wiring) -> None:
 
     @as_toast(len(QUEUE_SHOWN) + 1, status=status)
     def ui_queue_add(data: dict, request: gr.Request):
-        form = app.record(data)
-        form.pop("history")
-        form["depth_file"] = app.gate.resolve(form["depth_file"])
-        if form["init_image"]:
-            form["init_image"] = app.gate.resolve(form["init_image"], "init image")
+        form, _history = app.shot_form(data)
         queue = studio.queue_of(request.session_hash)
         queued = queue.add(form)
         place = len(queue.waiting) + (queue.running is not None)

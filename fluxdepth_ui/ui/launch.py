@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import limits
-from ..defaults import DEFAULT_VARIANT, VARIANT_NAMES
+from ..defaults import DEFAULT_LIVE_PREVIEW_EVERY, DEFAULT_VARIANT, DEFAULT_VRAM_HEADROOM_GIB, VARIANT_NAMES
 
 # Before gradio or huggingface_hub are imported: no analytics, no version check, no hub telemetry.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -44,12 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "before every image (env FLUXDEPTH_VRAM_BUDGET; docs/vram.md)")
     p.add_argument("--vram-headroom", default=_env("VRAM_HEADROOM"), metavar="GiB",
                    help="GPU memory left free for other programs such as Houdini while following the card "
-                        "(env FLUXDEPTH_VRAM_HEADROOM; default 1.5; docs/vram.md)")
+                        f"(env FLUXDEPTH_VRAM_HEADROOM; default {DEFAULT_VRAM_HEADROOM_GIB:g}; docs/vram.md)")
     p.add_argument("--live-preview", default=_env("LIVE_PREVIEW"), metavar="N|off",
                    help="show the image forming every N denoising steps, decoded by FLUX's tiny autoencoder (TAEF1, "
-                        "fetched and cached like the model; offline and absent, the step bar only). Default every 4 "
-                        "steps (2.4 %% of the image time on an H100); off for none (env FLUXDEPTH_LIVE_PREVIEW; "
-                        "docs/live-preview.md)")
+                        f"fetched and cached like the model; offline and absent, the step bar only). Default every "
+                        f"{DEFAULT_LIVE_PREVIEW_EVERY} steps; off for none (env FLUXDEPTH_LIVE_PREVIEW; "
+                        "docs/live-preview.md, with its cost)")
     p.add_argument("--host", default=_env("HOST", "0.0.0.0" if on_space else "127.0.0.1"),
                    help="env FLUXDEPTH_HOST (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=int(_env("PORT", "7860")), help="env FLUXDEPTH_PORT")
