@@ -415,3 +415,31 @@ def test_the_default_follows_the_card_only_where_it_is_switched_on(tmp_path, con
     assert not compiled.follows_free_memory and not fp8.follows_free_memory
     assert PipelineManager(ModelSource("tiny-random"), cache_root=str(tmp_path), variant="fp8",
                            vram_budget="follow").follows_free_memory
+
+
+def test_diffusers_makes_offload_groups_of_the_streamed_blocks_only(tmp_path, control, monkeypatch):
+    """With CUDA streams every offload group makes a pinned host copy of its weights when it is made, and pinned
+    memory given back stays with the process: a resident block must never be in a group, not even for a moment
+    (docs/benchmarks.md "Session 34": 35.6 GiB of host memory under a 12 GiB budget, 16.8 GiB resident)."""
+    from diffusers.hooks import group_offloading
+
+    grouped_modules = []
+    made = group_offloading.ModuleGroup.__init__
+
+    def record(self, modules, *args, **kwargs):
+        grouped_modules.extend(modules or [])
+        made(self, modules, *args, **kwargs)
+
+    monkeypatch.setattr(group_offloading.ModuleGroup, "__init__", record)
+    components = deep_components()
+    card = FakeCard(partly_resident_budget(components, 0.5))
+    manager = card_manager(tmp_path, card)
+    result = manager.generate(control, GenerationSettings("a hall", seed=1, steps=1))
+    transformer = manager._pipe.transformer
+    blocks = [*transformer.transformer_blocks, *transformer.single_transformer_blocks]
+    resident = {id(blocks[i]) for i in manager._plan.resident_blocks}
+    streamed = {id(b) for i, b in enumerate(blocks) if i not in manager._plan.resident_blocks}
+    assert resident and streamed
+    assert resident.isdisjoint(id(m) for m in grouped_modules)
+    assert streamed <= {id(m) for m in grouped_modules}
+    assert result.image is not None

@@ -17,6 +17,7 @@ No pure-Python weight shuffling here: the streaming is diffusers' own (hooks/gro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -272,9 +273,12 @@ def apply_memory_plan(pipe, plan: MemoryPlan, device: torch.device, run_ahead: i
         module = getattr(pipe, name)
         if name == "transformer":
             bounded = use_stream and run_ahead is not None
-            apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
-                                   use_stream=use_stream, non_blocking=use_stream, record_stream=bounded)
-            _pin_resident_blocks(module, plan.resident_blocks, device)
+            with _resident_blocks_set_aside(module, plan.resident_blocks) as aside:
+                apply_group_offloading(module, device, offload_type="block_level", num_blocks_per_group=1,
+                                       use_stream=use_stream, non_blocking=use_stream, record_stream=bounded)
+            _untrack(module, aside)
+            for block in aside.values():
+                block.to(device)
             _keep_unmatched_resident(module, device)
             if bounded:
                 handles += _RunAhead(run_ahead).attach(module, plan.resident_blocks)
@@ -330,28 +334,46 @@ def _keep_unmatched_resident(transformer, device: torch.device) -> None:
     hook.group.onload_()
 
 
-def _pin_resident_blocks(transformer, keep: tuple[int, ...], device: torch.device) -> None:
-    """Take the chosen blocks out of the streaming: their offload hook is removed before the first forward (which
-    is when diffusers links the prefetch chain), and they move to the GPU for good."""
+class _SetAside(torch.nn.Module):
+    """Holds a resident block's place while the streaming is set up: it has no weights, so diffusers makes no pinned
+    host copy for it."""
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("a resident block's stand-in ran: the memory plan was not applied in full")
+
+
+@contextlib.contextmanager
+def _resident_blocks_set_aside(transformer, keep: tuple[int, ...]):
+    """The chosen blocks out of their lists while diffusers' group offloading is applied, then back in place.
+
+    With CUDA streams diffusers makes a pinned host copy of every block it offloads when it is applied. Dropping the
+    resident blocks' copies afterwards did not give the memory back (the pinned allocator keeps what it allocated):
+    the qint8 later start under a 12 GiB budget peaked at 35.6 GiB of host memory, against 16.8 GiB fully resident
+    (docs/benchmarks.md "Session 34"). Set aside, the resident blocks get no hook and no copy."""
+    named = [(name, i) for name in BLOCK_LISTS for i in range(len(getattr(transformer, name, ())))]
+    aside: dict[str, torch.nn.Module] = {}
+    for index in keep:
+        name, i = named[index]
+        blocks = getattr(transformer, name)
+        aside[f"{name}.{i}"] = blocks[i]
+        blocks[i] = _SetAside()
+    try:
+        yield aside
+    finally:
+        for key, block in aside.items():
+            name, i = key.rsplit(".", 1)
+            getattr(transformer, name)[int(i)] = block
+
+
+def _untrack(transformer, aside: dict) -> None:
+    """diffusers links its prefetch chain at the first forward from the blocks it saw when applied: the set-aside
+    places are no links of it (their stand-ins are gone)."""
     from diffusers.hooks import HookRegistry
 
-    named = [(f"{name}.{i}", b) for name in BLOCK_LISTS for i, b in enumerate(getattr(transformer, name, ()))]
     lazy = HookRegistry.check_if_exists_or_initialize(transformer).get_hook("lazy_prefetch_group_offloading")
-    for index in keep:
-        name, block = named[index]
-        registry = HookRegistry.check_if_exists_or_initialize(block)
-        hook = registry.get_hook("group_offloading")
-        if hook is None:
-            continue
-        cpu_copies = hook.group.cpu_param_dict
-        registry.remove_hook("group_offloading", recurse=False)
-        # With streams, the execution-order tracker was attached too: a resident block is no link of the chain.
-        registry.remove_hook("layer_execution_tracker", recurse=False)
-        if lazy is not None:
+    if lazy is not None:
+        for name in aside:
             lazy._layer_execution_tracker_module_names.discard(name)
-        for tensor in [*block.parameters(), *block.buffers()]:
-            source = cpu_copies.get(tensor, tensor.data) if cpu_copies else tensor.data
-            tensor.data = source.to(device)
 
 
 def remove_memory_plan(pipe, handles: list) -> None:
