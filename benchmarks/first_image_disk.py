@@ -12,7 +12,8 @@
    PipelineManager over the folder, one 1024x1024 image of 28 steps, saved as PNG. Timed from the parent's
    `Popen`: imports done, model loaded, first image saved; and the process's peak host RSS (the app's own, with no
    benchmark copy of the weights). `--compare-read-ahead` runs every later start again without the load's
-   read-ahead of its files. Each tier's cache folder is removed after its two starts (the lent disk is 64 GiB).
+   read-ahead of its files; `--drop all weights` runs each later start from a cold machine and again with only the
+   weights out of the page cache (the libraries cached, as when the app ran a while ago). Each tier's cache folder is removed after its two starts (the lent disk is 64 GiB).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-from host_memory import drop_page_cache, peak_rss_bytes  # noqa: E402
+from host_memory import drop_page_cache, evict_files, peak_rss_bytes  # noqa: E402
 
 MIB = 2**20
 GIB = 2**30
@@ -139,8 +140,9 @@ def child(args) -> None:
     print("ROW " + json.dumps(row), flush=True)
 
 
-def start(args, tier: str, budget: str, cache: str, out: str, read_ahead: bool = True) -> dict:
-    dropped = drop_page_cache()
+def start(args, tier: str, budget: str, cache: str, out: str, read_ahead: bool = True, drop: str = "all") -> dict:
+    # "all": a cold machine (libraries too); "weights": only the model folder and the cache leave the page cache
+    dropped = drop_page_cache() if drop == "all" else evict_files([args.folder, cache])
     t0 = time.time()
     cmd = [sys.executable, __file__, "--child", "--folder", args.folder, "--tier", tier, "--cache", cache,
            "--out", out, "--t0", repr(t0), "--steps", str(args.steps), "--json", "-"]
@@ -177,6 +179,10 @@ def main() -> None:
     ap.add_argument("--compare-read-ahead", action="store_true",
                     help="run every later start a second time without the load's read-ahead (sources._prefetch)")
     ap.add_argument("--no-read-ahead", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--drop", nargs="+", choices=["all", "weights"], default=["all"],
+                    help="before each later start, drop the whole page cache (a cold machine), or only the model "
+                         "folder's and the cache's files (libraries still cached); several run each")
+    ap.add_argument("--no-resident", action="store_true", help="later starts under the --budgets only")
     ap.add_argument("--reader-check", action="store_true",
                     help="after each tier's starts, time its cache files: sequential read vs the app's reader")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -209,13 +215,14 @@ def main() -> None:
     try:
         for tier in args.tiers:
             cache = os.path.join(work, f"cache-{tier}")
-            runs = [("", "first start", True), ("", "later start", True)]
-            runs += [(b, "later start", True) for b in args.budgets]
-            if args.compare_read_ahead:  # the same later starts without the read-ahead
-                runs += [(budget, phase, False) for budget, phase, _ in runs[1:]]
-            for budget, phase, read_ahead in runs:
+            later = ([] if args.no_resident else [""]) + args.budgets
+            runs = [("", "first start", True, "all")]
+            runs += [(b, "later start", ra, drop) for drop in args.drop for ra in
+                     ((True, False) if args.compare_read_ahead else (True,)) for b in later]
+            for budget, phase, read_ahead, drop in runs:
                 row = {"tier": tier, "budget_gib": budget or None, "phase": phase, "read_ahead": read_ahead,
-                       **start(args, tier, budget, cache, os.path.join(work, f"{tier}.png"), read_ahead)}
+                       "dropped": drop,
+                       **start(args, tier, budget, cache, os.path.join(work, f"{tier}.png"), read_ahead, drop)}
                 print(json.dumps(row), flush=True)
                 report["rows"].append(row)
                 save()

@@ -11,8 +11,8 @@ from fluxdepth_ui.cli import main
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineError, PipelineManager, control_tensor
 from fluxdepth_ui.pipeline.budget import (
-    DENOISER_SHARE, GIB, HEADROOM, MIN_HEADROOM, STREAM_GROUPS, apply_memory_plan, parse_budget, plan_memory,
-    transformer_block_sizes,
+    DENOISER_SHARE, GIB, HEADROOM, MIN_HEADROOM, STREAM_GROUPS, MemoryPlan, apply_memory_plan, parse_budget,
+    plan_memory, tensor_homes, transformer_block_sizes,
 )
 from fluxdepth_ui.pipeline.placement import module_bytes
 from fluxdepth_ui.pipeline.tiny import build_tiny_components
@@ -443,3 +443,32 @@ def test_diffusers_makes_offload_groups_of_the_streamed_blocks_only(tmp_path, co
     assert resident.isdisjoint(id(m) for m in grouped_modules)
     assert streamed <= {id(m) for m in grouped_modules}
     assert result.image is not None
+
+
+def test_each_tensor_is_read_to_the_home_the_plan_gives_it():
+    """Issue 26 (host memory): with the plan made before the cached weights are read, a resident block's tensors go
+    straight to the GPU, a streamed block's to pinned host memory (diffusers' copy source), the transformer's
+    embedders and norms to the GPU, an on-demand T5 to pinned memory; without streams (no CUDA) to the host."""
+    from diffusers import FluxTransformer2DModel
+
+    from fluxdepth_ui.pipeline.tiny import tiny_transformer_config
+
+    transformer = FluxTransformer2DModel(**{**tiny_transformer_config(), "num_layers": 2, "num_single_layers": 2})
+    doubles = 2
+    cuda = torch.device("cuda")
+    plan = MemoryPlan(8 * GIB, ("text_encoder", "vae"), ("text_encoder_2", "transformer"),
+                      resident_blocks=(0, doubles + 1), total_blocks=doubles + len(transformer.single_transformer_blocks))
+    homes = tensor_homes(plan, "budget", cuda)
+    home = homes("transformer", transformer)
+    keys = list(transformer.state_dict())
+    expected = {"transformer_blocks.0.attn.to_q.weight": cuda, "single_transformer_blocks.1.proj_out.weight": cuda,
+                "single_transformer_blocks.0.proj_out.weight": "pinned", "x_embedder.weight": cuda,
+                "norm_out.linear.weight": cuda, "transformer_blocks.1.attn.to_q.weight": "pinned"}
+    assert set(expected) <= set(keys)
+    assert {k: home(k) for k in expected} == expected
+    assert homes("text_encoder_2", None) == "pinned" and homes("vae", None) == cuda
+    assert tensor_homes(plan, "budget", torch.device("cpu"))("text_encoder_2", None) == "cpu"
+    resident = MemoryPlan(30 * GIB, ("transformer", "text_encoder_2", "text_encoder", "vae"), ())
+    assert tensor_homes(resident, "budget", cuda)("transformer", transformer) == cuda
+    assert tensor_homes(None, "gpu", cuda)("transformer", transformer) == cuda
+    assert tensor_homes(None, "model_offload", cuda)("transformer", transformer) == "cpu"

@@ -471,6 +471,58 @@ def test_a_cache_file_is_read_a_window_at_a_time_into_its_own_memory(tmp_path, m
     assert len(opens) >= 3  # the keys once, then one mapping per window
 
 
+def test_a_later_start_plans_from_the_cache_skeletons_then_reads_each_tensor_to_its_home(tmp_path, depth,
+                                                                                          monkeypatch):
+    """Issue 26 (host memory): a cached tier's memory plan is made from its components' sizes while the cached ones are
+    still skeletons on the meta device, and then each tensor is read straight to the home the plan gives it (on a GPU:
+    resident blocks to the card, streamed ones to pinned memory). The sizes are the loaded ones; the image is the
+    one the first start made."""
+    from fluxdepth_ui.pipeline import variants
+    from fluxdepth_ui.pipeline.placement import module_bytes
+
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    cache = str(tmp_path / "cache")
+    first = run(PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache), depth)
+    planned, homes = [], []
+    real_plan_for, real_copy = PipelineManager._plan_for, variants._copy_home
+
+    def recording_plan_for(self, device, variant, components):
+        planned.append({k: (module_bytes(v), any(t.is_meta for t in v.parameters()))
+                        for k, v in components.items() if isinstance(v, torch.nn.Module)})
+        return real_plan_for(self, device, variant, components)
+
+    monkeypatch.setattr(PipelineManager, "_plan_for", recording_plan_for)
+    monkeypatch.setattr(variants, "_copy_home", lambda tensor, home: homes.append(home) or real_copy(tensor, home))
+    later_manager = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
+    later = run(later_manager, depth)
+    assert len(planned) == 1
+    assert planned[0]["transformer"][1] and planned[0]["text_encoder_2"][1]  # planned before their weights were read
+    assert not planned[0]["vae"][1]
+    components = later_manager._pipe.components
+    assert {k: size for k, (size, _) in planned[0].items()} == {k: module_bytes(components[k]) for k in planned[0]}
+    assert homes and set(map(str, homes)) == {"cpu"}  # no GPU here: the plan's home for everything is the host
+    assert "transformer: qint8 weights from the cache" in later_manager.status()["notes"]
+    assert np.array_equal(pixels(first.image), pixels(later.image))
+
+
+def test_a_cache_whose_weights_turn_out_unreadable_is_quantized_again(tmp_path, depth):
+    """The skeleton comes from the cache's small files; should its weights file then fail to read, the entry is
+    removed and the component quantized again: the same image, and a good cache for the next start."""
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    cache = str(tmp_path / "cache")
+    first = run(PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache), depth)
+    weights = next(p for p in (tmp_path / "cache").rglob("*.safetensors") if "transformer-qint8" in str(p))
+    weights.write_bytes(b"\x00" * 64)
+    again = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
+    assert np.array_equal(pixels(first.image), pixels(run(again, depth).image))
+    assert "transformer: qint8 weights from the cache" not in again.status()["notes"]
+    third = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
+    run(third, depth)
+    assert "transformer: qint8 weights from the cache" in third.status()["notes"]
+
+
 def test_a_load_reads_its_big_files_ahead_in_the_order_it_uses_them(tmp_path, depth, monkeypatch):
     """A later start sets its quantized caches reading (a background thread) before the minutes-long imports, in the
     order the load reads them; a first start from a model folder reads that folder's weights ahead. The images are

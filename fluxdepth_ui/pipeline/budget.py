@@ -248,6 +248,39 @@ def transformer_block_sizes(transformer) -> list[int]:
     return sizes
 
 
+def tensor_homes(plan: MemoryPlan | None, placement: str, device: torch.device):
+    """(component, module) -> where each of its tensors goes as its weights are read (variants.TensorHome): straight
+    to the GPU when the plan keeps it there, to pinned host memory when it streams with CUDA streams (diffusers' copy
+    source, taken as it is), else the host. Read so, the weights that live on the GPU have no host copy, even for a
+    moment, and the streamed ones are not held twice (issue 26's host memory; docs/vram.md)."""
+    from .variants import PINNED
+
+    streamed_home = PINNED if device.type == "cuda" else "cpu"
+
+    def homes(component: str, module):
+        if plan is None:
+            return device if placement == "gpu" else "cpu"
+        if component in plan.resident:
+            return device
+        if component not in plan.streamed:
+            return "cpu"
+        if component != "transformer":
+            return streamed_home
+        index = {f"{name}.{i}.": n for n, (name, i) in enumerate(
+            (name, i) for name in BLOCK_LISTS for i in range(len(getattr(module, name, ()))))}
+        resident = set(plan.resident_blocks)
+
+        def home(key: str):
+            prefix = ".".join(key.split(".", 2)[:2]) + "."
+            if prefix not in index:
+                return device  # embedders, norms, projections: resident (_keep_unmatched_resident)
+            return device if index[prefix] in resident else streamed_home
+
+        return home
+
+    return homes
+
+
 # How many streamed blocks the CPU may queue ahead of the GPU's compute (`_RunAhead`); None = diffusers' default
 # without record_stream (the CPU waits for the compute stream after every streamed block). Both measured in
 # docs/benchmarks.md "VRAM budget".

@@ -41,7 +41,7 @@ from .placement import (
 from .sources import LoadedModel, ModelSource, load_model
 from .budget import (
     GIB, UNSTREAMABLE_TIERS, MemoryPlan, apply_memory_plan, available_bytes, enforce_budget, parse_budget,
-    plan_memory, remove_memory_plan, resolve_budget, transformer_block_sizes,
+    plan_memory, remove_memory_plan, resolve_budget, tensor_homes, transformer_block_sizes,
 )
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
@@ -327,20 +327,23 @@ class PipelineManager:
         t0 = time.perf_counter()
         # The artist waits here on the first Generate: say what loads, in which tier, and where it is meant to go.
         progress(0.0, f"loading model {self.source.short_name} ({variant.name}, placement {self.placement} on {device})")
-        # 1. The weights, in the tier's precision (from the quantized cache when there is one).
+        # 1. The weights, in the tier's precision (from the quantized cache when there is one). A cached tier's
+        #    memory plan (2.) is made from its sizes before its weights are read, so that each tensor is read
+        #    straight to where it lives (budget.tensor_homes): no host copy of what stays on the GPU.
+        memory: dict = {}
+
+        def plan_homes(components: dict):
+            memory["plan"] = self._plan_for(device, variant, components)
+            choice, plan, _budget = memory["plan"]
+            return tensor_homes(plan, choice.placement, device)
+
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
             loaded = load_model(self.source, variant, self.cache, progress, self._token,
-                                quantize_on=device if device.type == "cuda" else None)
+                                quantize_on=device if device.type == "cuda" else None, plan_homes=plan_homes)
         # 2. Where it goes: the memory plan (or an offload) from the sizes it will have on the card.
-        sizes = {k: module_bytes(v) for k, v in loaded.components.items()}
-        blocks = transformer_block_sizes(loaded.components["transformer"])
-        if variant.fp8:
-            sizes["transformer"] //= 2  # what it will hold once in fp8
-            blocks = [b // 2 for b in blocks]
-        choice, plan, budget = self._choose_memory(device, variant, sizes, blocks)
-        self._plan_inputs = (sizes, blocks)
+        choice, plan, budget = memory.get("plan") or self._plan_for(device, variant, loaded.components)
         notes = loaded.notes + [choice.reason]
         # 3. Whether it compiles, and fp8's quantization (on the GPU) before it is placed.
         decision, zerogpu = self._decide_compile(variant, device, choice, plan)
@@ -404,6 +407,16 @@ class PipelineManager:
             decision = CompileDecision(False, f"compile is off for {variant.name} on ZeroGPU: its dense layers' "
                                               "kernels do not export (bf16 and fp8 compile there)")
         return decision, zerogpu
+
+    def _plan_for(self, device: torch.device, variant: Variant, components: dict):
+        """`_choose_memory` from the components' sizes on the card (a cached one may still be a meta skeleton)."""
+        sizes = {k: module_bytes(v) for k, v in components.items()}
+        blocks = transformer_block_sizes(components["transformer"])
+        if variant.fp8:
+            sizes["transformer"] //= 2  # what it will hold once in fp8
+            blocks = [b // 2 for b in blocks]
+        self._plan_inputs = (sizes, blocks)
+        return self._choose_memory(device, variant, sizes, blocks)
 
     def _choose_memory(self, device: torch.device, variant: Variant, sizes: dict, blocks: list[int]):
         """(placement choice, memory plan or None, budget bytes or None) for this load.

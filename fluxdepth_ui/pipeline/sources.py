@@ -120,10 +120,19 @@ def _noop(fraction: float, message: str) -> None:
     pass
 
 
-def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, progress: ProgressFn = _noop,
-               token: str | None = None, quantize_on: torch.device | None = None) -> LoadedModel:
-    """Load every component on the CPU, with the variant's quantization applied (from the cache when it matches).
+# What `load_model` asks before it reads a quantized cache: given the components (a cached one still a skeleton on the
+# meta device, its sizes known), a function (component, module) -> where each of its tensors goes as it is read
+# (variants.TensorHome). The manager makes its memory plan there (pipeline/manager.py, budget.tensor_homes).
+PlanHomes = Callable[[dict], Callable[[str, torch.nn.Module], object]]
 
+
+def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, progress: ProgressFn = _noop,
+               token: str | None = None, quantize_on: torch.device | None = None,
+               plan_homes: PlanHomes | None = None) -> LoadedModel:
+    """Load every component, with the variant's quantization applied (from the cache when it matches).
+
+    On the CPU, unless `plan_homes` is given: then a cached component's weights are read last, each tensor straight
+    to where `plan_homes` says (a GPU, pinned host memory): no host copy of the weights that live on the GPU.
     `quantize_on`: the GPU that quantizes (block by block) when there is no cache yet; None quantizes on the CPU."""
     if source.kind == "tiny":
         from .tiny import build_tiny_components
@@ -141,10 +150,17 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     source_id = revision if source.kind == "hub" else _folder_fingerprint(folder)
     overrides: dict = {}
     notes: list[str] = []
+    entries: dict[str, _CacheEntry] = {}
+    skeletons: dict[str, torch.nn.Module] = {}  # cached components whose weights are read once the plan is made
     if variant.transformer or variant.text_encoder_2:
         progress(0.3, f"preparing {variant.name} weights")
-        overrides = _quantized_components(folder, source, variant, cache, source_id, token, progress, notes,
-                                          quantize_on)
+        entries = _cache_entries(folder, source, variant, cache, source_id, token)
+        for component, entry in entries.items():
+            skeleton = _cached_skeleton(cache, entry, progress) if plan_homes is not None else None
+            if skeleton is not None:
+                skeletons[component] = overrides[component] = skeleton
+            else:
+                overrides[component] = _cached_or_quantized(cache, entry, progress, notes, quantize_on)
     progress(0.6, "loading the remaining components")
     from diffusers import FluxControlPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -158,6 +174,11 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
         _fuse_lora(pipe, source, token)
     components = dict(pipe.components)
     del pipe
+    if skeletons:
+        homes = plan_homes(components)
+        for component, skeleton in skeletons.items():
+            components[component] = _filled(cache, entries[component], skeleton, homes(component, skeleton),
+                                            progress, notes, quantize_on)
     progress(0.95, "components ready")
     return LoadedModel(components, revision, notes)
 
@@ -247,6 +268,17 @@ def _component_config(module: torch.nn.Module) -> dict:
     return dict(config) if not hasattr(config, "to_dict") else config.to_dict()
 
 
+@dataclass(frozen=True)
+class _CacheEntry:
+    """One quantized component's cache entry, and how to make the component when the entry is missing."""
+    folder: str
+    fingerprint: dict
+    build_empty: Callable[[], torch.nn.Module]  # the module on the meta device (the cache's weights go into it)
+    build_full: Callable[[], torch.nn.Module]  # the full-precision module, to quantize
+    component: str
+    weights: str  # quanto weight type: "qint8", "qint4"
+
+
 def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Variant, cache: QuantizedCache,
                        source_id: str, progress: ProgressFn, quantize_on: torch.device | None = None) -> None:
     """tiny-random: the components already exist; quantize (or take the cache) for each quantized component."""
@@ -255,32 +287,59 @@ def _quantize_in_place(loaded: LoadedModel, source: ModelSource, variant: Varian
             continue
         module = loaded.components[component]
         folder, fp = _fingerprint(cache, source, source_id, component, weights, _component_config(module))
-        loaded.components[component] = _cached_or_quantized(
-            cache, folder, fp, lambda m=module: _empty_like(m, source.dtype), lambda m=module: m, component, weights,
-            progress, loaded.notes, quantize_on)
+        entry = _CacheEntry(folder, fp, lambda m=module: _empty_like(m, source.dtype), lambda m=module: m, component,
+                            weights)
+        loaded.components[component] = _cached_or_quantized(cache, entry, progress, loaded.notes, quantize_on)
 
 
-def _cached_or_quantized(cache: QuantizedCache, folder: str, fingerprint: dict, build_empty: Callable,
-                         build_full: Callable, component: str, weights: str, progress: ProgressFn,
-                         notes: list[str], quantize_on: torch.device | None = None) -> torch.nn.Module:
+def _waiting(entry: _CacheEntry, progress: ProgressFn) -> Callable[[], None]:
+    return lambda: progress(0.4, f"waiting for another process quantizing {entry.component} to {entry.weights} "
+                                 "(then loading its cache)")
+
+
+def _reading(entry: _CacheEntry, progress: ProgressFn) -> None:
+    progress(0.35, f"reading {entry.component} ({entry.weights}) from the quantized cache")
+
+
+def _cached_or_quantized(cache: QuantizedCache, entry: _CacheEntry, progress: ProgressFn, notes: list[str],
+                         quantize_on: torch.device | None = None) -> torch.nn.Module:
     """The cached quantized component, else quantize the full one and cache it. Under the entry's lock: a second
     process starting the same tier waits for the first one's cache instead of quantizing again."""
-    waiting = f"waiting for another process quantizing {component} to {weights} (then loading its cache)"
-    with exclusive(folder, on_wait=lambda: progress(0.4, waiting)):
-        if os.path.exists(os.path.join(folder, cache.FINGERPRINT)):
-            progress(0.35, f"reading {component} ({weights}) from the quantized cache")
-        module = cache.load(folder, fingerprint, build_empty)
+    with exclusive(entry.folder, on_wait=_waiting(entry, progress)):
+        if os.path.exists(os.path.join(entry.folder, cache.FINGERPRINT)):
+            _reading(entry, progress)
+        module = cache.load(entry.folder, entry.fingerprint, entry.build_empty)
         if module is not None:
-            notes.append(f"{component}: {weights} weights from the cache")
+            notes.append(f"{entry.component}: {entry.weights} weights from the cache")
             return module
         where = f" on {quantize_on}" if quantize_on is not None else ""
-        what = f"quantizing {component} to {weights}{where} (first start of this tier; cached afterwards)"
+        what = (f"quantizing {entry.component} to {entry.weights}{where} (first start of this tier; cached "
+                "afterwards)")
         progress(0.4, what)
-        module = build_full()
-        quantize_component(module, weights, component, quantize_on,
+        module = entry.build_full()
+        quantize_component(module, entry.weights, entry.component, quantize_on,
                            on_block=lambda done, total: progress(0.4, f"{what}: block {done} of {total}"))
-        cache.save(folder, fingerprint, module)
+        cache.save(entry.folder, entry.fingerprint, module)
         return module
+
+
+def _cached_skeleton(cache: QuantizedCache, entry: _CacheEntry, progress: ProgressFn) -> torch.nn.Module | None:
+    """The cached component's skeleton (meta device, its sizes known, no weights read), or None without a cache."""
+    with exclusive(entry.folder, on_wait=_waiting(entry, progress)):
+        return cache.open(entry.folder, entry.fingerprint, entry.build_empty)
+
+
+def _filled(cache: QuantizedCache, entry: _CacheEntry, skeleton: torch.nn.Module, home, progress: ProgressFn,
+            notes: list[str], quantize_on: torch.device | None) -> torch.nn.Module:
+    """The skeleton with the cached weights read into it, each tensor to its home; a cache that turns out unreadable
+    is removed and the component quantized again (on the host, as without a plan)."""
+    with exclusive(entry.folder, on_wait=_waiting(entry, progress)):
+        _reading(entry, progress)
+        module = cache.fill(entry.folder, skeleton, home)
+        if module is not None:
+            notes.append(f"{entry.component}: {entry.weights} weights from the cache")
+            return module
+    return _cached_or_quantized(cache, entry, progress, notes, quantize_on)
 
 
 def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -293,9 +352,9 @@ def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
         return type(module)(module.config).to(dtype)  # transformers model
 
 
-def _quantized_components(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache,
-                          source_id: str, token: str | None, progress: ProgressFn, notes: list[str],
-                          quantize_on: torch.device | None = None) -> dict:
+def _cache_entries(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache, source_id: str,
+                   token: str | None) -> dict[str, _CacheEntry]:
+    """The cache entry of each component this tier quantizes, in load order."""
     from accelerate import init_empty_weights
     from diffusers import FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
@@ -319,10 +378,10 @@ def _quantized_components(folder: str, source: ModelSource, variant: Variant, ca
                     return FluxTransformer2DModel.from_config(config).to(source.dtype)
                 return T5EncoderModel(T5Config.from_dict(config)).to(source.dtype)
 
-        out[component] = _cached_or_quantized(
-            cache, cache_folder, fp, build_empty,
-            lambda component=component: _load_full_component(folder, source, component, token),
-            component, weights, progress, notes, quantize_on)
+        out[component] = _CacheEntry(cache_folder, fp, build_empty,
+                                     lambda component=component: _load_full_component(folder, source, component,
+                                                                                       token),
+                                     component, weights)
     return out
 
 

@@ -19,11 +19,16 @@ import os
 import shutil
 import types
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import torch
 
 from .speed import BLOCK_LISTS
+
+# Where a tensor read from a cache goes: a device, PINNED (page-locked host memory, what diffusers' streams copy from,
+# budget.py), or a function of the tensor's name giving one of those (a memory plan's homes, budget.tensor_homes).
+PINNED = "pinned"
+TensorHome = Union[str, torch.device, Callable[[str], Union[str, torch.device]]]
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +203,14 @@ class QuantizedCache:
         }
 
     def load(self, folder: str, expected: dict, build_empty: Callable[[], torch.nn.Module],
-             device: str | torch.device = "cpu") -> torch.nn.Module | None:
+             device: TensorHome = "cpu") -> torch.nn.Module | None:
         """The cached module, or None when there is no cache or it does not match `expected` (then it is removed)."""
+        module = self.open(folder, expected, build_empty)
+        return None if module is None else self.fill(folder, module, device)
+
+    def open(self, folder: str, expected: dict, build_empty: Callable[[], torch.nn.Module]) -> torch.nn.Module | None:
+        """The cached module's skeleton on the meta device, in its cached layout: its sizes are known before a byte
+        of its weights is read (the memory plan is made from them, pipeline/manager.py). None as for `load`."""
         meta_path = os.path.join(folder, self.FINGERPRINT)
         if not os.path.exists(meta_path):
             return None
@@ -217,11 +228,21 @@ class QuantizedCache:
                 layout = json.load(fh)
             module = build_empty()
             apply_dense_layout(module, layout["modules"], getattr(torch, layout["dtype"]))
-            state = _read_tensors(os.path.join(folder, self.WEIGHTS), device)
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
+            return _reject(folder, f"is unreadable ({exc})")
+        return module
+
+    def fill(self, folder: str, module: torch.nn.Module, home: TensorHome = "cpu") -> torch.nn.Module | None:
+        """`open`'s skeleton with the cached weights read into it, each tensor straight to its home (`_read_tensors`).
+        None when the file cannot be read or does not fit (the entry is removed)."""
+        from safetensors import SafetensorError
+
+        try:
+            state = _read_tensors(os.path.join(folder, self.WEIGHTS), home)
             with open(os.path.join(folder, "aliases.json")) as fh:
                 for alias, kept in json.load(fh).items():
                     state[alias] = state[kept]
-        except (OSError, ValueError, KeyError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, AttributeError, SafetensorError) as exc:
             return _reject(folder, f"is unreadable ({exc})")
         try:
             # strict: a tensor missing from the file would stay uninitialised memory; refuse that too.
@@ -292,8 +313,9 @@ def _reject(folder: str, why: str) -> None:
 READ_WINDOW = 256 << 20  # bytes of the file mapped at once while a cache is read (_read_tensors)
 
 
-def _read_tensors(path: str, device: str | torch.device) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, each in its own freshly allocated (aligned) memory on `device`.
+def _read_tensors(path: str, home: TensorHome) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file, each in its own freshly allocated (aligned) memory at its home: a device,
+    PINNED, or a function of the tensor's name giving one (a memory plan's homes, budget.tensor_homes).
 
     Tensors viewed straight out of the file sit at arbitrary byte offsets, and CPU matmul kernels take other code
     paths for unaligned memory: the last bits of the output would then differ from the run that wrote the cache.
@@ -303,7 +325,7 @@ def _read_tensors(path: str, device: str | torch.device) -> dict[str, torch.Tens
     """
     from safetensors import safe_open
 
-    device = torch.device(device)
+    home_of = home if callable(home) else (lambda key: home)
     with safe_open(path, framework="pt", device="cpu") as fh:
         pending = list(fh.keys())
     pending.reverse()
@@ -314,7 +336,14 @@ def _read_tensors(path: str, device: str | torch.device) -> dict[str, torch.Tens
             while pending and copied < READ_WINDOW:
                 key = pending.pop()
                 tensor = fh.get_tensor(key)
-                out[key] = tensor.clone() if device.type == "cpu" else tensor.to(device)
+                out[key] = _copy_home(tensor, home_of(key))
                 copied += tensor.numel() * tensor.element_size()
                 del tensor
     return out
+
+
+def _copy_home(tensor: torch.Tensor, home: str | torch.device) -> torch.Tensor:
+    if home == PINNED:
+        return tensor.pin_memory()  # a copy into page-locked memory (diffusers takes it as it is)
+    device = torch.device(home)
+    return tensor.clone() if device.type == "cpu" else tensor.to(device)
