@@ -504,6 +504,10 @@ def test_a_later_start_plans_from_the_cache_skeletons_then_reads_each_tensor_to_
     assert homes and set(map(str, homes)) == {"cpu"}  # no GPU here: the plan's home for everything is the host
     assert "transformer: qint8 weights from the cache" in later_manager.status()["notes"]
     assert np.array_equal(pixels(first.image), pixels(later.image))
+    # On ZeroGPU CUDA exists only inside its GPU calls: the weights load on the host first, as before.
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache).load()
+    assert len(planned) == 2 and not planned[1]["transformer"][1] and not planned[1]["text_encoder_2"][1]
 
 
 def test_a_cache_whose_weights_turn_out_unreadable_is_quantized_again(tmp_path, depth):

@@ -340,8 +340,10 @@ class PipelineManager:
         if self._loader is not None:
             loaded = self._loader(variant, progress)
         else:
+            # Not on ZeroGPU: there CUDA exists only inside its GPU calls, and a model is moved to it whole.
             loaded = load_model(self.source, variant, self.cache, progress, self._token,
-                                quantize_on=device if device.type == "cuda" else None, plan_homes=plan_homes)
+                                quantize_on=device if device.type == "cuda" else None,
+                                plan_homes=None if on_zerogpu() else plan_homes)
         # 2. Where it goes: the memory plan (or an offload) from the sizes it will have on the card.
         choice, plan, budget = memory.get("plan") or self._plan_for(device, variant, loaded.components)
         notes = loaded.notes + [choice.reason]
