@@ -5,6 +5,8 @@
 One FLUX attention call at the fast tier's sizes (24 heads of 128; 4096 image + 512 text tokens at 1024x1024, 9216 +
 512 for a 2048x1152 plate pass), random bf16 inputs with FLUX-like spread:
 - bf16 through torch's SDPA, cuDNN and Flash backends (what the compiled tier runs now: cuDNN, docs/benchmarks.md);
+- Flash-Attention 3, bf16 and fp8 (e4m3, per-head scales), where its extension is installed (built from source
+  for Hopper by benchmarks/build_fa3.sh; no wheel of it installs here);
 - fp8 (e4m3) through cuDNN's own fp8 SDPA (NVIDIA's `nvidia-cudnn-frontend` Python graph API, a wheel in
   `.whl-extra/` of the dev checkout; not a dependency of the app), per-tensor scales, output in bf16 where cuDNN takes
   that, else fp8 scaled back: the attention alone, and with the quantization of q, k, v the model would add.
@@ -126,8 +128,48 @@ def probe(tokens: int, iters: int) -> dict:
             row[f"{name}_rel_err"] = round(rel_error(attention(q8, k8, v8, dq, dk, dv), ref), 5)
         except Exception as exc:  # noqa: BLE001
             row[f"{name}_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    fa3_rows(row, q, k, v, ref, iters)
     print(json.dumps(row), flush=True)
     return row
+
+
+def per_head_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (batch, heads, tokens, dim) as e4m3 in FA3's layout (batch, tokens, heads, dim), one scale per head, and
+    the float32 descale (batch, heads) that gives it back."""
+    amax = x.abs().amax(dim=(2, 3)).float().clamp(min=1e-12)
+    scaled = x.float() * (E4M3_MAX / amax)[:, :, None, None]
+    return scaled.to(torch.float8_e4m3fn).transpose(1, 2).contiguous(), (amax / E4M3_MAX).contiguous()
+
+
+def fa3_rows(row: dict, q, k, v, ref, iters: int) -> None:
+    """Flash-Attention 3 (Hopper), bf16 and fp8 e4m3 with per-head scales, when its extension is installed (built
+    for this machine by benchmarks/build_fa3.sh; not a dependency of the app)."""
+    try:
+        from flash_attn_interface import flash_attn_func
+    except ImportError as exc:
+        row["fa3"] = f"not importable: {exc}"
+        return
+    to_fa3 = [t.transpose(1, 2).contiguous() for t in (q, k, v)]  # (batch, tokens, heads, dim)
+
+    def back(out):
+        return (out[0] if isinstance(out, tuple) else out).transpose(1, 2)
+
+    try:
+        row["fa3_bf16_ms"] = round(timed(lambda: flash_attn_func(*to_fa3), iters), 4)
+        row["fa3_bf16_rel_err"] = round(rel_error(back(flash_attn_func(*to_fa3)), ref), 5)
+    except Exception as exc:  # noqa: BLE001
+        row["fa3_bf16_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    try:
+        (q8, dq), (k8, dk), (v8, dv) = (per_head_fp8(t) for t in (q, k, v))
+        row["quantize_qkv_per_head_ms"] = round(timed(lambda: [per_head_fp8(t) for t in (q, k, v)], iters), 4)
+
+        def fp8():
+            return flash_attn_func(q8, k8, v8, q_descale=dq, k_descale=dk, v_descale=dv)
+
+        row["fa3_fp8_ms"] = round(timed(fp8, iters), 4)
+        row["fa3_fp8_rel_err"] = round(rel_error(back(fp8()), ref), 5)
+    except Exception as exc:  # noqa: BLE001
+        row["fa3_fp8_error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
 def main() -> None:
