@@ -5,7 +5,10 @@
 A variant is `bf16` (eager, diffusers' default attention, and the same with cuDNN attention) or `fp8` plus options:
 `cudnn` (SDPA's cuDNN backend through diffusers' `set_attention_backend("_native_cudnn")`), `qkv` (diffusers'
 `fuse_qkv_projections` before quantizing: one GEMM and one activation quantization instead of three), `tune`
-(torchao's inductor options: coordinate-descent tuning), `graphs` (CUDA graphs: `mode="reduce-overhead"`). Each child
+(torchao's inductor options: coordinate-descent tuning), `graphs` (CUDA graphs: `mode="reduce-overhead"`), `fa3`
+(bf16 attention through Flash-Attention 3, diffusers' `_flash_3` backend; `bf16+fa3` times it eager too), `fp8attn`
+(fp8 attention: torchao's `apply_low_precision_attention`, FP8_FA3). Both need the Flash-Attention 3 wheel that
+benchmarks/build_fa3.sh builds (`.whl-extra/`). Each child
 gets new, empty inductor and Triton caches (a cold compile), builds the FLUX.1-Depth-dev-shaped random-weight
 transformer on the GPU, records the bf16 eager output, applies the variant through the app's own functions
 (speed.py), and times: the first call (the compile), ms per step at 1024x1024 (CUDA events, median of 10), the relative
@@ -64,6 +67,10 @@ def run_child(variant: str, artifacts: str, load: bool) -> dict:
         transformer.set_attention_backend("_native_cudnn")
         row["cudnn_step_ms"] = steps()
         row["cudnn_rel_err"] = rel_err()
+        if "fa3" in opts:
+            transformer.set_attention_backend("_flash_3")
+            row["fa3_step_ms"] = steps()
+            row["fa3_rel_err"] = rel_err()
         return row
     from fluxdepth_ui.pipeline.speed import compile_transformer, fp8_quantize_transformer
     from fluxdepth_ui.pipeline.variants import TRANSFORMER_EXCLUDE
@@ -72,11 +79,19 @@ def run_child(variant: str, artifacts: str, load: bool) -> dict:
         transformer.fuse_qkv_projections()
     if "cudnn" in opts:
         transformer.set_attention_backend("_native_cudnn")
+    if "fa3" in opts:  # bf16 attention through Flash-Attention 3 (benchmarks/build_fa3.sh)
+        transformer.set_attention_backend("_flash_3")
     os.environ["FLUXDEPTH_COMPILE_TUNING"] = "1" if "tune" in opts else "0"
     t = time.perf_counter()
     fp8_quantize_transformer(transformer, torch.device("cuda"), TRANSFORMER_EXCLUDE)
     sync()
     row["quantize_s"] = round(time.perf_counter() - t, 1)
+    if "fp8attn" in opts:  # fp8 attention: torchao's FP8_FA3 wraps the model (before compiling)
+        from torchao.prototype.attention import apply_low_precision_attention
+
+        wrapped = apply_low_precision_attention(transformer)
+        steps = lambda: summary(step_times(wrapped, 10))  # noqa: E731
+        rel_err = lambda: round(rel_error(wrapped, ref), 4)  # noqa: E731
     if "graphs" in opts:
         transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
     else:
