@@ -565,6 +565,46 @@ def test_a_load_reads_its_big_files_ahead_in_the_order_it_uses_them(tmp_path, de
     assert np.array_equal(pixels(first.image), pixels(later.image))
 
 
+def test_a_warm_up_reads_ahead_and_imports_for_the_first_load_and_loads_nothing(tmp_path, depth, monkeypatch):
+    """The app warms up at launch (issue 26): the model's big files are read into the OS cache and the load's
+    libraries imported in a background thread, nothing is loaded; the first load then reads nothing ahead again and
+    makes the same image. A loaded manager has nothing to warm."""
+    from fluxdepth_ui.pipeline import sources
+
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    cache = str(tmp_path / "cache")
+    first = run(PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache), depth)
+    opened, real_open = [], open
+
+    def recording_open(path, *args, **kwargs):
+        if str(path).endswith(".safetensors"):
+            opened.append(os.path.basename(os.path.dirname(str(path))))
+        return real_open(path, *args, **kwargs)
+
+    def join_reads():
+        for thread in threading.enumerate():
+            if thread.name == "fluxdepth-prefetch":
+                thread.join(timeout=60)
+
+    monkeypatch.setattr(sources, "open", recording_open, raising=False)
+    manager = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
+    warming = manager.warm_up()
+    warming.join(timeout=120)
+    join_reads()
+    assert not warming.is_alive() and not manager.loaded
+    assert opened == ["transformer-qint8", "text_encoder_2-qint8"]  # the quantized caches, read ahead
+    later = run(manager, depth)
+    join_reads()
+    assert opened == ["transformer-qint8", "text_encoder_2-qint8"]  # the load did not read them ahead again
+    assert np.array_equal(pixels(first.image), pixels(later.image))
+    assert manager.warm_up() is None
+    again = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
+    run(again, depth)
+    join_reads()
+    assert opened[2:] == ["transformer-qint8", "text_encoder_2-qint8"]  # without a warm-up, the load reads ahead
+
+
 def test_read_ahead_goes_on_past_a_missing_file_and_skips_what_memory_cannot_hold(tmp_path, monkeypatch):
     from fluxdepth_ui.pipeline import sources
 

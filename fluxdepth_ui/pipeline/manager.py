@@ -161,6 +161,7 @@ class PipelineManager:
         self._token = token
         self._loader = loader
         self._lock = threading.RLock()
+        self._warming: threading.Thread | None = None  # warm_up's thread
         self._pipe = None
         self._img2img = None
         self._inpaint = None  # FluxControlInpaintPipeline, made on the first masked image
@@ -302,7 +303,28 @@ class PipelineManager:
             self._zerogpu = None
             release_device_memory()
 
+    def warm_up(self) -> threading.Thread | None:
+        """While the artist sets up the first shot: read the model's files into the OS cache and import what a load
+        imports, in a background thread (`sources.warm_up`). Nothing goes to the GPU and no memory is held; a load
+        waits for the thread's imports rather than importing beside it. None when there is nothing to warm."""
+        if self.loaded or self._loader is not None:
+            return None
+        from .sources import warm_up
+
+        def work() -> None:
+            try:
+                warm_up(self.source, get_variant(self.variant), self.cache)
+            except Exception:  # noqa: BLE001 - the load does the same work and reports what fails
+                log.debug("warm-up failed", exc_info=True)
+
+        self._warming = threading.Thread(target=work, name="fluxdepth-warm-up", daemon=True)
+        self._warming.start()
+        return self._warming
+
     def load(self, progress: LoadProgress | None = None) -> None:
+        warming = self._warming
+        if warming is not None:
+            warming.join()  # two threads importing one package at once can each see it half made
         with self._lock:
             if self._pipe is not None:
                 return

@@ -207,13 +207,48 @@ def _files_to_read(source: ModelSource, variant: Variant, cache: QuantizedCache)
     return paths
 
 
-def _prefetch(paths: list[str]) -> None:
+def warm_up(source: ModelSource, variant: Variant, cache: QuantizedCache) -> None:
+    """What a load can do before it is asked: set the files it will read reading (`_prefetch`) and import what it
+    imports (about 7 s of a later start on the lent GPU machine, docs/benchmarks.md "Session 35"). Nothing is loaded
+    and nothing is held: the file pages stay in the OS cache only while no program needs the memory."""
+    if source.kind != "tiny":
+        _prefetch(_files_to_read(source, variant, cache), for_next_load=True)
+    from diffusers import FluxControlPipeline, FluxTransformer2DModel  # noqa: F401
+    from transformers import T5EncoderModel  # noqa: F401
+
+    if variant.transformer or variant.text_encoder_2:
+        import optimum.quanto  # noqa: F401
+
+
+_warmed: set[tuple] = set()  # (path, size, mtime) a warm-up read ahead for the next load: that load skips them
+_warmed_lock = threading.Lock()
+
+
+def _prefetch(paths: list[str], for_next_load: bool = False) -> None:
     """Read these files once in a background thread, so that they are in the page cache when the load reads them.
 
     A later start spends about 11 s importing diffusers and transformers before it reads 11-17 GB of weights
     (docs/benchmarks.md "Session 34"); the disk can work during the imports. Plain sequential reads: the kernel's
     own read-ahead hint (posix_fadvise WILLNEED) read only a few MB of a 2 GB file here. The reads wait for
-    nothing and hold nothing: pages the kernel evicts before they are used are read again."""
+    nothing and hold nothing: pages the kernel evicts before they are used are read again. `for_next_load`: a
+    warm-up's reads, which the next load's own request skips."""
+    with _warmed_lock:
+        fresh = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                fresh.append(path)  # the reader goes past it; the load itself reports a file it cannot read
+                continue
+            key = (path, st.st_size, st.st_mtime_ns)
+            if for_next_load:
+                _warmed.add(key)
+                fresh.append(path)
+            elif key in _warmed:
+                _warmed.discard(key)  # read by the warm-up for this load
+            else:
+                fresh.append(path)
+    paths = fresh
     total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
     if not paths or total > _available_memory() // 2:  # pages evicted before use would be read twice
         return
