@@ -203,3 +203,30 @@ def test_python_app_py_names_its_own_flags_not_gradios(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+def test_the_launcher_warms_the_model_up_once_it_serves(tmp_path, monkeypatch, capsys):
+    """Issue 26: once the page serves, the manager warms up in the background (files read ahead, imports), so the
+    first Generate finds that done; on ZeroGPU the model loads at start-up instead."""
+    import gradio as gr
+
+    from fluxdepth_ui.pipeline import PipelineManager
+    from fluxdepth_ui.ui.launch import main
+
+    events = []
+
+    def fake_launch(self, *args, **kwargs):
+        events.append("serving")
+        self.local_url, self.share_url = "http://127.0.0.1:7860/", None
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    monkeypatch.setattr(gr.Blocks, "block_thread", lambda self: events.append("blocking"))
+    monkeypatch.setattr(PipelineManager, "warm_up", lambda self: events.append("warm-up"))
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    from fluxdepth_ui.ui import sharing
+
+    for name in ("sweep_stale_scratch", "remove_scratch_on_signals", "start_retention"):  # process-wide: not here
+        monkeypatch.setattr(sharing, name, lambda *a, **k: None)
+    main(["--model", "tiny-random", "--outputs", str(tmp_path / "out")])
+    assert events == ["serving", "warm-up", "blocking"]
+    assert "FluxDepth Studio on http://127.0.0.1:7860/" in capsys.readouterr().err
