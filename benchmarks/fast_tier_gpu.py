@@ -156,7 +156,7 @@ def main() -> None:
         except subprocess.TimeoutExpired:
             row = {"variant": variant, "warm_artifacts": load, "error": f"timeout {args.timeout} s"}
         row["process_s"] = round(time.time() - t, 1)
-        if variant == "bf16" and "step_ms" in row:
+        if variant.split("+")[0] == "bf16" and "step_ms" in row:  # bf16 eager, whatever its options add
             bf16 = row["step_ms"]["median"]
         if bf16 and "step_ms" in row:
             row["x_bf16_eager"] = round(row["step_ms"]["median"] / bf16, 3)
