@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,7 +36,7 @@ def child(args) -> None:
     if args.warm:
         t = time.perf_counter()
         manager.warm_up().join()
-        for thread in __import__("threading").enumerate():
+        for thread in threading.enumerate():
             if thread.name == "fluxdepth-prefetch":
                 thread.join()
         warm_s = time.perf_counter() - t
