@@ -237,3 +237,35 @@ def test_depth_from_photo_offline_fails_at_once_and_remembers(tmp_path, monkeypa
     with pytest.raises(PipelineError):
         estimator.estimate(photo)
     assert tries == [True, True]  # after the window, tried again
+
+
+def test_a_hub_model_in_the_local_cache_is_read_ahead_and_loads_offline(tmp_path, monkeypatch, depth):
+    """The default model comes from the Hub: once it is in the local Hugging Face cache, a load (and the app's
+    warm-up) reads its big files ahead like a local folder's, found without asking the Hub; the image is the local
+    folder's. Not in the cache: nothing to read ahead (the load then downloads, or says what to download)."""
+    from huggingface_hub import constants
+
+    from fluxdepth_ui.pipeline import sources
+    from fluxdepth_ui.pipeline.variants import QuantizedCache, get_variant
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-flux"
+    snapshot = repo / "snapshots" / commit
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    source, cache = ModelSource("someone/tiny-flux"), QuantizedCache(str(tmp_path / "cache"))
+    assert source.kind == "hub"
+    shards = [str(p) for c in ("transformer", "text_encoder_2") for p in sorted((snapshot / c).glob("*.safetensors"))]
+    assert shards and sources._files_to_read(source, get_variant("bf16"), cache) == shards
+    assert sources._files_to_read(ModelSource("someone/not-cached"), get_variant("bf16"), cache) == []
+    read_ahead = []
+    monkeypatch.setattr(sources, "_prefetch", lambda paths, for_next_load=False: read_ahead.append(list(paths)))
+    ours = PipelineManager(source, cache_root=str(tmp_path / "cache"))
+    image = ours.generate(depth.control, GenerationSettings("a wooden chair", seed=7, steps=2)).image
+    assert read_ahead == [shards] and ours.status()["revision"] == commit
+    local = PipelineManager(ModelSource(str(snapshot)), cache_root=str(tmp_path / "cache"))
+    same = local.generate(depth.control, GenerationSettings("a wooden chair", seed=7, steps=2)).image
+    assert np.array_equal(np.asarray(image), np.asarray(same))

@@ -189,22 +189,41 @@ PREFETCH_CHUNK = 64 << 20
 
 
 def _files_to_read(source: ModelSource, variant: Variant, cache: QuantizedCache) -> list[str]:
-    """The big files this load reads, in the order it reads them: the quantized caches that exist, and for a model
-    folder the weights of the components no cache replaces (the tokenizers, CLIP and the VAE are small)."""
+    """The big files this load reads, in the order it reads them: the quantized caches that exist, and from the
+    model's folder (a local one, or a Hub model's in the local Hugging Face cache) the weights of the components no
+    cache replaces (the tokenizers, CLIP and the VAE are small)."""
     paths = []
+    folders: list[str | None] = []  # the model's folder, looked up once when a component reads from it
     for component, weights in _quantizable(variant):
         cached = ""
         if weights:
             cached = os.path.join(_cache_folder(cache, source, component, weights), cache.WEIGHTS)
         if os.path.isfile(cached):
             paths.append(cached)
-        elif source.kind == "local":
-            subfolder = os.path.join(source.model, component)
+            continue
+        if not folders:
+            folders.append(source.model if source.kind == "local" else _cached_snapshot(source))
+        folder = folders[0]
+        if folder:
+            subfolder = os.path.join(folder, component)
             if os.path.isdir(subfolder):
                 # diffusers reads the files without a variant infix ("model.fp16.safetensors" is another copy)
                 paths += sorted(os.path.join(subfolder, n) for n in os.listdir(subfolder)
                                 if n.endswith(".safetensors") and n.count(".") == 1)
     return paths
+
+
+def _cached_snapshot(source: ModelSource) -> str | None:
+    """A Hub model's folder in the local Hugging Face cache, found without asking the Hub; None when it is not there
+    (then the load downloads it, and there is nothing to read ahead)."""
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(source.model, revision=source.revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, or not all of it: the load says what is missing
+        return None
 
 
 def warm_up(source: ModelSource, variant: Variant, cache: QuantizedCache) -> None:
