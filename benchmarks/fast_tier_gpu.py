@@ -7,8 +7,9 @@ A variant is `bf16` (eager, diffusers' default attention, and the same with cuDN
 `fuse_qkv_projections` before quantizing: one GEMM and one activation quantization instead of three), `tune`
 (torchao's inductor options: coordinate-descent tuning), `graphs` (CUDA graphs: `mode="reduce-overhead"`), `fa3`
 (bf16 attention through Flash-Attention 3, diffusers' `_flash_3` backend; `bf16+fa3` times it eager too), `fp8attn`
-(fp8 attention: torchao's `apply_low_precision_attention`, FP8_FA3). Both need the Flash-Attention 3 wheel that
-benchmarks/build_fa3.sh builds (`.whl-extra/`). Each child
+(fp8 attention: torchao's `apply_low_precision_attention`, FP8_FA3), `graphed` (the whole compiled call in one
+CUDA graph, `GraphedCall`). `fa3` and `fp8attn` need the Flash-Attention 3 wheel that benchmarks/build_fa3.sh builds
+(`.whl-extra/`). Each child
 gets new, empty inductor and Triton caches (a cold compile), builds the FLUX.1-Depth-dev-shaped random-weight
 transformer on the GPU, records the bf16 eager output, applies the variant through the app's own functions
 (speed.py), and times: the first call (the compile), ms per step at 1024x1024 (CUDA events, median of 10), the relative
@@ -31,6 +32,40 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
+
+
+class GraphedCall:
+    """The whole (compiled) transformer call captured in one CUDA graph per input shape and replayed: the launch gaps
+    between its kernels (about 10 ms of an fp8 step, docs/benchmarks.md "Issue 23") go. The inputs are copied into
+    the graph's own buffers; the output is the graph's buffer, valid until the next call (the denoising loop uses it
+    before then). Per-block graphs (`mode="reduce-overhead"`) failed: each block's output was overwritten by the
+    next block's replay."""
+
+    def __init__(self, module):
+        self.module, self.graphs = module, {}
+
+    def __call__(self, **kw):
+        import torch
+
+        key = tuple((k, tuple(v.shape), v.dtype) if torch.is_tensor(v) else (k, v) for k, v in sorted(kw.items()))
+        if key not in self.graphs:
+            static = {k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()}
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), torch.no_grad():  # warm-up outside the capture: compiles, autotunes
+                for _ in range(3):
+                    self.module(**static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.no_grad():
+                out = self.module(**static)
+            self.graphs[key] = (graph, static, out)
+        graph, static, out = self.graphs[key]
+        for k, v in kw.items():
+            if torch.is_tensor(v):
+                static[k].copy_(v)
+        graph.replay()
+        return out
 
 
 def run_child(variant: str, artifacts: str, load: bool) -> dict:
@@ -96,6 +131,10 @@ def run_child(variant: str, artifacts: str, load: bool) -> dict:
         transformer.compile_repeated_blocks(fullgraph=True, mode="reduce-overhead")
     else:
         compile_transformer(transformer, tempfile.gettempdir())
+    if "graphed" in opts:  # one CUDA graph of the whole call, over the compiled blocks
+        graphed = GraphedCall(wrapped if "fp8attn" in opts else transformer)
+        steps = lambda: summary(step_times(graphed, 10))  # noqa: E731
+        rel_err = lambda: round(rel_error(graphed, ref), 4)  # noqa: E731
     t = time.perf_counter()
     row["rel_err"] = rel_err()
     sync()
