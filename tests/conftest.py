@@ -23,6 +23,10 @@ for _key in [k for k in os.environ if k.startswith("FLUXDEPTH_")]:
 _HOME = tempfile.mkdtemp(prefix="fluxdepth-test-home-")
 os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
 os.environ["XDG_CACHE_HOME"] = os.path.join(_HOME, "cache")
+# The Hugging Face cache too, even where the user has set their own: loads look up (and read ahead) Hub models in it.
+for _key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HF_XET_CACHE"):
+    os.environ.pop(_key, None)
+os.environ["HF_HOME"] = os.path.join(_HOME, "cache", "huggingface")
 os.environ["FLUXDEPTH_CACHE"] = os.path.join(_HOME, "cache", "fluxdepth")
 os.environ["FLUXDEPTH_PRESETS"] = os.path.join(_HOME, "config", "fluxdepth", "presets")
 # gradio's upload and result cache: not /tmp/gradio, which other gradio apps (or a second suite) share and clean.
