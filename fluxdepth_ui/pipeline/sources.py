@@ -251,8 +251,8 @@ def _prefetch(paths: list[str], for_next_load: bool = False) -> None:
     own read-ahead hint (posix_fadvise WILLNEED) read only a few MB of a 2 GB file here. The reads wait for
     nothing and hold nothing: pages the kernel evicts before they are used are read again. `for_next_load`: a
     warm-up's reads, which the next load's own request skips."""
+    fresh, total = [], 0
     with _warmed_lock:
-        fresh = []
         for path in paths:
             try:
                 st = os.stat(path)
@@ -260,15 +260,14 @@ def _prefetch(paths: list[str], for_next_load: bool = False) -> None:
                 fresh.append(path)  # the reader goes past it; the load itself reports a file it cannot read
                 continue
             key = (path, st.st_size, st.st_mtime_ns)
+            if not for_next_load and key in _warmed:
+                _warmed.discard(key)  # read by the warm-up for this load
+                continue
             if for_next_load:
                 _warmed.add(key)
-                fresh.append(path)
-            elif key in _warmed:
-                _warmed.discard(key)  # read by the warm-up for this load
-            else:
-                fresh.append(path)
+            fresh.append(path)
+            total += st.st_size
     paths = fresh
-    total = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
     if not paths or total > _available_memory() // 2:  # pages evicted before use would be read twice
         return
 
