@@ -238,6 +238,11 @@ def _too_small(budget: int, needed: int) -> str:
             "GiB needed even when streaming); raise --vram-budget, choose qint4, or lower the long side")
 
 
+def block_places(transformer) -> list[tuple[str, int]]:
+    """(block list, position) of every transformer block in execution order: a plan's block index is an index here."""
+    return [(name, i) for name in BLOCK_LISTS for i in range(len(getattr(transformer, name, ())))]
+
+
 def transformer_block_sizes(transformer) -> list[int]:
     from .placement import module_bytes
 
@@ -266,8 +271,7 @@ def tensor_homes(plan: MemoryPlan | None, placement: str, device: torch.device):
             return "cpu"
         if component != "transformer":
             return streamed_home
-        index = {f"{name}.{i}.": n for n, (name, i) in enumerate(
-            (name, i) for name in BLOCK_LISTS for i in range(len(getattr(module, name, ()))))}
+        index = {f"{name}.{i}.": n for n, (name, i) in enumerate(block_places(module))}
         resident = set(plan.resident_blocks)
 
         def home(key: str):
@@ -383,7 +387,7 @@ def _resident_blocks_set_aside(transformer, keep: tuple[int, ...]):
     resident blocks' copies afterwards did not give the memory back (the pinned allocator keeps what it allocated):
     the qint8 later start under a 12 GiB budget peaked at 35.6 GiB of host memory, against 16.8 GiB fully resident
     (docs/benchmarks.md "Session 34"). Set aside, the resident blocks get no hook and no copy."""
-    named = [(name, i) for name in BLOCK_LISTS for i in range(len(getattr(transformer, name, ())))]
+    named = block_places(transformer)
     aside: dict[str, torch.nn.Module] = {}
     for index in keep:
         name, i = named[index]
