@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
@@ -176,9 +177,14 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     del pipe
     if skeletons:
         homes = plan_homes(components)
-        for component, skeleton in skeletons.items():
-            components[component] = _filled(cache, entries[component], skeleton, homes(component, skeleton),
+        # Side by side: read ahead, each read is a copy to the GPU or into pinned memory, bound by one core's copy
+        # speed rather than the disk's (docs/benchmarks.md "Session 35").
+        with ThreadPoolExecutor(max_workers=len(skeletons), thread_name_prefix="fluxdepth-read") as pool:
+            reads = {component: pool.submit(_filled, cache, entries[component], skeleton, homes(component, skeleton),
                                             progress, notes, quantize_on)
+                     for component, skeleton in skeletons.items()}
+            for component, read in reads.items():
+                components[component] = read.result()
     progress(0.95, "components ready")
     return LoadedModel(components, revision, notes)
 
