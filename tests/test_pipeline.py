@@ -471,6 +471,68 @@ def test_a_cache_file_is_read_a_window_at_a_time_into_its_own_memory(tmp_path, m
     assert len(opens) >= 3  # the keys once, then one mapping per window
 
 
+class _FakeCudart:
+    """cudaHostRegister / cudaHostUnregister as CUDA answers them, recorded (this machine has no GPU)."""
+
+    def __init__(self, answer=0):
+        self.answer, self.calls = answer, []
+
+    def cudaHostRegister(self, ptr, size, flags):
+        self.calls.append(("register", ptr, size))
+        return self.answer
+
+    def cudaHostUnregister(self, ptr):
+        self.calls.append(("unregister", ptr))
+        return 0
+
+
+def test_streamed_tensors_are_read_into_page_locked_blocks_of_their_exact_size(tmp_path, monkeypatch):
+    """Issue 26 (host memory): the tensors a plan streams are read into one registered (page-locked) block per read
+    window, exactly their size on whole pages, not through PyTorch's pinned allocator (it rounds each up to a power
+    of two); each is the file's tensor, aligned; the block is unregistered once its last tensor goes. Where CUDA
+    refuses to register, each is pinned on its own as before."""
+    import gc
+
+    from safetensors.torch import load_file, save_file
+
+    from fluxdepth_ui.pipeline import variants
+
+    path = str(tmp_path / "weights.safetensors")
+    torch.manual_seed(0)
+    tensors = {f"blocks.{i}.weight": torch.randint(-128, 127, (40 + i, 24), dtype=torch.int8) for i in range(6)}
+    tensors.update({f"blocks.{i}.scale": torch.randn(40 + i, 1, dtype=torch.bfloat16) for i in range(6)})
+    tensors["norm.weight"] = torch.randn(24)
+    save_file(tensors, path)
+    cudart = _FakeCudart()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
+    monkeypatch.setattr(variants, "READ_WINDOW", 2000)  # bytes: several windows
+    home = lambda key: variants.PINNED if key.startswith("blocks.") else "cpu"  # noqa: E731
+    read = variants._read_tensors(path, home)
+    expected = load_file(path)
+    assert set(read) == set(expected)
+    assert all(read[k].dtype == expected[k].dtype and torch.equal(read[k], expected[k]) for k in expected)
+    registered = [c for c in cudart.calls if c[0] == "register"]
+    blocks = {read[k].untyped_storage().data_ptr() for k in read if k.startswith("blocks.")}
+    assert len(registered) == len(blocks) >= 2  # one block per window that had streamed tensors
+    assert all(ptr % variants.PAGE == 0 and size % variants.PAGE == 0 for _, ptr, size in registered)
+    pinned_bytes = sum(t.numel() * t.element_size() for k, t in expected.items() if k.startswith("blocks."))
+    assert sum(size for *_, size in registered) <= pinned_bytes + len(registered) * (variants.PAGE + 13 * 512)
+    assert all(read[k].data_ptr() % variants.PINNED_ALIGN == 0 for k in read if k.startswith("blocks."))
+    assert read["norm.weight"].untyped_storage().data_ptr() not in blocks
+    del read
+    gc.collect()
+    assert sorted(c[1] for c in cudart.calls if c[0] == "unregister") == sorted(ptr for _, ptr, _ in registered)
+
+    refused = _FakeCudart(answer=1)
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: refused)
+    pinned_one_by_one = []
+    monkeypatch.setattr(variants, "_copy_home", lambda t, h: pinned_one_by_one.append(h) or t.clone())
+    again = variants._read_tensors(path, home)
+    assert all(torch.equal(again[k], expected[k]) for k in expected)
+    assert pinned_one_by_one.count(variants.PINNED) == 12 and not any(c[0] == "unregister" for c in refused.calls)
+
+
 def test_a_later_start_plans_from_the_cache_skeletons_then_reads_each_tensor_to_its_home(tmp_path, depth,
                                                                                           monkeypatch):
     """Issue 26 (host memory): a cached tier's memory plan is made from its components' sizes while the cached ones are

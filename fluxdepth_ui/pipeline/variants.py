@@ -21,6 +21,7 @@ import types
 from dataclasses import dataclass
 from typing import Callable, Union
 
+import numpy as np
 import torch
 
 from .speed import BLOCK_LISTS
@@ -333,13 +334,74 @@ def _read_tensors(path: str, home: TensorHome) -> dict[str, torch.Tensor]:
     while pending:
         with safe_open(path, framework="pt", device="cpu") as fh:
             copied = 0
+            pinned = []  # this window's tensors for pinned memory: one page-locked block for them all
             while pending and copied < READ_WINDOW:
                 key = pending.pop()
                 tensor = fh.get_tensor(key)
-                out[key] = _copy_home(tensor, home_of(key))
+                where = home_of(key)
+                if where == PINNED:
+                    pinned.append((key, tensor))
+                else:
+                    out[key] = _copy_home(tensor, where)
                 copied += tensor.numel() * tensor.element_size()
                 del tensor
+            out.update(_pinned_copies(pinned))
+            del pinned
     return out
+
+
+PAGE = 4096
+PINNED_ALIGN = 512  # bytes between tensors in one pinned block: every dtype's alignment, and the copy engine's
+
+
+def _pinned_copies(items: list[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each tensor copied into one page-locked block of exactly their size (`_registered_host_block`); per tensor
+    through PyTorch's pinned allocator where that block cannot be had. That allocator rounds every allocation up to
+    a power of two (a 36 MiB weight holds 64 MiB), which left a later start under a budget 1.5-2.2 GiB of host memory
+    over the streamed weights + 4 GiB (docs/benchmarks.md "Session 35")."""
+    if not items:
+        return {}
+    offsets, total = [], 0
+    for _key, tensor in items:
+        offsets.append(total)
+        total += -(-tensor.numel() * tensor.element_size() // PINNED_ALIGN) * PINNED_ALIGN
+    block = _registered_host_block(total)
+    if block is None:
+        return {key: _copy_home(tensor, PINNED) for key, tensor in items}
+    out = {}
+    for (key, tensor), offset in zip(items, offsets):
+        size = tensor.numel() * tensor.element_size()
+        view = block[offset:offset + size].view(tensor.dtype).view(tensor.shape)
+        view.copy_(tensor)
+        out[key] = view
+    return out
+
+
+class _RegisteredHostMemory(np.ndarray):
+    """Host memory page-locked with cudaHostRegister, unregistered when the last tensor over it goes (the tensors
+    hold it through `torch.frombuffer`; `__del__` runs before numpy frees the memory)."""
+
+    def __del__(self):
+        if getattr(self, "registered", False):
+            torch.cuda.cudart().cudaHostUnregister(self.ctypes.data)
+
+
+def _registered_host_block(nbytes: int) -> torch.Tensor | None:
+    """`nbytes` of page-locked host memory as a uint8 tensor (CUDA copies from it without staging, and
+    `Tensor.is_pinned()` holds for it, so diffusers' streaming takes it as it is), or None where CUDA cannot
+    register it."""
+    if not torch.cuda.is_available():
+        return None
+    # Whole pages of its own: a page shared with other memory could be registered twice, which CUDA refuses.
+    size = -(-max(nbytes, 1) // PAGE) * PAGE
+    raw = np.empty(size + PAGE, dtype=np.uint8)
+    start = -raw.ctypes.data % PAGE
+    memory = raw[start:start + size].view(_RegisteredHostMemory)
+    if int(torch.cuda.cudart().cudaHostRegister(memory.ctypes.data, memory.nbytes, 0)) != 0:
+        log.info("cudaHostRegister refused %d bytes: pinning tensor by tensor", memory.nbytes)
+        return None
+    memory.registered = True
+    return torch.frombuffer(memory, dtype=torch.uint8)[:nbytes]
 
 
 def _copy_home(tensor: torch.Tensor, home: str | torch.device) -> torch.Tensor:
