@@ -520,6 +520,8 @@ def test_streamed_tensors_are_read_into_page_locked_blocks_of_their_exact_size(t
     assert sum(size for *_, size in registered) <= pinned_bytes + len(registered) * (variants.PAGE + 13 * 512)
     assert all(read[k].data_ptr() % variants.PINNED_ALIGN == 0 for k in read if k.startswith("blocks."))
     assert read["norm.weight"].untyped_storage().data_ptr() not in blocks
+    gc.collect()
+    assert not any(c[0] == "unregister" for c in cudart.calls)  # the tensors hold their blocks
     del read
     gc.collect()
     assert sorted(c[1] for c in cudart.calls if c[0] == "unregister") == sorted(ptr for _, ptr, _ in registered)
