@@ -39,7 +39,7 @@ def main() -> None:
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     dropped = drop_page_cache()
     t = time.perf_counter()
-    state = variants._read_tensors(path, "cpu")
+    state = variants.read_tensors(path, "cpu")
     seconds = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     size = os.path.getsize(path)

@@ -74,8 +74,8 @@ def read_speed(folder: str) -> dict:
 
 def reader_check(cache: str) -> list[dict]:
     """Each cache file read twice from a dropped page cache: plain sequential reads (the disk), then the app's
-    reader (`variants._read_tensors`), so a slow load can be told apart from a slow disk."""
-    from fluxdepth_ui.pipeline.variants import _read_tensors
+    reader (`variants.read_tensors`), so a slow load can be told apart from a slow disk."""
+    from fluxdepth_ui.pipeline.variants import read_tensors
 
     out = []
     for root, _dirs, names in os.walk(cache):
@@ -92,7 +92,7 @@ def reader_check(cache: str) -> list[dict]:
             raw = time.perf_counter() - t
             drop_page_cache()
             t = time.perf_counter()
-            tensors = _read_tensors(path, "cpu")
+            tensors = read_tensors(path, "cpu")
             reader = time.perf_counter() - t
             del tensors
             out.append({"file": os.path.relpath(path, cache), "gb": round(size / 1e9, 2),

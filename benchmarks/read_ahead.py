@@ -5,7 +5,7 @@
 A safetensors file of `--gib` GiB of int8 tensors (a quantized cache's shape) is written once. Each run is a fresh
 process with the page cache dropped (root only; the JSON says whether it was): with or without `_prefetch` of the
 file, it imports what a load imports (diffusers' FluxControlPipeline and FluxTransformer2DModel, transformers'
-T5EncoderModel), then reads the file with the cache reader (`variants._read_tensors`). Runs alternate.
+T5EncoderModel), then reads the file with the cache reader (`variants.read_tensors`). Runs alternate.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ def child(path: str, ahead: bool) -> None:
     from transformers import T5EncoderModel  # noqa: F401
 
     t1 = time.perf_counter()
-    from fluxdepth_ui.pipeline.variants import _read_tensors
+    from fluxdepth_ui.pipeline.variants import read_tensors
 
-    _read_tensors(path, "cpu")
+    read_tensors(path, "cpu")
     t2 = time.perf_counter()
     print("ROW " + json.dumps({"read_ahead": ahead, "imports_s": round(t1 - t0, 2), "read_s": round(t2 - t1, 2),
                                "total_s": round(t2 - t0, 2)}), flush=True)

@@ -463,7 +463,7 @@ def test_a_cache_file_is_read_a_window_at_a_time_into_its_own_memory(tmp_path, m
     real_open = safetensors.safe_open
     monkeypatch.setattr(safetensors, "safe_open", lambda *a, **k: opens.append(a) or real_open(*a, **k))
     monkeypatch.setattr(variants, "READ_WINDOW", 3000)  # bytes: a few tensors per mapping
-    read = variants._read_tensors(path, "cpu")
+    read = variants.read_tensors(path, "cpu")
     expected = load_file(path)
     assert set(read) == set(expected)
     assert all(read[k].dtype == expected[k].dtype and torch.equal(read[k], expected[k]) for k in expected)
@@ -508,7 +508,7 @@ def test_streamed_tensors_are_read_into_page_locked_blocks_of_their_exact_size(t
     monkeypatch.setattr(torch.cuda, "cudart", lambda: cudart)
     monkeypatch.setattr(variants, "READ_WINDOW", 2000)  # bytes: several windows
     home = lambda key: variants.PINNED if key.startswith("blocks.") else "cpu"  # noqa: E731
-    read = variants._read_tensors(path, home)
+    read = variants.read_tensors(path, home)
     expected = load_file(path)
     assert set(read) == set(expected)
     assert all(read[k].dtype == expected[k].dtype and torch.equal(read[k], expected[k]) for k in expected)
@@ -530,7 +530,7 @@ def test_streamed_tensors_are_read_into_page_locked_blocks_of_their_exact_size(t
     monkeypatch.setattr(torch.cuda, "cudart", lambda: refused)
     pinned_one_by_one = []
     monkeypatch.setattr(variants, "_copy_home", lambda t, h: pinned_one_by_one.append(h) or t.clone())
-    again = variants._read_tensors(path, home)
+    again = variants.read_tensors(path, home)
     assert all(torch.equal(again[k], expected[k]) for k in expected)
     assert pinned_one_by_one.count(variants.PINNED) == 12 and not any(c[0] == "unregister" for c in refused.calls)
 
@@ -572,6 +572,65 @@ def test_a_later_start_plans_from_the_cache_skeletons_then_reads_each_tensor_to_
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache).load()
     assert len(planned) == 2 and not planned[1]["transformer"][1] and not planned[1]["text_encoder_2"][1]
+
+
+def _bf16_state(module) -> dict:
+    return {k: v.detach().to("cpu", torch.float32) for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_bf16_load_reads_the_model_folder_straight_to_each_tensors_home(tmp_path, depth, monkeypatch, sharded):
+    """Issue 26 (host memory), FLUXDEPTH_READ_FOLDER=1: the bf16 tier's transformer and T5 are planned as skeletons and
+    read from the model folder's safetensors (one file or an index of shards) straight to their homes, cast to the
+    pipeline's dtype, as `from_pretrained` loads them: the same weights, dtypes and tied embedding, the same image."""
+    from fluxdepth_ui.pipeline import variants
+
+    folder = tmp_path / "pipe"
+    pipe = FluxControlPipeline(**build_tiny_components(0))  # float32 weights: the read casts them to bf16
+    pipe.save_pretrained(folder, max_shard_size="40KB" if sharded else "10GB")
+    index = folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json"
+    assert index.exists() == sharded
+    reference = FluxControlPipeline.from_pretrained(folder, dtype=torch.bfloat16)
+    before = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c1")), depth)
+
+    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "1")
+    homes, messages, real_copy = [], [], variants._copy_home
+    monkeypatch.setattr(variants, "_copy_home", lambda tensor, home: homes.append(home) or real_copy(tensor, home))
+    manager = PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c2"))
+    manager.load(progress=lambda fraction, message: messages.append(message))
+    after = run(manager, depth)
+    assert "reading transformer from the model folder" in messages
+    assert "reading text_encoder_2 from the model folder" in messages
+    assert homes and set(map(str, homes)) == {"cpu"}  # no GPU here: the plan's home for everything is the host
+    for component in ("transformer", "text_encoder_2"):
+        mine, theirs = getattr(manager._pipe, component), getattr(reference, component)
+        assert {t.dtype for t in mine.parameters()} == {torch.bfloat16}
+        a, b = _bf16_state(mine), _bf16_state(theirs)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    t5 = manager._pipe.text_encoder_2
+    assert t5.encoder.embed_tokens.weight is t5.shared.weight  # tied, as transformers ties it
+    assert np.array_equal(pixels(before.image), pixels(after.image))
+
+
+def test_a_model_folder_that_does_not_match_its_skeleton_loads_through_from_pretrained(tmp_path, depth, monkeypatch,
+                                                                                      caplog):
+    """A weights file with a tensor the model does not have (or without one it needs) is not half-read into the
+    skeleton: the component loads through `from_pretrained` instead, with the same image."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    before = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c1")), depth)
+    path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    state["not_a_layer.weight"] = torch.zeros(2)
+    save_file(state, path)
+    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "1")
+    with caplog.at_level("WARNING", logger="fluxdepth_ui.pipeline.sources"):
+        after = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c2")), depth)
+    assert "reading transformer from" in caplog.text and "loading it with from_pretrained" in caplog.text
+    assert "not_a_layer.weight" in caplog.text
+    assert np.array_equal(pixels(before.image), pixels(after.image))
 
 
 def test_a_cache_whose_weights_turn_out_unreadable_is_quantized_again(tmp_path, depth):

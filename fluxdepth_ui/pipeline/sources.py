@@ -24,6 +24,7 @@ from ..defaults import DEFAULT_MODEL  # noqa: F401 - re-exported
 from .errors import ModelSourceError
 from .variants import QuantizedCache, Variant, quantize_component
 
+log = logging.getLogger(__name__)
 
 FLUX_DEV = "black-forest-labs/FLUX.1-dev"
 DEPTH_LORA = "black-forest-labs/FLUX.1-Depth-dev-lora"
@@ -151,17 +152,27 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     source_id = revision if source.kind == "hub" else _folder_fingerprint(folder)
     overrides: dict = {}
     notes: list[str] = []
-    entries: dict[str, _CacheEntry] = {}
-    skeletons: dict[str, torch.nn.Module] = {}  # cached components whose weights are read once the plan is made
+    skeletons: dict[str, torch.nn.Module] = {}  # components whose weights are read once the plan is made
+    fills: dict[str, Callable] = {}  # (skeleton, its tensors' home) -> the component with its weights
+    progress(0.3, f"preparing {variant.name} weights")
     if variant.transformer or variant.text_encoder_2:
-        progress(0.3, f"preparing {variant.name} weights")
         entries = _cache_entries(folder, source, variant, cache, source_id, token)
         for component, entry in entries.items():
             skeleton = _cached_skeleton(cache, entry, progress) if plan_homes is not None else None
             if skeleton is not None:
                 skeletons[component] = overrides[component] = skeleton
+                fills[component] = lambda skeleton, home, entry=entry: _filled(cache, entry, skeleton, home,
+                                                                                progress, notes, quantize_on)
             else:
                 overrides[component] = _cached_or_quantized(cache, entry, progress, notes, quantize_on)
+    if plan_homes is not None and read_folder_to_homes():
+        for component in _full_precision_components(source, variant):
+            files = _folder_weight_files(folder, component)
+            if files:
+                skeletons[component] = overrides[component] = _empty_component(component, _config(folder, component),
+                                                                               source.dtype)
+                fills[component] = lambda skeleton, home, component=component, files=files: _read_from_folder(
+                    folder, source, component, files, skeleton, home, progress, token)
     progress(0.6, "loading the remaining components")
     from diffusers import FluxControlPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -180,8 +191,7 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
         # Side by side: read ahead, each read is a copy to the GPU or into pinned memory, bound by one core's copy
         # speed rather than the disk's (docs/benchmarks.md "Session 35").
         with ThreadPoolExecutor(max_workers=len(skeletons), thread_name_prefix="fluxdepth-read") as pool:
-            reads = {component: pool.submit(_filled, cache, entries[component], skeleton, homes(component, skeleton),
-                                            progress, notes, quantize_on)
+            reads = {component: pool.submit(fills[component], skeleton, homes(component, skeleton))
                      for component, skeleton in skeletons.items()}
             for component, read in reads.items():
                 components[component] = read.result()
@@ -414,34 +424,114 @@ def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 def _cache_entries(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache, source_id: str,
                    token: str | None) -> dict[str, _CacheEntry]:
     """The cache entry of each component this tier quantizes, in load order."""
-    from accelerate import init_empty_weights
-    from diffusers import FluxTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
-
     out = {}
     for component, weights in _quantizable(variant):
         if not weights:
             continue
-        with open(os.path.join(folder, component, "config.json")) as fh:
-            config = json.load(fh)
+        config = _config(folder, component)
         if component == "transformer" and source.depth_lora:
             # The Depth LoRA widens x_embedder 64 -> 128; the output stays what the base had (None = in_channels).
             config = {**config, "in_channels": 128, "out_channels": config.get("out_channels") or config["in_channels"]}
         cache_folder, fp = _fingerprint(cache, source, source_id, component, weights, config)
-
-        def build_empty(component=component, config=config):
-            # Cast on the meta device: kept-precision layers (proj_out, x_embedder, ...) then load as the pipeline's
-            # dtype, and quanto's scales come out in it too.
-            with init_empty_weights(), _quiet_dtype_cast():
-                if component == "transformer":
-                    return FluxTransformer2DModel.from_config(config).to(source.dtype)
-                return T5EncoderModel(T5Config.from_dict(config)).to(source.dtype)
-
+        # Cast on the meta device: kept-precision layers (proj_out, x_embedder, ...) then load as the pipeline's
+        # dtype, and quanto's scales come out in it too.
+        build_empty = lambda component=component, config=config: _empty_component(component, config,  # noqa: E731
+                                                                                  source.dtype)
         out[component] = _CacheEntry(cache_folder, fp, build_empty,
                                      lambda component=component: _load_full_component(folder, source, component,
                                                                                        token),
                                      component, weights)
     return out
+
+
+def _config(folder: str, component: str) -> dict:
+    with open(os.path.join(folder, component, "config.json")) as fh:
+        return json.load(fh)
+
+
+def _empty_component(component: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformer or T5 of this config on the meta device, in `dtype`: its sizes known, no memory."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    with init_empty_weights(), _quiet_dtype_cast():
+        if component == "transformer":
+            return FluxTransformer2DModel.from_config(config).to(dtype)
+        return T5EncoderModel(T5Config.from_dict(config)).to(dtype)
+
+
+# --- full-precision components read from the model folder into their homes -------------------------------------
+
+# The weight files diffusers (the transformer) and transformers (T5) load from a component's folder, without a
+# variant infix: one file, or an index of shards.
+_FOLDER_WEIGHTS = {
+    "transformer": ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json"),
+    "text_encoder_2": ("model.safetensors", "model.safetensors.index.json"),
+}
+
+
+def read_folder_to_homes() -> bool:
+    """Whether a full-precision transformer and T5 are read from the model folder straight to their homes, like a
+    quantized cache (FLUXDEPTH_READ_FOLDER=1). Off by default: not yet measured on a GPU (docs/vram.md)."""
+    return os.environ.get("FLUXDEPTH_READ_FOLDER", "0") == "1"
+
+
+def _full_precision_components(source: ModelSource, variant: Variant) -> list[str]:
+    """The components this tier takes from the folder as they are: T5 unless quantized, the transformer unless
+    quantized (fp8 quantizes it on the GPU from the host copy) or made by fusing the Depth LoRA."""
+    out = []
+    if variant.transformer is None and not variant.fp8 and not source.depth_lora:
+        out.append("transformer")
+    if variant.text_encoder_2 is None and source.dtype != torch.float16:  # fp16 keeps T5's `wo` in fp32
+        out.append("text_encoder_2")
+    return out
+
+
+def _folder_weight_files(folder: str, component: str) -> list[str] | None:
+    """The component's safetensors files in the folder, or None (then it loads through from_pretrained)."""
+    single, index = _FOLDER_WEIGHTS[component]
+    where = os.path.join(folder, component)
+    try:
+        if os.path.isfile(os.path.join(where, index)):
+            with open(os.path.join(where, index)) as fh:
+                names = sorted(set(json.load(fh)["weight_map"].values()))
+            files = [os.path.join(where, name) for name in names]
+            return files if all(os.path.isfile(f) for f in files) else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    path = os.path.join(where, single)
+    return [path] if os.path.isfile(path) else None
+
+
+def _read_from_folder(folder: str, source: ModelSource, component: str, files: list[str], skeleton: torch.nn.Module,
+                      home, progress: ProgressFn, token: str | None) -> torch.nn.Module:
+    """The skeleton with the folder's weights read into it, each tensor cast to the pipeline's dtype and put at its
+    home (`variants.read_tensors`), as diffusers' and transformers' `from_pretrained` would load it but without a
+    host copy of what lives on the GPU. Where the files do not match the skeleton exactly, the component loads
+    through `from_pretrained` after all (on the host, placed afterwards)."""
+    from safetensors import SafetensorError
+
+    from .variants import read_tensors
+
+    progress(0.35, f"reading {component} from the model folder")
+    try:
+        state: dict[str, torch.Tensor] = {}
+        for path in files:
+            state.update(read_tensors(path, home, dtype=source.dtype))
+        missing, unexpected = skeleton.load_state_dict(state, strict=False, assign=True)
+        del state
+        if hasattr(skeleton, "tie_weights"):  # transformers: T5's encoder.embed_tokens is its `shared` embedding
+            skeleton.tie_weights()
+        left_empty = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
+        if unexpected or left_empty:
+            raise ValueError(f"unexpected {unexpected[:2]}, not in the files {left_empty[:2]}")
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        log.warning("reading %s from %s failed (%s): loading it with from_pretrained", component, folder,
+                    " ".join(str(exc).split())[:300])
+        return _load_full_component(folder, source, component, token)
+    skeleton.eval()
+    return skeleton
 
 
 class _quiet_dtype_cast:

@@ -234,12 +234,12 @@ class QuantizedCache:
         return module
 
     def fill(self, folder: str, module: torch.nn.Module, home: TensorHome = "cpu") -> torch.nn.Module | None:
-        """`open`'s skeleton with the cached weights read into it, each tensor straight to its home (`_read_tensors`).
+        """`open`'s skeleton with the cached weights read into it, each tensor straight to its home (`read_tensors`).
         None when the file cannot be read or does not fit (the entry is removed)."""
         from safetensors import SafetensorError
 
         try:
-            state = _read_tensors(os.path.join(folder, self.WEIGHTS), home)
+            state = read_tensors(os.path.join(folder, self.WEIGHTS), home)
             with open(os.path.join(folder, "aliases.json")) as fh:
                 for alias, kept in json.load(fh).items():
                     state[alias] = state[kept]
@@ -311,12 +311,13 @@ def _reject(folder: str, why: str) -> None:
     return None
 
 
-READ_WINDOW = 256 << 20  # bytes of the file mapped at once while a cache is read (_read_tensors)
+READ_WINDOW = 256 << 20  # bytes of the file mapped at once while a cache is read (read_tensors)
 
 
-def _read_tensors(path: str, home: TensorHome) -> dict[str, torch.Tensor]:
+def read_tensors(path: str, home: TensorHome, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, each in its own freshly allocated (aligned) memory at its home: a device,
-    PINNED, or a function of the tensor's name giving one (a memory plan's homes, budget.tensor_homes).
+    PINNED, or a function of the tensor's name giving one (a memory plan's homes, budget.tensor_homes). `dtype`:
+    floating-point tensors are cast to it first, as `from_pretrained(dtype=...)` does.
 
     Tensors viewed straight out of the file sit at arbitrary byte offsets, and CPU matmul kernels take other code
     paths for unaligned memory: the last bits of the output would then differ from the run that wrote the cache.
@@ -338,6 +339,8 @@ def _read_tensors(path: str, home: TensorHome) -> dict[str, torch.Tensor]:
             while pending and copied < READ_WINDOW:
                 key = pending.pop()
                 tensor = fh.get_tensor(key)
+                if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
+                    tensor = tensor.to(dtype)
                 where = home_of(key)
                 if where == PINNED:
                     pinned.append((key, tensor))
