@@ -580,9 +580,10 @@ def _bf16_state(module) -> dict:
 
 @pytest.mark.parametrize("sharded", [False, True])
 def test_a_bf16_load_reads_the_model_folder_straight_to_each_tensors_home(tmp_path, depth, monkeypatch, sharded):
-    """Issue 26 (host memory), FLUXDEPTH_READ_FOLDER=1: the bf16 tier's transformer and T5 are planned as skeletons and
-    read from the model folder's safetensors (one file or an index of shards) straight to their homes, cast to the
-    pipeline's dtype, as `from_pretrained` loads them: the same weights, dtypes and tied embedding, the same image."""
+    """Issue 26 (host memory): the bf16 tier's transformer and T5 are planned as skeletons and read from the model
+    folder's safetensors (one file or an index of shards) straight to their homes, cast to the pipeline's dtype, as
+    `from_pretrained` loads them (FLUXDEPTH_READ_FOLDER=0, the way before): the same weights, dtypes and tied
+    embedding, the same image."""
     from fluxdepth_ui.pipeline import variants
 
     folder = tmp_path / "pipe"
@@ -591,9 +592,10 @@ def test_a_bf16_load_reads_the_model_folder_straight_to_each_tensors_home(tmp_pa
     index = folder / "transformer" / "diffusion_pytorch_model.safetensors.index.json"
     assert index.exists() == sharded
     reference = FluxControlPipeline.from_pretrained(folder, dtype=torch.bfloat16)
+    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "0")
     before = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c1")), depth)
 
-    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "1")
+    monkeypatch.delenv("FLUXDEPTH_READ_FOLDER")
     homes, messages, real_copy = [], [], variants._copy_home
     monkeypatch.setattr(variants, "_copy_home", lambda tensor, home: homes.append(home) or real_copy(tensor, home))
     manager = PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c2"))
@@ -620,12 +622,13 @@ def test_a_model_folder_that_does_not_match_its_skeleton_loads_through_from_pret
 
     folder = tmp_path / "pipe"
     FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "0")
     before = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c1")), depth)
     path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
     state = load_file(path)
     state["not_a_layer.weight"] = torch.zeros(2)
     save_file(state, path)
-    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "1")
+    monkeypatch.delenv("FLUXDEPTH_READ_FOLDER")
     with caplog.at_level("WARNING", logger="fluxdepth_ui.pipeline.sources"):
         after = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c2")), depth)
     assert "reading transformer from" in caplog.text and "loading it with from_pretrained" in caplog.text

@@ -473,8 +473,10 @@ _FOLDER_WEIGHTS = {
 
 def read_folder_to_homes() -> bool:
     """Whether a full-precision transformer and T5 are read from the model folder straight to their homes, like a
-    quantized cache (FLUXDEPTH_READ_FOLDER=1). Off by default: not yet measured on a GPU (docs/vram.md)."""
-    return os.environ.get("FLUXDEPTH_READ_FOLDER", "0") == "1"
+    quantized cache; FLUXDEPTH_READ_FOLDER=0 loads them through `from_pretrained` on the host first, as before.
+    Measured on the lent H100: bf16's peak host memory 1.99 GiB fully resident, 27.5 GiB under a 12 GiB budget
+    (docs/benchmarks.md "Session 36", docs/vram.md)."""
+    return os.environ.get("FLUXDEPTH_READ_FOLDER", "1") != "0"
 
 
 def _full_precision_components(source: ModelSource, variant: Variant) -> list[str]:
