@@ -8,7 +8,8 @@ A variant is `bf16` (eager, diffusers' default attention, and the same with cuDN
 (torchao's inductor options: coordinate-descent tuning), `graphs` (CUDA graphs: `mode="reduce-overhead"`), `fa3`
 (bf16 attention through Flash-Attention 3, diffusers' `_flash_3` backend; `bf16+fa3` times it eager too), `fp8attn`
 (fp8 attention: torchao's `apply_low_precision_attention`, FP8_FA3), `graphed` (the whole compiled call in one
-CUDA graph, `GraphedCall`). `fa3` and `fp8attn` need the Flash-Attention 3 wheel that benchmarks/build_fa3.sh builds
+CUDA graph, `GraphedCall`), `pertensor` (one fp8 scale per weight and per activation: cuBLAS's kernels instead of
+the rowwise ones). `fa3` and `fp8attn` need the Flash-Attention 3 wheel that benchmarks/build_fa3.sh builds
 (`.whl-extra/`). Each child
 gets new, empty inductor and Triton caches (a cold compile), builds the FLUX.1-Depth-dev-shaped random-weight
 transformer on the GPU, records the bf16 eager output, applies the variant through the app's own functions
@@ -118,7 +119,7 @@ def run_child(variant: str, artifacts: str, load: bool) -> dict:
         transformer.set_attention_backend("_flash_3")
     os.environ["FLUXDEPTH_COMPILE_TUNING"] = "1" if "tune" in opts else "0"
     t = time.perf_counter()
-    fp8_quantize_transformer(transformer, torch.device("cuda"), TRANSFORMER_EXCLUDE)
+    fp8_quantize_transformer(transformer, torch.device("cuda"), TRANSFORMER_EXCLUDE, per_tensor="pertensor" in opts)
     sync()
     row["quantize_s"] = round(time.perf_counter() - t, 1)
     if "fp8attn" in opts:  # fp8 attention: torchao's FP8_FA3 wraps the model (before compiling)

@@ -81,6 +81,7 @@ def test_fp8_takes_torchaos_tuned_compile_options_unless_turned_off(monkeypatch)
     configs = []
     quantization = types.ModuleType("torchao.quantization")
     quantization.PerRow = lambda: "per-row"
+    quantization.PerTensor = lambda: "per-tensor"
     quantization.Float8DynamicActivationFloat8WeightConfig = lambda **kw: configs.append(kw) or kw
     quantization.quantize_ = lambda module, config, filter_fn=None: None
     monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
@@ -93,6 +94,8 @@ def test_fp8_takes_torchaos_tuned_compile_options_unless_turned_off(monkeypatch)
     # Off unless asked for: the tuning cost minutes of cold compile for no faster steps (docs/benchmarks.md).
     assert [c["set_inductor_config"] for c in configs] == [False, True]
     assert all(c["granularity"] == "per-row" for c in configs)
+    speed.fp8_quantize_transformer(transformer, torch.device("cpu"), (), per_tensor=True)  # the benchmarks' option
+    assert configs[-1]["granularity"] == "per-tensor"
 
 
 def test_fp8_quantizes_a_streamed_transformer_one_block_on_the_card_at_a_time(monkeypatch):

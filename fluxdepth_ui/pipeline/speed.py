@@ -119,8 +119,11 @@ def outside_blocks(transformer: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
-                             exclude: tuple[str, ...], keep_on_gpu: bool = True) -> torch.nn.Module:
-    """fp8 (e4m3) weights with a scale per output row, activations quantized per token at run time (torchao).
+                             exclude: tuple[str, ...], keep_on_gpu: bool = True,
+                             per_tensor: bool = False) -> torch.nn.Module:
+    """fp8 (e4m3) weights with a scale per output row, activations quantized per token at run time (torchao);
+    `per_tensor`: one scale per weight and per activation instead (cuBLAS's fp8 kernels; benchmarks only so far,
+    docs/benchmarks.md "Session 36").
 
     Block by block on the GPU, so the bf16 transformer is never whole on the card: the peak is the fp8 weights plus
     one bf16 block. With `keep_on_gpu=False` (a VRAM budget streams the transformer) each quantized block goes back
@@ -128,10 +131,14 @@ def fp8_quantize_transformer(transformer: torch.nn.Module, device: torch.device,
     """
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
+    if per_tensor:
+        from torchao.quantization import PerTensor
+
     # torchao's recommended inductor options (coordinate-descent tuning, TF32 for float32 matmuls, for the whole
     # process) only with FLUXDEPTH_COMPILE_TUNING=1: they cost minutes of cold compile and bought no step time here
     # (compile_tuning); compiled packages are keyed by them (aot.py).
-    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=compile_tuning())
+    config = Float8DynamicActivationFloat8WeightConfig(granularity=PerTensor() if per_tensor else PerRow(),
+                                                       set_inductor_config=compile_tuning())
 
     def wanted(module: torch.nn.Module, name: str) -> bool:
         return isinstance(module, torch.nn.Linear) and name not in exclude
