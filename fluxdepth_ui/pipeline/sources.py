@@ -133,8 +133,9 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
                plan_homes: PlanHomes | None = None) -> LoadedModel:
     """Load every component, with the variant's quantization applied (from the cache when it matches).
 
-    On the CPU, unless `plan_homes` is given: then a cached component's weights are read last, each tensor straight
-    to where `plan_homes` says (a GPU, pinned host memory): no host copy of the weights that live on the GPU.
+    On the CPU, unless `plan_homes` is given: then the weights of a cached component, and of a full-precision
+    transformer or T5 from the model folder (`read_folder_to_homes`), are read last, each tensor straight to where
+    `plan_homes` says (a GPU, pinned host memory): no host copy of the weights that live on the GPU.
     `quantize_on`: the GPU that quantizes (block by block) when there is no cache yet; None quantizes on the CPU."""
     if source.kind == "tiny":
         from .tiny import build_tiny_components
