@@ -11,8 +11,8 @@ from fluxdepth_ui.cli import main
 from fluxdepth_ui.depth import DepthSettings, prepare_depth
 from fluxdepth_ui.pipeline import GenerationSettings, ModelSource, PipelineError, PipelineManager, control_tensor
 from fluxdepth_ui.pipeline.budget import (
-    DENOISER_SHARE, GIB, HEADROOM, MIN_HEADROOM, STREAM_GROUPS, MemoryPlan, apply_memory_plan, parse_budget,
-    plan_memory, tensor_homes, transformer_block_sizes,
+    DENOISER_SHARE, GIB, HEADROOM, MIN_HEADROOM, STREAM_GROUPS, MemoryPlan, apply_memory_plan, faster_tier_hint,
+    parse_budget, plan_memory, tensor_homes, transformer_block_sizes,
 )
 from fluxdepth_ui.pipeline.placement import module_bytes
 from fluxdepth_ui.pipeline.tiny import build_tiny_components
@@ -271,12 +271,24 @@ def streamed_blocks(manager) -> int:
     return 0 if "transformer" in plan.resident else plan.total_blocks - len(plan.resident_blocks)
 
 
+def test_only_a_streaming_bf16_transformer_suggests_a_quantized_tier():
+    from dataclasses import replace
+
+    plan = MemoryPlan(12 * GIB, ("text_encoder", "vae"), ("transformer", "text_encoder_2"), resident_blocks=(0, 2),
+                      total_blocks=4, streamed_bytes_per_step=int(16.5 * GIB), variant="bf16")
+    assert faster_tier_hint(plan).startswith("bf16 streams 16.5 GiB of its transformer")
+    assert faster_tier_hint(replace(plan, variant="qint8")) is None  # already the smaller tier
+    assert faster_tier_hint(replace(plan, streamed=("text_encoder_2",))) is None  # only T5 on demand: no step cost
+    assert faster_tier_hint(None) is None
+
+
 def test_auto_plans_everything_resident_when_the_card_has_room(tmp_path, control):
     card = FakeCard(64 * GIB)
     manager = card_manager(tmp_path, card, headroom=1.5)
     result = manager.generate(control, GenerationSettings("a hall", seed=3, steps=1))
     assert manager._plan.streamed == () and manager._plan.budget == int(62.5 * GIB)  # the headroom is left
     assert result.metadata.placement == "budget" and "kept for other programs" in manager.status()["placement_reason"]
+    assert not any("qint8" in note for note in result.metadata.notes)  # nothing streams: no tier to suggest
 
 
 def test_auto_streams_blocks_instead_of_offloading_when_the_card_is_short(tmp_path, control):
@@ -287,6 +299,9 @@ def test_auto_streams_blocks_instead_of_offloading_when_the_card_is_short(tmp_pa
     result = manager.generate(control, GenerationSettings("a hall", seed=3, steps=1))
     assert manager._plan.budget == budget and 0 < streamed_blocks(manager) < manager._plan.total_blocks
     assert result.metadata.placement == "budget" and "blocks resident" in result.metadata.memory_plan
+    # bf16's blocks cross the bus every step: the image's notes say so and name the tiers that keep them on the card.
+    hint = [note for note in result.metadata.notes if note.startswith("bf16 streams")]
+    assert len(hint) == 1 and "qint8" in hint[0] and "qint4" in hint[0]
     reference = card_manager(tmp_path, FakeCard(None)).generate(control, GenerationSettings("a hall", seed=3, steps=1))
     assert reference.metadata.placement == "cpu"  # no reading (not a GPU): the old placement rule
     np.testing.assert_array_equal(result.pixels, reference.pixels)
@@ -309,6 +324,9 @@ def test_a_card_that_shrinks_and_grows_between_images_is_re_planned_with_the_sam
     card.available = roomy + 8 * GIB  # and gave it back: up again, between images
     third = manager.generate(control, settings, load_progress=lambda f, m: messages.append(m))
     assert streamed_blocks(manager) == 0 and any("re-planning up" in m for m in messages)
+    # The hint follows the plan of each image: there while the blocks streamed, gone once they fit again.
+    assert [any(n.startswith("bf16 streams") for n in r.metadata.notes) for r in (first, second, third)] == [
+        False, True, False]
     np.testing.assert_array_equal(first.pixels, second.pixels)
     np.testing.assert_array_equal(first.pixels, third.pixels)
     readings = card.readings

@@ -41,7 +41,7 @@ from .placement import (
 from .sources import LoadedModel, ModelSource, load_model
 from .budget import (
     GIB, UNSTREAMABLE_TIERS, MemoryPlan, apply_memory_plan, available_bytes, enforce_budget, parse_budget,
-    plan_memory, remove_memory_plan, resolve_budget, tensor_homes, transformer_block_sizes,
+    faster_tier_hint, plan_memory, remove_memory_plan, resolve_budget, tensor_homes, transformer_block_sizes,
 )
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
@@ -797,7 +797,8 @@ class PipelineManager:
             device=str(self._device),
             seconds=round(seconds, 3),
             notes=((self.source.label,) if self.source.kind == "tiny" else ())
-            + tuple(note for f, _ in loras for note in f.notes),
+            + tuple(note for f, _ in loras for note in f.notes)
+            + tuple(hint for hint in (faster_tier_hint(self._plan),) if hint),
         )
 
     def _denoise(self, pipe, kwargs: dict, step_end, seed: int, size: tuple[int, int],
