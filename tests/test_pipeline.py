@@ -636,6 +636,25 @@ def test_a_model_folder_that_does_not_match_its_skeleton_loads_through_from_pret
     assert np.array_equal(pixels(before.image), pixels(after.image))
 
 
+def test_running_out_of_gpu_memory_while_reading_the_folder_is_reported_not_retried(tmp_path, monkeypatch):
+    """A forced placement the card cannot hold fails while the folder is read straight to the GPU: that is the
+    load's out-of-memory message (naming the smaller tiers), not a second load of 33 GB through from_pretrained."""
+    from fluxdepth_ui.pipeline import OutOfMemoryError, sources, variants
+
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+
+    def full_card(path, home, dtype=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 72.00 MiB")
+
+    monkeypatch.setattr(variants, "read_tensors", full_card)
+    monkeypatch.setattr(sources, "_load_full_component", lambda *a, **k: pytest.fail("loaded a second time"))
+    manager = PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c"))
+    with pytest.raises(OutOfMemoryError, match="choose qint8 or qint4"):
+        manager.load()
+    assert not manager.loaded
+
+
 def test_a_cache_whose_weights_turn_out_unreadable_is_quantized_again(tmp_path, depth):
     """The skeleton comes from the cache's small files; should its weights file then fail to read, the entry is
     removed and the component quantized again: the same image, and a good cache for the next start."""

@@ -529,6 +529,8 @@ def _read_from_folder(folder: str, source: ModelSource, component: str, files: l
         left_empty = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
         if unexpected or left_empty:
             raise ValueError(f"unexpected {unexpected[:2]}, not in the files {left_empty[:2]}")
+    except torch.OutOfMemoryError:
+        raise  # the card cannot hold what the plan put there: the manager reports it (from_pretrained would not help)
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         log.warning("reading %s from %s failed (%s): loading it with from_pretrained", component, folder,
                     " ".join(str(exc).split())[:300])
