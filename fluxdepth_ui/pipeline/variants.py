@@ -386,7 +386,10 @@ class _RegisteredHostMemory(np.ndarray):
 
     def __del__(self):
         if getattr(self, "registered", False):
-            torch.cuda.cudart().cudaHostUnregister(self.ctypes.data)
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self.ctypes.data)
+            except Exception:  # noqa: BLE001 - at interpreter exit CUDA may be gone; the process frees it anyway
+                pass
 
 
 def _registered_host_block(nbytes: int) -> torch.Tensor | None:
