@@ -744,6 +744,9 @@ def test_a_warm_up_reads_ahead_and_imports_for_the_first_load_and_loads_nothing(
     assert opened == ["transformer-qint8", "text_encoder_2-qint8"]  # the load did not read them ahead again
     assert np.array_equal(pixels(first.image), pixels(later.image))
     assert manager.warm_up() is None
+    with monkeypatch.context() as zerogpu:  # there the model loads at start-up: nothing to warm
+        zerogpu.setenv("SPACES_ZERO_GPU", "true")
+        assert PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache).warm_up() is None
     again = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
     run(again, depth)
     join_reads()

@@ -306,8 +306,9 @@ class PipelineManager:
     def warm_up(self) -> threading.Thread | None:
         """While the artist sets up the first shot: read the model's files into the OS cache and import what a load
         imports, in a background thread (`sources.warm_up`). Nothing goes to the GPU and no memory is held; a load
-        waits for the thread's imports rather than importing beside it. None when there is nothing to warm."""
-        if self.loaded or self._loader is not None:
+        waits for the thread's imports rather than importing beside it. None when there is nothing to warm (on
+        ZeroGPU the model loads at start-up)."""
+        if self.loaded or self._loader is not None or on_zerogpu():
             return None
         from .sources import warm_up
 

@@ -7,6 +7,7 @@ offline with nothing cached, no disk space, a folder that is not a FLUX control 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import logging
@@ -162,8 +163,8 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
             skeleton = _cached_skeleton(cache, entry, progress) if plan_homes is not None else None
             if skeleton is not None:
                 skeletons[component] = overrides[component] = skeleton
-                fills[component] = lambda skeleton, home, entry=entry: _filled(cache, entry, skeleton, home,
-                                                                                progress, notes, quantize_on)
+                fills[component] = functools.partial(_filled, cache, entry, progress=progress, notes=notes,
+                                                     quantize_on=quantize_on)
             else:
                 overrides[component] = _cached_or_quantized(cache, entry, progress, notes, quantize_on)
     if plan_homes is not None and read_folder_to_homes():
@@ -172,8 +173,8 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
             if files:
                 skeletons[component] = overrides[component] = _empty_component(component, _config(folder, component),
                                                                                source.dtype)
-                fills[component] = lambda skeleton, home, component=component, files=files: _read_from_folder(
-                    folder, source, component, files, skeleton, home, progress, token)
+                fills[component] = functools.partial(_read_from_folder, folder, source, component, files,
+                                                     progress=progress, token=token)
     progress(0.6, "loading the remaining components")
     from diffusers import FluxControlPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -220,13 +221,8 @@ def _files_to_read(source: ModelSource, variant: Variant, cache: QuantizedCache)
             continue
         if not folders:
             folders.append(source.model if source.kind == "local" else _cached_snapshot(source))
-        folder = folders[0]
-        if folder:
-            subfolder = os.path.join(folder, component)
-            if os.path.isdir(subfolder):
-                # diffusers reads the files without a variant infix ("model.fp16.safetensors" is another copy)
-                paths += sorted(os.path.join(subfolder, n) for n in os.listdir(subfolder)
-                                if n.endswith(".safetensors") and n.count(".") == 1)
+        if folders[0]:
+            paths += _folder_weight_files(folders[0], component) or []
     return paths
 
 
@@ -399,7 +395,7 @@ def _cached_skeleton(cache: QuantizedCache, entry: _CacheEntry, progress: Progre
         return cache.open(entry.folder, entry.fingerprint, entry.build_empty)
 
 
-def _filled(cache: QuantizedCache, entry: _CacheEntry, skeleton: torch.nn.Module, home, progress: ProgressFn,
+def _filled(cache: QuantizedCache, entry: _CacheEntry, skeleton: torch.nn.Module, home, *, progress: ProgressFn,
             notes: list[str], quantize_on: torch.device | None) -> torch.nn.Module:
     """The skeleton with the cached weights read into it, each tensor to its home; a cache that turns out unreadable
     is removed and the component quantized again (on the host, as without a plan)."""
@@ -414,12 +410,17 @@ def _filled(cache: QuantizedCache, entry: _CacheEntry, skeleton: torch.nn.Module
 
 def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """A module of the same class and config with its parameters on the meta device (no memory)."""
+    return _empty_model(type(module), module.config, dtype)
+
+
+def _empty_model(cls, config, dtype: torch.dtype) -> torch.nn.Module:
+    """`cls` made from `config` on the meta device, in `dtype`: its sizes known, no memory."""
     from accelerate import init_empty_weights
 
     with init_empty_weights(), _quiet_dtype_cast():
-        if hasattr(module, "from_config") and hasattr(module.config, "keys"):  # diffusers model
-            return type(module).from_config(module.config).to(dtype)
-        return type(module)(module.config).to(dtype)  # transformers model
+        if hasattr(cls, "from_config") and hasattr(config, "keys"):  # diffusers model
+            return cls.from_config(config).to(dtype)
+        return cls(config).to(dtype)  # transformers model
 
 
 def _cache_entries(folder: str, source: ModelSource, variant: Variant, cache: QuantizedCache, source_id: str,
@@ -436,11 +437,9 @@ def _cache_entries(folder: str, source: ModelSource, variant: Variant, cache: Qu
         cache_folder, fp = _fingerprint(cache, source, source_id, component, weights, config)
         # Cast on the meta device: kept-precision layers (proj_out, x_embedder, ...) then load as the pipeline's
         # dtype, and quanto's scales come out in it too.
-        build_empty = lambda component=component, config=config: _empty_component(component, config,  # noqa: E731
-                                                                                  source.dtype)
-        out[component] = _CacheEntry(cache_folder, fp, build_empty,
-                                     lambda component=component: _load_full_component(folder, source, component,
-                                                                                       token),
+        out[component] = _CacheEntry(cache_folder, fp,
+                                     functools.partial(_empty_component, component, config, source.dtype),
+                                     functools.partial(_load_full_component, folder, source, component, token),
                                      component, weights)
     return out
 
@@ -451,15 +450,13 @@ def _config(folder: str, component: str) -> dict:
 
 
 def _empty_component(component: str, config: dict, dtype: torch.dtype) -> torch.nn.Module:
-    """The transformer or T5 of this config on the meta device, in `dtype`: its sizes known, no memory."""
-    from accelerate import init_empty_weights
+    """The transformer or T5 of this config (the folder's config.json) as `_empty_model` makes it."""
     from diffusers import FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
-    with init_empty_weights(), _quiet_dtype_cast():
-        if component == "transformer":
-            return FluxTransformer2DModel.from_config(config).to(dtype)
-        return T5EncoderModel(T5Config.from_dict(config)).to(dtype)
+    if component == "transformer":
+        return _empty_model(FluxTransformer2DModel, config, dtype)
+    return _empty_model(T5EncoderModel, T5Config.from_dict(config), dtype)
 
 
 # --- full-precision components read from the model folder into their homes -------------------------------------
@@ -508,25 +505,25 @@ def _folder_weight_files(folder: str, component: str) -> list[str] | None:
 
 
 def _read_from_folder(folder: str, source: ModelSource, component: str, files: list[str], skeleton: torch.nn.Module,
-                      home, progress: ProgressFn, token: str | None) -> torch.nn.Module:
+                      home, *, progress: ProgressFn, token: str | None) -> torch.nn.Module:
     """The skeleton with the folder's weights read into it, each tensor cast to the pipeline's dtype and put at its
     home (`variants.read_tensors`), as diffusers' and transformers' `from_pretrained` would load it but without a
     host copy of what lives on the GPU. Where the files do not match the skeleton exactly, the component loads
     through `from_pretrained` after all (on the host, placed afterwards)."""
     from safetensors import SafetensorError
 
-    from .variants import read_tensors
+    from .variants import meta_tensor_names, read_tensors
 
     progress(0.35, f"reading {component} from the model folder")
     try:
         state: dict[str, torch.Tensor] = {}
         for path in files:
             state.update(read_tensors(path, home, dtype=source.dtype))
-        missing, unexpected = skeleton.load_state_dict(state, strict=False, assign=True)
+        unexpected = skeleton.load_state_dict(state, strict=False, assign=True).unexpected_keys
         del state
         if hasattr(skeleton, "tie_weights"):  # transformers: T5's encoder.embed_tokens is its `shared` embedding
             skeleton.tie_weights()
-        left_empty = [n for n, t in [*skeleton.named_parameters(), *skeleton.named_buffers()] if t.is_meta]
+        left_empty = meta_tensor_names(skeleton)
         if unexpected or left_empty:
             raise ValueError(f"unexpected {unexpected[:2]}, not in the files {left_empty[:2]}")
     except torch.OutOfMemoryError:

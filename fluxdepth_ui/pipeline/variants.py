@@ -250,7 +250,7 @@ class QuantizedCache:
             module.load_state_dict(state, strict=True, assign=True)
         except RuntimeError as exc:
             return _reject(folder, f"does not fit the model ({' '.join(str(exc).split())[:300]})")
-        left_empty = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        left_empty = meta_tensor_names(module)
         if left_empty:  # a non-persistent buffer the state dict cannot carry: the module would not run
             return _reject(folder, f"cannot restore {left_empty[0]}")
         module.eval()
@@ -303,6 +303,11 @@ def _module_dtype(module: torch.nn.Module) -> torch.dtype:
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
+
+
+def meta_tensor_names(module: torch.nn.Module) -> list[str]:
+    """The parameters and buffers of a skeleton its weights did not reach (still on the meta device)."""
+    return [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
 
 
 def _reject(folder: str, why: str) -> None:

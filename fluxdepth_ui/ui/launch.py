@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     # quiet: gradio's own lines would tell the artist to "set share=True in launch()"; ours name our flag.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, footer_links=["api", "settings"],
                 quiet=True, prevent_thread_lock=True, **launch_options(studio, auth))
-    if not os.environ.get("SPACES_ZERO_GPU"):  # (there the model loaded at start-up)
-        studio.manager.warm_up()  # the first Generate finds the libraries imported and the weights read ahead
+    studio.manager.warm_up()  # the first Generate finds the libraries imported and the weights read ahead
     print(f"FluxDepth Studio on {demo.local_url}", file=sys.stderr)
     if demo.share_url:
         print(f"public link (about a week; anyone with it can use this studio): {demo.share_url}", file=sys.stderr)
