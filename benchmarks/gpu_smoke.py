@@ -9,7 +9,9 @@ random-weight components (benchmarks/configs), 1024x1024, 3 steps, two images (t
   bf16, qint8, qint4          the precision tiers, resident on the GPU
   fp8-cold                    fp8 (always compiled) in an empty cache folder: a fresh machine
   fp8-warm-loras              fp8 again with that cache folder (a later start: torch's saved compile artifacts), then
-                              step times with no, one and three style LoRAs (rank 8 on every projection of all blocks)
+                              step times with no, one and three style LoRAs (rank 8 on every projection of all blocks);
+                              CUDA graphs (pipeline/graphs.py): images with and without them, with no LoRA, a LoRA and
+                              a new scale, must match (max abs pixel difference <= 1/255), and the step time of both
   bf16-compile                --compile on bf16
   bf16-budget-12gib           bf16 under a 12 GiB VRAM budget (the transformer streams; a 12 GB card)
   qint8-follow                qint8 with --vram-budget follow: planned by the card's free memory before every image
@@ -136,6 +138,8 @@ def run_case(name: str, work: str) -> dict:
     if case.get("loras"):
         row["lora_mb"] = [write_lora(os.path.join(lora_dir, f"style{i}.safetensors"),
                                      manager._pipe.transformer, i, rank=8) for i in range(3)]
+        if manager._graphed is not None:
+            row["graphs"] = graphs_check(manager, control, image, GenerationSettings, StyleLora)
         one = (StyleLora("style0.safetensors", 0.8),)
         three = tuple(StyleLora(f"style{i}.safetensors", 0.5) for i in range(3))
         t0 = time.perf_counter()
@@ -146,8 +150,47 @@ def run_case(name: str, work: str) -> dict:
         row["lora_rows_s"] = round(time.perf_counter() - t0, 1)
     status = manager.status()
     row.update(peak_gib=round(torch.cuda.max_memory_allocated() / GIB, 2), compiled=status["compiled"],
+               cuda_graphs=status["cuda_graphs"],
                placement=status["placement"], notes=status["notes"][-3:], messages=messages[-4:])
     return row
+
+
+def graphs_check(manager, control, image, GenerationSettings, StyleLora) -> dict:
+    """Images replayed from CUDA graphs against the same load with graphs off: no LoRA, a LoRA (a new set: the graphs
+    must be dropped), a new scale (read from its tensor by the replay), no LoRA again."""
+    import numpy as np
+
+    from pipeline_gpu import PROMPT
+    from production_gpu import median_step
+
+    wrapper = manager._graphed
+    shots = [(), (StyleLora("style0.safetensors", 0.8),), (StyleLora("style0.safetensors", 0.3),), ()]
+    found: dict = {"replays_before": wrapper.replays, "max_abs": []}
+    with_graphs = []
+    for loras in shots:
+        pixels = []
+        for on in (True, False):
+            wrapper.wanted = manager._graphs_wanted if on else (lambda: False)
+            image(GenerationSettings(PROMPT, seed=5, steps=STEPS, loras=loras))
+            pixels.append(image.last.pixels)
+        with_graphs.append(pixels[0])
+        found["max_abs"].append(round(float(np.abs(pixels[0] - pixels[1]).max()), 5))
+    # Each LoRA change shows in the replayed images (a graph kept past a change would repeat the image before).
+    found["change_mean_abs"] = [round(float(np.abs(a - b).mean()), 5) for a, b in zip(with_graphs, with_graphs[1:])]
+    wrapper.wanted = manager._graphs_wanted
+    found["replays"] = wrapper.replays - found["replays_before"]
+    found["status"] = manager.status()["cuda_graphs"]
+    found["step_ms_on"] = median_step(manager, control)
+    wrapper.wanted = lambda: False
+    found["step_ms_off"] = median_step(manager, control)
+    wrapper.wanted = manager._graphs_wanted
+    if found["replays"] <= 0:
+        raise AssertionError(f"CUDA graphs never replayed ({found['status']})")
+    if max(found["max_abs"]) > 1 / 255:
+        raise AssertionError(f"images with CUDA graphs differ from those without: max abs {found['max_abs']}")
+    if min(found["change_mean_abs"]) < 1e-4:
+        raise AssertionError(f"a LoRA change did not show in the replayed images: {found['change_mean_abs']}")
+    return found
 
 
 def main() -> int:
@@ -211,6 +254,8 @@ def main() -> int:
         print(f"{r['case']:22} {'ok  ' if r['ok'] else 'FAIL'} {r.get('error', figures)}")
         if "lora_step_ms" in r:
             print(f"{'':27} LoRA step ms {r['lora_step_ms']}")
+        if "graphs" in r:
+            print(f"{'':27} CUDA graphs {r['graphs']}")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -46,6 +46,7 @@ from .budget import (
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
 from .compile_cache import load_compile_artifacts, save_compile_artifacts
+from .graphs import GraphedForward, graphs_enabled
 from .preview import decode_preview, load_preview_decoder
 from .speed import (
     AOT_TIERS,
@@ -150,6 +151,7 @@ class PipelineManager:
         self._compiled = False
         self._compiled_shapes: set[tuple] = set()  # sizes already compiled for, in this load
         self._aot: AotBlocks | None = None  # ahead-of-time packages (aot.py), else torch.compile when compiled
+        self._graphed: GraphedForward | None = None  # CUDA graphs of the compiled fp8 call (graphs.py)
         self._preview = None  # the live preview's tiny autoencoder (preview.py); False: not available in this load
         self._artifacts_loaded = False  # this process handed the saved compile artifacts to torch (compile_cache.py)
         # ZeroGPU: the transformer is compiled (and fp8 quantized) in one start-up GPU call (zerogpu.py):
@@ -208,6 +210,7 @@ class PipelineManager:
             "vram_budget": self.vram_budget,
             "vram_headroom": self.vram_headroom,
             "memory_plan": self._plan.summary() if self._plan else None,
+            "cuda_graphs": self._graphs_status(),
             "revision": self._revision,
             "notes": list(self._notes),
         }
@@ -298,6 +301,7 @@ class PipelineManager:
                 self._loras = None
             self._compiled = False
             self._compiled_shapes = set()
+            self._drop_graphs(remove=True)
             self._aot = None
             self._preview = None
             self._zerogpu = None
@@ -401,6 +405,8 @@ class PipelineManager:
         self._aot = aot
         self._zerogpu = "pending" if zerogpu else None
         self._notes = notes
+        if decision.enabled and variant.fp8 and device.type == "cuda" and graphs_enabled() and not zerogpu:
+            self._graphed = GraphedForward(pipe.transformer, self._graphs_wanted)
         progress(1.0, f"ready in {time.perf_counter() - t0:.1f} s")
         log.info("loaded %s %s on %s (%s%s)", self.source.label, variant.name, device, choice.placement,
                  ", compiled" if decision.enabled else "")
@@ -525,6 +531,7 @@ class PipelineManager:
     def _apply_new_plan(self, plan: MemoryPlan) -> None:
         """Take the old plan off (weights back to host memory) and place the pipeline by the new one."""
         pipe, device = self._pipe, self._device
+        self._drop_graphs()  # the weights move: a replay would read where they were
         streams_now = "transformer" in plan.streamed
         if streams_now and self._compiled:
             _uncompile_blocks(pipe.transformer)  # compiled code and per-block offload hooks do not mix
@@ -763,6 +770,8 @@ class PipelineManager:
                 save_compile_artifacts(self.cache.root, self.variant, self._device, width, height, img2img)
         if self._compiled:
             self._compiled_shapes.add(shape)
+        if self._graphed is not None and self._graphed.failed and self._graphed.failed not in self._notes:
+            self._notes.append(self._graphed.failed)
         if self._follows_card and self._device.type == "cuda":
             # The card is shared (Houdini): what this image's activations held goes back to the driver, so other
             # programs can have it between images; the next image re-plans if they keep it.
@@ -857,6 +866,29 @@ class PipelineManager:
 
         return notify
 
+    def _graphs_wanted(self) -> bool:
+        """CUDA graphs replay the fp8 call only while it runs torch.compile's code on a transformer that stays on
+        the GPU (graphs.py)."""
+        return (self._compiled and self._zerogpu is None and self._active_aot() is None
+                and not _transformer_moves(self._choice, self._plan))
+
+    def _drop_graphs(self, remove: bool = False) -> None:
+        if self._graphed is not None:
+            if remove:
+                self._graphed.remove()
+                self._graphed = None
+            else:
+                self._graphed.clear()
+
+    def _graphs_status(self) -> str | None:
+        graphed = self._graphed
+        if graphed is None:
+            return None
+        if graphed.failed:
+            return graphed.failed
+        return f"{len(graphed.graphs)} size(s) captured, {graphed.replays} replays" if self._graphs_wanted() \
+            else "off (the transformer is not compiled and resident)"
+
     def _torch_compile(self, transformer, tier: str, device: torch.device) -> None:
         """torch.compile the transformer, with what earlier starts compiled handed to torch first (compile_cache.py):
         the first image of a size saved there compiles in seconds."""
@@ -869,6 +901,7 @@ class PipelineManager:
         """The ahead-of-time path could not run here: torch.compile takes over (same speed once traced)."""
         self._torch_compile(self._pipe.transformer, self.variant, self._device)
         self._compiled_shapes = set()
+        self._drop_graphs()
         self._notes.append(reason)
 
     def _leave_aot_for_loras(self, load_progress: LoadProgress | None) -> None:
@@ -877,6 +910,7 @@ class PipelineManager:
         self._aot.remove()
         self._torch_compile(self._pipe.transformer, self.variant, self._device)
         self._compiled_shapes = set()
+        self._drop_graphs()
         if load_progress is not None:
             load_progress(0.0, "style LoRAs: the transformer compiles again with them (the saved compiled blocks "
                                "carry none); this image takes longer")
@@ -934,6 +968,7 @@ class PipelineManager:
                 # again; a scale change alone needs nothing (the scales are tensors the graph reads).
                 torch._dynamo.reset()
                 self._compiled_shapes = set()
+                self._drop_graphs()
                 if load_progress is not None:
                     load_progress(0.0, "compiling again for the new set of style LoRAs: this image takes longer")
         return chosen
@@ -956,6 +991,7 @@ class PipelineManager:
 
     def _after_failure(self, pipe) -> None:
         """Leave the manager usable: drop offload hooks' stale state and free what the failed call held."""
+        self._drop_graphs()
         if hasattr(pipe, "maybe_free_model_hooks"):
             try:
                 pipe.maybe_free_model_hooks()
