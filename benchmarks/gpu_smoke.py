@@ -164,9 +164,9 @@ def graphs_check(manager, control, image, GenerationSettings, StyleLora) -> dict
     from production_gpu import median_step
 
     wrapper = manager._graphed
-    shots = [(), (StyleLora("style0.safetensors", 0.8),), (StyleLora("style0.safetensors", 0.3),), ()]
-    found: dict = {"replays_before": wrapper.replays, "max_abs": []}
-    with_graphs = []
+    shots = [(), (StyleLora("style0.safetensors", 0.8),), (StyleLora("style0.safetensors", 0.3),), (), ()]
+    found: dict = {"replays_before": wrapper.replays, "max_abs": [], "mean_abs": []}
+    with_graphs, without = [], []
     for loras in shots:
         pixels = []
         for on in (True, False):
@@ -174,9 +174,14 @@ def graphs_check(manager, control, image, GenerationSettings, StyleLora) -> dict
             image(GenerationSettings(PROMPT, seed=5, steps=STEPS, loras=loras))
             pixels.append(image.last.pixels)
         with_graphs.append(pixels[0])
+        without.append(pixels[1])
         found["max_abs"].append(round(float(np.abs(pixels[0] - pixels[1]).max()), 5))
+        found["mean_abs"].append(round(float(np.abs(pixels[0] - pixels[1]).mean()), 6))
     # Each LoRA change shows in the replayed images (a graph kept past a change would repeat the image before).
     found["change_mean_abs"] = [round(float(np.abs(a - b).mean()), 5) for a, b in zip(with_graphs, with_graphs[1:])]
+    # No LoRA before and after the LoRA shots, each way: which of the two moved.
+    found["no_lora_again_vs_first"] = {"graphs": round(float(np.abs(with_graphs[3] - with_graphs[0]).max()), 5),
+                                       "plain": round(float(np.abs(without[3] - without[0]).max()), 5)}
     wrapper.wanted = manager._graphs_wanted
     found["replays"] = wrapper.replays - found["replays_before"]
     found["status"] = manager.status()["cuda_graphs"]
@@ -184,11 +189,12 @@ def graphs_check(manager, control, image, GenerationSettings, StyleLora) -> dict
     wrapper.wanted = lambda: False
     found["step_ms_off"] = median_step(manager, control)
     wrapper.wanted = manager._graphs_wanted
+    print("GRAPHS " + json.dumps(found), flush=True)
     if found["replays"] <= 0:
         raise AssertionError(f"CUDA graphs never replayed ({found['status']})")
     if max(found["max_abs"]) > 1 / 255:
         raise AssertionError(f"images with CUDA graphs differ from those without: max abs {found['max_abs']}")
-    if min(found["change_mean_abs"]) < 1e-4:
+    if min(found["change_mean_abs"][:3]) < 1e-4:
         raise AssertionError(f"a LoRA change did not show in the replayed images: {found['change_mean_abs']}")
     return found
 

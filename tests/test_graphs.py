@@ -155,9 +155,9 @@ def test_graphs_follow_only_a_compiled_resident_transformer_and_go_with_unload(t
     transformer = manager._pipe.transformer
     manager.unload()
     assert manager._graphed is None and "forward" not in transformer.__dict__
-    monkeypatch.setenv("FLUXDEPTH_CUDA_GRAPHS", "0")
-    assert not graphs_enabled()
-    monkeypatch.delenv("FLUXDEPTH_CUDA_GRAPHS")
+    monkeypatch.delenv("FLUXDEPTH_CUDA_GRAPHS", raising=False)
+    assert not graphs_enabled()  # opt-in until the GPU smoke's comparison passes (docs/benchmarks.md "Session 37")
+    monkeypatch.setenv("FLUXDEPTH_CUDA_GRAPHS", "1")
     assert graphs_enabled()
 
 
