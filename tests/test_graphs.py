@@ -184,3 +184,47 @@ def test_positional_calls_pass_through_and_a_new_load_tries_again():
     assert wrapper.failed is None
     wrapper.remove()
     assert "forward" not in transformer.__dict__
+
+
+def plain_capture(run, static):
+    """A stand-in capture that replays by running the call again into the same output buffers."""
+    out = run(static)
+
+    def replay():
+        fresh = run(static)
+        for buffer, value in zip(out, fresh):
+            buffer.copy_(value)
+
+    return replay, out
+
+
+@pytest.mark.parametrize("first_call_grad", [False, True])
+def test_a_capture_that_would_compile_other_code_is_refused(first_call_grad):
+    """The graph must record the compiled code the plain calls run. Here the first (plain) call compiles the blocks
+    with gradients on, and the capture, under no_grad, would need other code (dynamo guards on grad mode): the capture
+    is refused and the call runs plain; compiled alike, it is captured."""
+    torch._dynamo.reset()
+    transformer = build_tiny_components(0)["transformer"]
+    transformer.compile_repeated_blocks(backend="eager", fullgraph=True)
+    g = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 128, generator=g),
+                  encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                  pooled_projections=torch.randn(1, 32, generator=g), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(8, 3), guidance=torch.tensor([3.5]),
+                  return_dict=False)
+    with torch.no_grad():
+        want = transformer(**inputs)[0].clone()
+    torch._dynamo.reset()
+    wrapper = GraphedForward(transformer, lambda: True, capture=plain_capture)
+    with torch.set_grad_enabled(first_call_grad):
+        first = transformer(**inputs)[0]
+    with torch.no_grad():
+        second = transformer(**inputs)[0]
+        third = transformer(**inputs)[0]
+    for got in (first, second, third):
+        assert torch.equal(got.detach(), want)
+    if first_call_grad:
+        assert wrapper.failed and "capturing the transformer failed" in wrapper.failed and not wrapper.graphs
+        assert wrapper.replays == 0
+    else:
+        assert wrapper.failed is None and len(wrapper.graphs) == 1 and wrapper.replays == 1

@@ -15,7 +15,8 @@ still live where they did. Only for a transformer that stays on the GPU (no offl
 The output is the graph's buffer, overwritten by the next replay: diffusers' denoising loop uses the noise prediction
 before its next transformer call. A size is captured at its second call (the first compiles), after one warm-up on a
 side stream (what torch.cuda.graphs asks for); at most MAX_GRAPHS sizes are kept (each holds the call's activations).
-A capture that fails turns graphs off for the rest of the load, with one line, and the step runs as before.
+A capture that fails, or that would compile again (other code than the plain calls run), turns graphs off for the
+rest of the load, with one line, and the step runs as before.
 """
 
 from __future__ import annotations
@@ -135,8 +136,11 @@ class GraphedForward:
             self.graphs.popitem(last=False)
         static = {name: value.clone() if torch.is_tensor(value) else value for name, value in kwargs.items()}
         try:
-            replay, out = self.capture(lambda inputs: self.forward(**inputs), static)
-            replay()
+            # The graph must hold the compiled code the plain calls run: a guard that fails inside the warm-up or
+            # the capture (a recompile) would record other code, so it stops the capture instead.
+            with torch.compiler.set_stance("fail_on_recompile"):
+                replay, out = self.capture(lambda inputs: self.forward(**inputs), static)
+                replay()
         except Exception as exc:  # noqa: BLE001 - graphs are an optimisation: the step runs without them
             self.clear()
             self.failed = (f"CUDA graphs off for this load: capturing the transformer failed "
