@@ -48,24 +48,19 @@ class GraphedCall:
     def __call__(self, **kw):
         import torch
 
-        key = tuple((k, tuple(v.shape), v.dtype) if torch.is_tensor(v) else (k, v) for k, v in sorted(kw.items()))
-        if key not in self.graphs:
+        from fluxdepth_ui.pipeline.graphs import capture_cuda_graph, input_key
+
+        key = input_key(kw)
+        if key not in self.graphs:  # a plain call first (it compiles), then the app's capture (pipeline/graphs.py)
             static = {k: v.clone() if torch.is_tensor(v) else v for k, v in kw.items()}
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side), torch.no_grad():  # warm-up outside the capture: compiles, autotunes
-                for _ in range(3):
-                    self.module(**static)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.no_grad():
-                out = self.module(**static)
-            self.graphs[key] = (graph, static, out)
-        graph, static, out = self.graphs[key]
+            with torch.no_grad():
+                self.module(**static)
+            self.graphs[key] = (*capture_cuda_graph(lambda inputs: self.module(**inputs), static), static)
+        replay, out, static = self.graphs[key]
         for k, v in kw.items():
             if torch.is_tensor(v):
                 static[k].copy_(v)
-        graph.replay()
+        replay()
         return out
 
 

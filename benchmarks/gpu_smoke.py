@@ -139,7 +139,7 @@ def run_case(name: str, work: str) -> dict:
         row["lora_mb"] = [write_lora(os.path.join(lora_dir, f"style{i}.safetensors"),
                                      manager._pipe.transformer, i, rank=8) for i in range(3)]
         if manager._graphed is not None:
-            row["graphs"] = graphs_check(manager, control, image, GenerationSettings, StyleLora)
+            row["graphs"] = graphs_check(manager, control, image)
         one = (StyleLora("style0.safetensors", 0.8),)
         three = tuple(StyleLora(f"style{i}.safetensors", 0.5) for i in range(3))
         t0 = time.perf_counter()
@@ -155,13 +155,15 @@ def run_case(name: str, work: str) -> dict:
     return row
 
 
-def graphs_check(manager, control, image, GenerationSettings, StyleLora) -> dict:
+def graphs_check(manager, control, image) -> dict:
     """Images replayed from CUDA graphs against the same load with graphs off: no LoRA, a LoRA (a new set: the graphs
     must be dropped), a new scale (read from its tensor by the replay), no LoRA again."""
     import numpy as np
 
     from pipeline_gpu import PROMPT
     from production_gpu import median_step
+    from fluxdepth_ui.pipeline import GenerationSettings
+    from fluxdepth_ui.settings import StyleLora
 
     wrapper = manager._graphed
     shots = [(), (StyleLora("style0.safetensors", 0.8),), (StyleLora("style0.safetensors", 0.3),), (), ()]

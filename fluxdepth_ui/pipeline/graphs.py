@@ -55,7 +55,8 @@ def weight_addresses(transformer: torch.nn.Module) -> tuple:
     return tuple(_address(next(module.parameters())) for module in probes)
 
 
-def _key(kwargs: dict) -> tuple:
+def input_key(kwargs: dict) -> tuple:
+    """What a graph is captured for: each argument's shape, dtype and device, or its value."""
     def one(value):
         if torch.is_tensor(value):
             return ("tensor", tuple(value.shape), value.dtype, value.device)
@@ -105,15 +106,10 @@ class GraphedForward:
         self.graphs.clear()
         self.seen.clear()
 
-    def reset(self) -> None:
-        """A new load: graphs may be tried again."""
-        self.clear()
-        self.failed = None
-
     def __call__(self, *args, **kwargs):
         if args or self.failed is not None or not self.wanted():
             return self.forward(*args, **kwargs)
-        key = _key(kwargs)
+        key = input_key(kwargs)
         if key in self.graphs:
             replay, static, out, addresses = self.graphs[key]
             if addresses == weight_addresses(self.transformer):
