@@ -90,14 +90,54 @@ def build_master(variant_name: str) -> dict:
     return components
 
 
-def budget_manager(master: dict, variant: str, budget: str | None) -> tuple:
-    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync" = diffusers' default
-    streaming, the CPU waiting after every streamed block; None = resident). Returns (manager, budget, mode)."""
+def _count_spread(blocks: list[int], room: int) -> set[int]:
+    """Session 5's choice of resident blocks (before session 38): the most blocks that fit, spread evenly by count,
+    the largest dropped until they fit. Kept here to compare ("before" mode)."""
+    count, total = 0, 0
+    for size in sorted(blocks):
+        if total + size > room:
+            break
+        total += size
+        count += 1
+    if count == 0:
+        return set()
+    n = len(blocks)
+    picks = {min(n - 1, int(round(i * n / count + (n / count - 1) / 2))) for i in range(count)}
+    while sum(blocks[i] for i in picks) > room and picks:
+        picks.discard(max(picks, key=lambda i: blocks[i]))
+    return picks
+
+
+_PLANNER = {}
+
+
+def set_mode(mode: str) -> None:
+    """Planner and streaming settings for one row. mode: '+'-joined flags; 'sync' = diffusers' default streaming (the
+    CPU waits after every streamed block); 'before' = session 5-37's plan (blocks spread by count, in-flight bound
+    by the largest block, the streaming cache kept through the decode); 'h1' = allocator headroom of 6% and at
+    least 1 GiB (instead of 12% and 2 GiB)."""
     import fluxdepth_ui.pipeline.budget as budget_module
 
+    if not _PLANNER:
+        _PLANNER.update(spread=budget_module._spread, in_flight=budget_module._in_flight,
+                        headroom=budget_module.HEADROOM, min_headroom=budget_module.MIN_HEADROOM)
+    flags = set(mode.split("+")) - {""}
+    budget_module.RUN_AHEAD = None if "sync" in flags else 1
+    before = "before" in flags
+    budget_module._spread = _count_spread if before else _PLANNER["spread"]
+    budget_module._in_flight = ((lambda blocks, keep: budget_module.STREAM_GROUPS * max(blocks)) if before
+                                else _PLANNER["in_flight"])
+    budget_module.RELEASE_BETWEEN_PHASES = not before
+    budget_module.HEADROOM = 0.06 if "h1" in flags else _PLANNER["headroom"]
+    budget_module.MIN_HEADROOM = GIB if "h1" in flags else _PLANNER["min_headroom"]
+
+
+def budget_manager(master: dict, variant: str, budget: str | None) -> tuple:
+    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync", "12:before", "12:h1",
+    see `set_mode`; None = resident). Returns (manager, budget, mode)."""
     budget, _, mode = (budget or "").partition(":")
     budget = budget or None
-    budget_module.RUN_AHEAD = None if mode == "sync" else 1
+    set_mode(mode)
     components = {k: copy.deepcopy(v) if isinstance(v, torch.nn.Module) else v for k, v in master.items()}
     loader = lambda v, progress: LoadedModel(components=components, revision="random", notes=[])  # noqa: E731
     manager = PipelineManager(ModelSource("black-forest-labs/FLUX.1-Depth-dev"), variant=variant,
@@ -113,7 +153,7 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     manager, budget, mode = budget_manager(master, variant, budget)
-    row: dict = {"budget_gib": budget, "streaming": "sync" if mode == "sync" else "run-ahead 1"}
+    row: dict = {"budget_gib": budget, "streaming": "sync" if "sync" in mode else "run-ahead 1", "mode": mode}
     try:
         t = time.perf_counter()
         manager.load()
@@ -127,18 +167,31 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
         t5_calls = []  # T5 forwards per image: the second image (same prompt) must need none
         manager._pipe.text_encoder_2.register_forward_hook(lambda *a: t5_calls.append(1))
         images = []
+        phases = row.setdefault("phase_peaks_gib", [])  # per image: [live, reserved] of the steps, then the decode
+
+        def on_step(i, n):
+            trace.append(round(torch.cuda.memory_allocated() / GIB, 2))
+            if i == n:  # the steps' peaks, then the decode's alone
+                phases.append([round(torch.cuda.max_memory_allocated() / GIB, 2),
+                               round(torch.cuda.max_memory_reserved() / GIB, 2)])
+                peaks.append((torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()))
+                torch.cuda.reset_peak_memory_stats()
+
+        peaks: list = []
         for seed in (1, 2):
             t5_calls.clear()
             t = time.perf_counter()
             result = manager.generate(control, GenerationSettings(PROMPT, seed=seed, steps=28, guidance=10.0),
-                                      on_step=lambda i, n: trace.append(round(torch.cuda.memory_allocated() / GIB,
-                                                                              2)))
+                                      on_step=on_step)
             torch.cuda.synchronize()
+            phases.append([round(torch.cuda.max_memory_allocated() / GIB, 2),
+                           round(torch.cuda.max_memory_reserved() / GIB, 2)])
+            peaks.append((torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()))
             row[f"image{seed}_s"] = round(time.perf_counter() - t, 2)
             row[f"image{seed}_t5_calls"] = len(t5_calls)
             images.append(result.pixels)
-        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
-        row["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
+        row["peak_gib"] = round(max(p[0] for p in peaks) / GIB, 2)
+        row["peak_reserved_gib"] = round(max(p[1] for p in peaks) / GIB, 2)
         row["host_rss_gib"] = round(host_rss_gib(), 1)
         row["pixels"] = images[1]
         row["ok"] = True

@@ -164,13 +164,15 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     resident = set(components)
     budget_full, budget = budget, budget - max(int(budget * HEADROOM), min(MIN_HEADROOM, budget // 4))
 
-    def slack(streamed):
+    def slack(streamed, in_flight=None):
         """Working memory on top of the resident weights: the larger of the decode's peak and the denoiser's
-        activations beside the streamed groups in flight (T5 runs before both, alone)."""
+        activations beside its streamed groups in flight (T5 runs before both, alone). The phases do not stack:
+        the streaming copies' cached memory is handed back between them (`release_stream_cache`)."""
         def groups(name):
             return STREAM_GROUPS * _largest_group(name, sizes, block_sizes) if name in streamed else 0
 
-        return max(work, int(work * DENOISER_SHARE) + groups("transformer"), groups("text_encoder_2")) - work
+        denoiser = groups("transformer") if in_flight is None else in_flight
+        return max(work, int(work * DENOISER_SHARE) + denoiser, groups("text_encoder_2")) - work
 
     streamed: list[str] = []
     for name in STREAMABLE[:-1]:  # give up T5 (CLIP and the VAE, 0.4 GiB together, always stay)
@@ -193,11 +195,20 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     resident.discard("transformer")
     streamed.append("transformer")
     others = sizes["transformer"] - sum(blocks)  # embedders, norms, projections: resident (_keep_unmatched_resident)
-    fixed = sum(sizes.get(c, 0) for c in resident) + work + slack(streamed) + others
-    room = budget - fixed
-    if room < 0:
-        raise PipelineError(_too_small(budget_full, fixed / (1 - HEADROOM)))
-    keep = _spread(blocks, room)
+    fixed = sum(sizes.get(c, 0) for c in resident) + work + others
+    window = STREAM_GROUPS * max(blocks)  # bytes of streamed groups on the card at once: first the largest bound
+    if budget - fixed - slack(streamed, window) < 0:
+        raise PipelineError(_too_small(budget_full, (fixed + slack(streamed, window)) / (1 - HEADROOM)))
+    keep: set[int] = set()
+    while True:  # then the plan's own: its streamed groups, STREAM_GROUPS in a row at most, give room back
+        candidate = _spread(blocks, budget - fixed - slack(streamed, window))
+        in_flight = _in_flight(blocks, candidate)
+        if in_flight > window:
+            break  # more blocks resident would put larger ones in flight together: keep the last plan that held
+        keep = candidate
+        if in_flight == window:
+            break
+        window = in_flight
     streamed_bytes = sum(b for i, b in enumerate(blocks) if i not in keep)
     return MemoryPlan(budget_full, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed),
                       resident_blocks=tuple(sorted(keep)), total_blocks=len(blocks),
@@ -211,24 +222,41 @@ def _largest_group(component: str, sizes: dict[str, int], block_sizes: list[int]
     return sizes.get(component, 0) // 20
 
 
+def _in_flight(blocks: list[int], keep: set[int]) -> int:
+    """The most bytes of STREAM_GROUPS streamed blocks in a row (across a step's end: the next step's first streamed
+    block is copied while the last ones compute), which is what the run-ahead can have on the card at once."""
+    streamed = [b for i, b in enumerate(blocks) if i not in keep]
+    if len(streamed) <= STREAM_GROUPS:
+        return sum(streamed)
+    return max(sum(streamed[(i + k) % len(streamed)] for k in range(STREAM_GROUPS)) for i in range(len(streamed)))
+
+
 def _spread(blocks: list[int], room: int) -> set[int]:
-    """The most blocks that fit in `room`, spread evenly over the execution order."""
-    count = 0
-    ordered = sorted(blocks)
-    total = 0
-    for size in ordered:
-        if total + size > room:
-            break
-        total += size
-        count += 1
-    if count == 0:
+    """Blocks to keep resident: as many bytes as fit in `room`, chosen so that the streamed bytes are spread evenly
+    over the execution order.
+
+    Every block costs about the same compute (FLUX: a double block holds 2.4x a single block's bytes for the same
+    matmul work at 1 MP), while a streamed block costs its bytes on the bus. Where streamed bytes bunch up (all the
+    double blocks streamed in a row) the GPU waits for copies there and the bus idles elsewhere; spread evenly, the
+    copies of each stretch overlap that stretch's compute (docs/vram.md "Which blocks stay")."""
+    if room <= 0:
         return set()
-    n = len(blocks)
-    picks = {int(round(i * n / count + (n / count - 1) / 2)) for i in range(count)}
-    picks = {min(n - 1, p) for p in picks}
-    while sum(blocks[i] for i in picks) > room and picks:
-        picks.discard(max(picks, key=lambda i: blocks[i]))
-    return picks
+    total, n = sum(blocks), len(blocks)
+    to_stream = max(0, total - room)
+    keep: set[int] = set()
+    kept = streamed = 0
+    for i, size in enumerate(blocks):
+        behind = streamed + size / 2 <= to_stream * (i + 1) / n  # streaming it keeps the running share on course
+        if behind or kept + size > room:
+            streamed += size
+        else:
+            keep.add(i)
+            kept += size
+    for i in sorted(set(range(n)) - keep, key=lambda i: -blocks[i]):  # room left by rounding: the largest that fit
+        if kept + blocks[i] <= room:
+            keep.add(i)
+            kept += blocks[i]
+    return keep
 
 
 # fp8's torchao weights do not move with diffusers' group offloading (measured on an H100: the streamed blocks stayed
@@ -421,6 +449,20 @@ def _untrack(transformer, aside: dict) -> None:
     if lazy is not None:
         for name in aside:
             lazy._layer_execution_tracker_module_names.discard(name)
+
+
+def release_stream_cache(plan: MemoryPlan | None, component: str, device: torch.device) -> None:
+    """Hand back the memory the streaming copies of `component` left cached, once its phase is over (T5 after the
+    prompt, the denoiser after the last step). The copies are made on diffusers' copy stream, and PyTorch's allocator
+    keeps a stream's freed blocks for that stream alone: the denoiser's last STREAM_GROUPS blocks stayed reserved
+    beside the VAE decode (the peak), T5's beside the first step. Released, the phases do not stack, as `plan_memory`
+    counts them. One device synchronisation per phase."""
+    if plan is not None and component in plan.streamed and device.type == "cuda" and RELEASE_BETWEEN_PHASES:
+        torch.cuda.empty_cache()
+
+
+# Whether `release_stream_cache` releases (benchmarks/vram_budget.py compares both).
+RELEASE_BETWEEN_PHASES = True
 
 
 def remove_memory_plan(pipe, handles: list) -> None:

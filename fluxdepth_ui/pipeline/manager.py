@@ -41,7 +41,8 @@ from .placement import (
 from .sources import LoadedModel, ModelSource, load_model
 from .budget import (
     GIB, UNSTREAMABLE_TIERS, MemoryPlan, apply_memory_plan, available_bytes, enforce_budget, parse_budget,
-    faster_tier_hint, plan_memory, remove_memory_plan, resolve_budget, tensor_homes, transformer_block_sizes,
+    faster_tier_hint, plan_memory, release_stream_cache, remove_memory_plan, resolve_budget, tensor_homes,
+    transformer_block_sizes,
 )
 from .timings import TimingLog
 from .aot import AotBlocks, aot_folder
@@ -664,6 +665,8 @@ class PipelineManager:
         on_preview, every, load_progress = preview
 
         def step_end(pipe, step, timestep, callback_kwargs):
+            if step + 1 == total:  # the decode comes next
+                release_stream_cache(self._plan, "transformer", self._device)
             if on_step is not None:
                 on_step(step + 1, total)
             if cancel is not None and cancel.is_set():
@@ -984,6 +987,7 @@ class PipelineManager:
                                                              device=self._pipe._execution_device,
                                                              num_images_per_prompt=1,
                                                              max_sequence_length=max_sequence_length)
+            release_stream_cache(self._plan, "text_encoder_2", self._device)
             while len(self._prompt_cache) >= 16:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
             self._prompt_cache[key] = (embeds, pooled)
