@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from .depth import DepthPreview, prepare_depth
 from .errors import FluxDepthError
-from .settings import ShotSettings
+from .settings import ShotSettings, refine_steps
 
 # A plate's first pass: about the pixel count FLUX.1 was trained at (docs/plates.md).
 PLATE_FIRST_MEGAPIXELS = 1.0
@@ -134,7 +134,7 @@ def _render_plate(manager, depth_path: str, settings: ShotSettings, preview: Dep
     generation = settings.generation
     small = prepare_depth(depth_path, replace(settings.depth, long_side=first_side))
     second = replace(generation, strength=generation.plate_strength)
-    first_steps, second_steps = generation.steps, max(1, int(generation.steps * generation.plate_strength))
+    first_steps, second_steps = generation.steps, refine_steps(generation.steps, generation.plate_strength)
     total = first_steps + second_steps
 
     on_preview, every = live

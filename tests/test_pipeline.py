@@ -777,3 +777,16 @@ def test_read_ahead_goes_on_past_a_missing_file_and_skips_what_memory_cannot_hol
     monkeypatch.setattr(sources, "_available_memory", lambda: 3000)  # 2000 bytes to read: more than half of it
     sources._prefetch([str(f) for f in files])
     assert opened == []
+
+
+def test_img2img_progress_counts_the_steps_diffusers_runs(manager, depth):
+    """7 steps at strength 0.6: diffusers starts at int(7 - 4.2) = 2 and runs 5 steps, not int(4.2) = 4. The progress
+    says "5 of 5", never "5 of 4", and the step that precedes the decode is the last one counted."""
+    from fluxdepth_ui.settings import refine_steps
+
+    init = Image.new("RGB", (256, 192), (90, 120, 150))
+    seen = []
+    manager.generate(depth.control, GenerationSettings("a chair", seed=3, steps=7, strength=0.6), init_image=init,
+                     on_step=lambda i, n: seen.append((i, n)))
+    assert seen == [(i, 5) for i in range(1, 6)]
+    assert [refine_steps(28, s) for s in (0.6, 0.5, 1.0, 0.01)] == [17, 14, 28, 1]

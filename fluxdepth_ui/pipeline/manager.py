@@ -21,7 +21,7 @@ from PIL import Image
 from ..defaults import DEFAULT_GUIDANCE, DEFAULT_STEPS, DEFAULT_STRENGTH  # noqa: F401 - re-exported
 from ..defaults import DEFAULT_VRAM_HEADROOM_GIB, FOLLOW_FREE_MEMORY_BY_DEFAULT
 from ..settings import MAX_SEED, MAX_SEQUENCE_LENGTH, GenerationSettings, PipelineSpec  # noqa: F401
-from ..settings import parse_vram_headroom
+from ..settings import parse_vram_headroom, refine_steps
 from ..depth import ControlImage, DepthStats
 from ..loras import file_digest, lora_folder, resolve_lora
 from .errors import GenerationCancelled, OutOfMemoryError, PipelineError
@@ -734,7 +734,7 @@ class PipelineManager:
         kwargs["image"] = init_image.convert("RGB").resize((control.width, control.height),
                                                           Image.Resampling.LANCZOS)
         kwargs["strength"] = float(settings.strength)
-        steps = max(1, int(int(settings.steps) * settings.strength))
+        steps = refine_steps(settings.steps, settings.strength)
         if mask is None:
             return self._img2img_pipe(), kwargs, steps
         kwargs["mask_image"] = mask.convert("L")
