@@ -90,50 +90,32 @@ def build_master(variant_name: str) -> dict:
     return components
 
 
-def _count_spread(blocks: list[int], room: int) -> set[int]:
-    """Session 5's choice of resident blocks (before session 38): the most blocks that fit, spread evenly by count,
-    the largest dropped until they fit. Kept here to compare ("before" mode)."""
-    count, total = 0, 0
-    for size in sorted(blocks):
-        if total + size > room:
-            break
-        total += size
-        count += 1
-    if count == 0:
-        return set()
-    n = len(blocks)
-    picks = {min(n - 1, int(round(i * n / count + (n / count - 1) / 2))) for i in range(count)}
-    while sum(blocks[i] for i in picks) > room and picks:
-        picks.discard(max(picks, key=lambda i: blocks[i]))
-    return picks
-
-
 _PLANNER = {}
 
 
 def set_mode(mode: str) -> None:
     """Planner and streaming settings for one row. mode: '+'-joined flags; 'sync' = diffusers' default streaming (the
-    CPU waits after every streamed block); 'before' = session 5-37's plan (blocks spread by count, in-flight bound
-    by the largest block, the streaming cache kept through the decode); 'h1' = allocator headroom of 6% and at
+    CPU waits after every streamed block); 'even' / 'count' = which blocks stay resident when the transformer
+    streams (pipeline/budget.py STREAM_LAYOUTS; neither: the app's default); 'h1' = allocator headroom of 6% and at
     least 1 GiB (instead of 12% and 2 GiB)."""
     import fluxdepth_ui.pipeline.budget as budget_module
 
     if not _PLANNER:
-        _PLANNER.update(spread=budget_module._spread, in_flight=budget_module._in_flight,
-                        headroom=budget_module.HEADROOM, min_headroom=budget_module.MIN_HEADROOM)
+        _PLANNER.update(headroom=budget_module.HEADROOM, min_headroom=budget_module.MIN_HEADROOM,
+                        layout=os.environ.get("FLUXDEPTH_STREAM_LAYOUT"))
     flags = set(mode.split("+")) - {""}
     budget_module.RUN_AHEAD = None if "sync" in flags else 1
-    before = "before" in flags
-    budget_module._spread = _count_spread if before else _PLANNER["spread"]
-    budget_module._in_flight = ((lambda blocks, keep: budget_module.STREAM_GROUPS * max(blocks)) if before
-                                else _PLANNER["in_flight"])
-    budget_module.RELEASE_BETWEEN_PHASES = not before
+    layout = next((f for f in flags if f in budget_module.STREAM_LAYOUTS), _PLANNER["layout"])
+    if layout:
+        os.environ["FLUXDEPTH_STREAM_LAYOUT"] = layout
+    else:
+        os.environ.pop("FLUXDEPTH_STREAM_LAYOUT", None)
     budget_module.HEADROOM = 0.06 if "h1" in flags else _PLANNER["headroom"]
     budget_module.MIN_HEADROOM = GIB if "h1" in flags else _PLANNER["min_headroom"]
 
 
 def budget_manager(master: dict, variant: str, budget: str | None) -> tuple:
-    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync", "12:before", "12:h1",
+    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync", "12:even", "12:h1",
     see `set_mode`; None = resident). Returns (manager, budget, mode)."""
     budget, _, mode = (budget or "").partition(":")
     budget = budget or None
@@ -153,7 +135,10 @@ def run_one(master: dict, variant: str, budget, control) -> dict:
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     manager, budget, mode = budget_manager(master, variant, budget)
-    row: dict = {"budget_gib": budget, "streaming": "sync" if "sync" in mode else "run-ahead 1", "mode": mode}
+    from fluxdepth_ui.pipeline.budget import stream_layout
+
+    row: dict = {"budget_gib": budget, "streaming": "sync" if "sync" in mode else "run-ahead 1", "mode": mode,
+                 "layout": stream_layout()}
     try:
         t = time.perf_counter()
         manager.load()

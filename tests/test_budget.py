@@ -74,6 +74,32 @@ def test_t5_gives_way_first_and_the_denoiser_stays():
 
 @pytest.mark.parametrize("budget", [24, 16, 12])
 def test_the_denoiser_streams_only_what_does_not_fit(budget):
+    """The default layout (sessions 5-37, "count"): the most blocks by count, spread by count."""
+    plan = plan_memory(budget * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+    assert "transformer" in plan.streamed and plan.total_blocks == 57
+    kept = sum(BF16_BLOCKS[i] for i in plan.resident_blocks)
+    streamed = sum(BF16_BLOCKS) - kept
+    assert plan.streamed == ("text_encoder_2", "transformer")  # CLIP and the VAE (0.4 GiB) always stay
+    # Streamed blocks sit beside the denoiser's activations (a share of the decode's peak), T5's beside nothing.
+    work = max(WORK, int(WORK * DENOISER_SHARE) + STREAM_GROUPS * DOUBLE,
+               STREAM_GROUPS * (BF16["text_encoder_2"] // 20))
+    fixed = sum(BF16[c] for c in plan.resident) + work + 0.2 * GIB
+    room = usable(budget) - fixed
+    assert kept <= room < kept + DOUBLE
+    assert plan.streamed_bytes_per_step == streamed  # the embedders and norms (0.2 GiB) stay
+    # Spread over the whole run of blocks, not bunched at one end, so copies overlap resident compute.
+    if len(plan.resident_blocks) > 4:
+        gaps = np.diff(plan.resident_blocks)
+        assert gaps.max() <= 3 * max(1, 57 // len(plan.resident_blocks))
+    if budget < 24:  # smaller budgets stream more
+        bigger = plan_memory((budget + 4) * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
+        assert bigger.streamed_bytes_per_step < plan.streamed_bytes_per_step
+
+
+@pytest.mark.parametrize("budget", [24, 16, 12])
+def test_the_even_layout_spreads_the_streamed_bytes(budget, monkeypatch):
+    """FLUXDEPTH_STREAM_LAYOUT=even (opt-in until measured on a GPU, docs/vram.md "Which blocks stay")."""
+    monkeypatch.setenv("FLUXDEPTH_STREAM_LAYOUT", "even")
     plan = plan_memory(budget * GIB, BF16, WORK, BF16_BLOCKS, "bf16")
     assert "transformer" in plan.streamed and plan.total_blocks == 57
     kept = sum(BF16_BLOCKS[i] for i in plan.resident_blocks)
@@ -505,7 +531,12 @@ def test_the_streaming_cache_is_handed_back_between_phases(tmp_path, control, mo
     import fluxdepth_ui.pipeline.budget as budget_module
     import fluxdepth_ui.pipeline.manager as manager_module
 
+    monkeypatch.setenv("FLUXDEPTH_STREAM_LAYOUT", "count")
     emptied = []
+    budget_module.release_stream_cache(MemoryPlan(12 * GIB, (), ("transformer",)), "transformer",
+                                       torch.device("cuda"))
+    assert not emptied  # the default layout keeps the cache (sessions 5-37, measured there)
+    monkeypatch.setenv("FLUXDEPTH_STREAM_LAYOUT", "even")
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
     plan = MemoryPlan(12 * GIB, ("vae",), ("text_encoder_2", "transformer"), (0,), 4)
     for component, device, expected in [("transformer", "cuda", 1), ("text_encoder_2", "cuda", 1),
@@ -532,10 +563,13 @@ def test_the_streaming_cache_is_handed_back_between_phases(tmp_path, control, mo
     assert events == [("step", 1), ("step", 2), ("release", "transformer", True), ("step", 3)]
 
 
-def test_a_plan_whose_streamed_blocks_are_small_keeps_more_resident():
+def test_a_plan_whose_streamed_blocks_are_small_keeps_more_resident(monkeypatch):
     """The room kept for streamed blocks in flight is what this plan streams (STREAM_GROUPS of them in a row), not
-    STREAM_GROUPS of the largest block: where the large blocks stay, the small ones stream with less room set aside."""
+    STREAM_GROUPS of the largest block: where the large blocks stay, the small ones stream with less room set aside
+    (the even layout)."""
     from fluxdepth_ui.pipeline.budget import _in_flight
+
+    monkeypatch.setenv("FLUXDEPTH_STREAM_LAYOUT", "even")
 
     blocks = [int(2 * GIB)] + [int(0.25 * GIB)] * 40
     sizes = {"transformer": sum(blocks) + int(0.1 * GIB), "vae": int(0.16 * GIB)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -200,9 +201,11 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     if budget - fixed - slack(streamed, window) < 0:
         raise PipelineError(_too_small(budget_full, (fixed + slack(streamed, window)) / (1 - HEADROOM)))
     keep: set[int] = set()
-    while True:  # then the plan's own: its streamed groups, STREAM_GROUPS in a row at most, give room back
-        candidate = _spread(blocks, budget - fixed - slack(streamed, window))
-        in_flight = _in_flight(blocks, candidate)
+    even = stream_layout() == "even"
+    while True:  # then ("even") the plan's own: its streamed groups, STREAM_GROUPS in a row at most, give room back
+        room = budget - fixed - slack(streamed, window)
+        candidate = _spread_evenly(blocks, room) if even else _spread_by_count(blocks, room)
+        in_flight = _in_flight(blocks, candidate) if even else window
         if in_flight > window:
             break  # more blocks resident would put larger ones in flight together: keep the last plan that held
         keep = candidate
@@ -231,7 +234,38 @@ def _in_flight(blocks: list[int], keep: set[int]) -> int:
     return max(sum(streamed[(i + k) % len(streamed)] for k in range(STREAM_GROUPS)) for i in range(len(streamed)))
 
 
-def _spread(blocks: list[int], room: int) -> set[int]:
+# Which blocks stay resident when the denoiser streams: "even" (new in session 38: the streamed bytes spread evenly,
+# the in-flight room from the plan's own streamed blocks, the streaming cache handed back between phases) or "count"
+# (sessions 5-37: the most blocks by count). "even" is opt-in (FLUXDEPTH_STREAM_LAYOUT=even) until it is measured
+# on a GPU: docs/vram.md "Which blocks stay".
+STREAM_LAYOUTS = ("count", "even")
+
+
+def stream_layout() -> str:
+    layout = os.environ.get("FLUXDEPTH_STREAM_LAYOUT", "").strip().lower()
+    return layout if layout in STREAM_LAYOUTS else "count"
+
+
+def _spread_by_count(blocks: list[int], room: int) -> set[int]:
+    """The most blocks that fit in `room`, spread evenly over the execution order by count."""
+    count = 0
+    total = 0
+    for size in sorted(blocks):
+        if total + size > room:
+            break
+        total += size
+        count += 1
+    if count == 0:
+        return set()
+    n = len(blocks)
+    picks = {int(round(i * n / count + (n / count - 1) / 2)) for i in range(count)}
+    picks = {min(n - 1, p) for p in picks}
+    while sum(blocks[i] for i in picks) > room and picks:
+        picks.discard(max(picks, key=lambda i: blocks[i]))
+    return picks
+
+
+def _spread_evenly(blocks: list[int], room: int) -> set[int]:
     """Blocks to keep resident: as many bytes as fit in `room`, chosen so that the streamed bytes are spread evenly
     over the execution order.
 
@@ -457,12 +491,8 @@ def release_stream_cache(plan: MemoryPlan | None, component: str, device: torch.
     keeps a stream's freed blocks for that stream alone: the denoiser's last STREAM_GROUPS blocks stayed reserved
     beside the VAE decode (the peak), T5's beside the first step. Released, the phases do not stack, as `plan_memory`
     counts them. One device synchronisation per phase."""
-    if plan is not None and component in plan.streamed and device.type == "cuda" and RELEASE_BETWEEN_PHASES:
+    if plan is not None and component in plan.streamed and device.type == "cuda" and stream_layout() == "even":
         torch.cuda.empty_cache()
-
-
-# Whether `release_stream_cache` releases (benchmarks/vram_budget.py compares both).
-RELEASE_BETWEEN_PHASES = True
 
 
 def remove_memory_plan(pipe, handles: list) -> None:
