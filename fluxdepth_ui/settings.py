@@ -129,7 +129,8 @@ def draw_seed() -> int:
 def refine_steps(steps: int, strength: float) -> int:
     """The denoising steps an img2img or inpainting pass at `strength` runs: diffusers starts at step
     int(steps - steps * strength) of the schedule (its get_timesteps), so 28 steps at 0.6 run 17, not int(16.8)."""
-    return int(steps) - int(max(int(steps) - int(steps) * float(strength), 0))
+    steps = int(steps)
+    return steps - int(max(steps - min(steps * float(strength), steps), 0))  # its float expression, to the bit
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,9 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
 
     def slack(streamed, in_flight=None):
         """Working memory on top of the resident weights: the larger of the decode's peak and the denoiser's
-        activations beside its streamed groups in flight (T5 runs before both, alone). The phases do not stack:
-        the streaming copies' cached memory is handed back between them (`release_stream_cache`)."""
+        activations beside its streamed groups in flight (T5 runs before both, alone). With the even layout the
+        streaming copies' cached memory is handed back between phases (`release_stream_cache`), so they do not stack;
+        with the count layout the allocator headroom (HEADROOM, MIN_HEADROOM) covers it."""
         def groups(name):
             return STREAM_GROUPS * _largest_group(name, sizes, block_sizes) if name in streamed else 0
 
