@@ -160,10 +160,12 @@ def run(pipe, control, seed=5):
     return out.images[0]
 
 
-def test_streaming_a_partly_resident_denoiser_gives_the_same_pixels(control):
+@pytest.mark.parametrize("layout", ["count", "even"])
+def test_streaming_a_partly_resident_denoiser_gives_the_same_pixels(control, layout, monkeypatch):
     """The plan applied (diffusers' group offloading on the streamed blocks, chosen blocks kept) computes exactly
-    what the resident pipeline computes. On the CPU the "device" is the CPU itself: this checks the wiring; the
-    GPU run (benchmarks/vram_budget.py) checks peaks and speed."""
+    what the resident pipeline computes, with either choice of resident blocks. On the CPU the "device" is the CPU
+    itself: this checks the wiring; the GPU run (benchmarks/vram_budget.py) checks peaks and speed."""
+    monkeypatch.setenv("FLUXDEPTH_STREAM_LAYOUT", layout)
     import copy
 
     from diffusers import FluxTransformer2DModel
