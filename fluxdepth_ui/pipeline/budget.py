@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -201,18 +202,10 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     window = STREAM_GROUPS * max(blocks)  # bytes of streamed groups on the card at once: first the largest bound
     if budget - fixed - slack(streamed, window) < 0:
         raise PipelineError(_too_small(budget_full, (fixed + slack(streamed, window)) / (1 - HEADROOM)))
-    keep: set[int] = set()
-    even = stream_layout() == "even"
-    while True:  # then ("even") the plan's own: its streamed groups, STREAM_GROUPS in a row at most, give room back
-        room = budget - fixed - slack(streamed, window)
-        candidate = _spread_evenly(blocks, room) if even else _spread_by_count(blocks, room)
-        in_flight = _in_flight(blocks, candidate) if even else window
-        if in_flight > window:
-            break  # more blocks resident would put larger ones in flight together: keep the last plan that held
-        keep = candidate
-        if in_flight == window:
-            break
-        window = in_flight
+    if stream_layout() == "even":
+        keep = _even_plan(blocks, lambda window: budget - fixed - slack(streamed, window), window)
+    else:
+        keep = _spread_by_count(blocks, budget - fixed - slack(streamed, window))
     streamed_bytes = sum(b for i, b in enumerate(blocks) if i not in keep)
     return MemoryPlan(budget_full, tuple(c for c in STREAM_ORDER if c in resident), tuple(streamed),
                       resident_blocks=tuple(sorted(keep)), total_blocks=len(blocks),
@@ -224,6 +217,19 @@ def _largest_group(component: str, sizes: dict[str, int], block_sizes: list[int]
         return max(block_sizes)
     # T5 streams block by block (24 blocks): a generous bound is a twentieth of the model.
     return sizes.get(component, 0) // 20
+
+
+def _even_plan(blocks: list[int], room_for: Callable[[int], int], window: int) -> set[int]:
+    """`_spread_evenly` with the room left beside `window` bytes of streamed blocks in flight, then again with the
+    room its own streamed blocks leave (STREAM_GROUPS of them in a row at most), while that gives room back."""
+    keep = _spread_evenly(blocks, room_for(window))
+    while (in_flight := _in_flight(blocks, keep)) < window:
+        window = in_flight
+        candidate = _spread_evenly(blocks, room_for(window))
+        if _in_flight(blocks, candidate) > window:
+            break  # more blocks resident would put larger ones in flight together: keep the last plan that held
+        keep = candidate
+    return keep
 
 
 def _in_flight(blocks: list[int], keep: set[int]) -> int:
