@@ -11,22 +11,26 @@ Ray is an optional extra (`pip install -e ".[farm]"`); this module imports it on
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from typing import Callable
 
 from .errors import FluxDepthError
 from .settings import PipelineSpec, ShotSettings
 
 ATTEMPTS = 2  # a frame that fails this many times is reported; the others finish
+WAIT_SLICE_S = 1.0  # the driver waits for the next finished frame in slices, so signal handlers run
 
 
 class ShotWorker:
     """One Ray actor: loads its pipeline on the first frame and keeps it for every later one."""
 
-    def __init__(self, spec: dict, fail_once_on: int | None = None):
+    def __init__(self, spec: dict, fail_once_on: int | None = None, stall_on: int | None = None):
         self.spec = PipelineSpec(**spec)
         self.manager = None
         self.fail_once_on = fail_once_on  # tests: this worker process dies once on this frame number
+        self.stall_on = stall_on  # tests: this frame takes ten minutes
 
     def render(self, frame_path: str, number: int, shot: dict, png: str, control_png: str, key: str,
                formats: tuple[str, ...]) -> int:
@@ -38,6 +42,8 @@ class ShotWorker:
             if not os.path.exists(marker):
                 open(marker, "w").close()
                 os._exit(1)  # a worker killed mid-frame: nothing of this frame was written
+        if self.stall_on == number:
+            time.sleep(600)
         if self.manager is None:
             self.manager = PipelineManager.from_spec(self.spec, token=os.environ.get("HF_TOKEN"))
         render_shot(self.manager, frame_path, ShotSettings.from_dict(shot), png, key=key, control_png=control_png,
@@ -60,6 +66,7 @@ def render_jobs_on_ray(spec: PipelineSpec, jobs: list, shot: ShotSettings, forma
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  **({} if address else {"num_cpus": max(workers, 1)}))
+    pool: list = []
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
@@ -71,7 +78,7 @@ def render_jobs_on_ray(spec: PipelineSpec, jobs: list, shot: ShotSettings, forma
         def start_worker():
             return actor.remote(spec.to_dict(), **options)
 
-        pool = [start_worker() for _ in range(min(workers, len(jobs)))]
+        pool.extend(start_worker() for _ in range(min(workers, len(jobs))))
         shot_dict = shot.to_dict()
         attempts: dict[int, int] = {}
         queue = list(jobs)
@@ -87,7 +94,11 @@ def render_jobs_on_ray(spec: PipelineSpec, jobs: list, shot: ShotSettings, forma
             if queue:
                 submit(index)
         while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+            # In one-second slices: one blocking ray.wait held Python's signal handlers (a server's SIGTERM, a time
+            # limit's SIGALRM) off until a frame ended, minutes on a farm; Ray answers Ctrl-C itself.
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_SLICE_S)
+            if not ready:
+                continue
             ref = ready[0]
             index, job = running.pop(ref)
             number = job.frame.number
@@ -112,6 +123,11 @@ def render_jobs_on_ray(spec: PipelineSpec, jobs: list, shot: ShotSettings, forma
             if queue:
                 submit(index)
     finally:
+        # The workers go now, finished or interrupted (Ctrl-C, an error): on a shared cluster their GPUs are free
+        # for the next job at once, not when this process lets go of the last handle.
+        for worker in pool:
+            with contextlib.suppress(Exception):  # a cluster that is gone has ended them already
+                ray.kill(worker, no_restart=True)
         if started_here:
             ray.shutdown()
 

@@ -31,6 +31,10 @@ os.environ["FLUXDEPTH_CACHE"] = os.path.join(_HOME, "cache", "fluxdepth")
 os.environ["FLUXDEPTH_PRESETS"] = os.path.join(_HOME, "config", "fluxdepth", "presets")
 # gradio's upload and result cache: not /tmp/gradio, which other gradio apps (or a second suite) share and clean.
 os.environ["GRADIO_TEMP_DIR"] = os.path.join(_HOME, "gradio")
+# Ray starts its workers at niceness 15 (so a farm node's own work comes first). On a busy CI machine that starved
+# the farm tests' workers: 9-16 s tests took 90-200 s beside two busy processes. The tests' clusters
+# (and the CLI processes that join them) run their workers at normal priority.
+os.environ["RAY_worker_niceness"] = "0"
 
 import ipaddress  # noqa: E402
 import socket  # noqa: E402

@@ -172,3 +172,51 @@ def test_houdini_pdg_commands_render_like_one_process(tmp_path):
         assert done.returncode == 0, done.stderr
     assert main(["sequence", str(pattern), *COMMON, "--out", str(tmp_path / "one")]) == 0
     assert files(tmp_path / "pdg") == files(tmp_path / "one")
+
+
+def test_a_signal_during_a_long_frame_stops_the_driver_and_frees_its_workers(single, tmp_path):
+    """The driver waits for frames in one-second slices, so a Python signal handler runs while a frame still renders
+    (pytest-timeout's SIGALRM, a server's SIGTERM; here SIGUSR1: one blocking ray.wait held such a handler off until
+    the frame ended, 600 s; Ray answers Ctrl-C itself), and its workers are ended on the way out: the cluster's CPUs (a farm's GPUs)
+    are free for the next job at once, not when the last handle is let go."""
+    import threading
+
+    import ray
+
+    from fluxdepth_ui.depth import DepthSettings
+    from fluxdepth_ui.pipeline import PipelineManager
+    from fluxdepth_ui.sequence import compute_stats, find_frames, render_sequence, settle_seed
+    from fluxdepth_ui.settings import GenerationSettings, PipelineSpec
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+
+    pattern, _ = single
+    frames = find_frames(str(pattern))[:2]
+    depth = DepthSettings(long_side=256)
+    stats = settle_seed(compute_stats(frames, depth, str(pattern), seed=4), 4)
+    sent = []
+
+    def signal_after_the_first(i, n, frame, status):  # frame 2 runs on the other worker: it takes 10 minutes
+        sent.append(time.monotonic())
+        threading.Timer(1.0, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1)).start()
+
+    previous = signal.signal(signal.SIGUSR1, stop)
+    try:
+        with pytest.raises(Exception) as raised:
+            render_sequence(PipelineManager.from_spec(PipelineSpec(model="tiny-random")), frames, stats, depth,
+                            GenerationSettings("a hall", seed=4, steps=1), str(tmp_path / "out"), workers=2,
+                            worker_options={"stall_on": 2}, on_frame=signal_after_the_first)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    # Ray's wait runs the handler inside its own call and then reports a SystemError chained to what it raised.
+    assert isinstance(raised.value, Stop) or isinstance(raised.value.__context__, Stop), repr(raised.value)
+    assert time.monotonic() - sent[0] < 120  # not when frame 2 ends (600 s)
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < 2:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.2)
+    assert not (tmp_path / "out" / "frame.0002.png").exists()
