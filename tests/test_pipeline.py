@@ -672,6 +672,57 @@ def test_a_cache_whose_weights_turn_out_unreadable_is_quantized_again(tmp_path, 
     assert "transformer: qint8 weights from the cache" in third.status()["notes"]
 
 
+@pytest.mark.parametrize("broken", ["quantized cache", "model folder"])
+def test_a_component_loaded_another_way_waits_for_the_reads_beside_it(tmp_path, depth, monkeypatch, broken):
+    """Quantizing again (a cache that turned out unreadable) and from_pretrained (a folder that does not match its
+    skeleton) switch process-wide state: accelerate's init_empty_weights patches nn.Module, transformers sets the
+    default dtype. Run in a read thread beside the other component's read, two such switches interleaved and left
+    the patch or the dtype in place for good (the suite saw every later image of its worker differ). They run after
+    the reads, on the loading thread, and leave the process as they found it."""
+    from safetensors.torch import load_file, save_file
+
+    from fluxdepth_ui.pipeline import sources
+
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    cache = str(tmp_path / "cache")
+    variant = "qint8" if broken == "quantized cache" else "bf16"
+    first = run(PipelineManager(ModelSource(str(folder)), variant=variant, cache_root=cache), depth)
+    if broken == "quantized cache":
+        weights = next(p for p in (tmp_path / "cache").rglob("*.safetensors") if "transformer-qint8" in str(p))
+        weights.write_bytes(b"\x00" * 64)
+        read_name, other_way_name = "_filled", "_cached_or_quantized"
+    else:
+        path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+        state = load_file(path)
+        state["not_a_layer.weight"] = torch.zeros(2)
+        save_file(state, path)
+        read_name, other_way_name = "_read_from_folder", "_load_full_component"
+    events, lock = [], threading.Lock()
+
+    def recorded(name, real):
+        def call(*args, **kwargs):
+            with lock:
+                events.append((name, "start", threading.current_thread() is threading.main_thread()))
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    events.append((name, "end", None))
+        return call
+
+    monkeypatch.setattr(sources, read_name, recorded("read", getattr(sources, read_name)))
+    monkeypatch.setattr(sources, other_way_name, recorded("other way", getattr(sources, other_way_name)))
+    register_parameter, dtype = torch.nn.Module.register_parameter, torch.get_default_dtype()
+    again = run(PipelineManager(ModelSource(str(folder)), variant=variant, cache_root=cache), depth)
+    reads = [i for i, e in enumerate(events) if e[0] == "read"]
+    other_way = [i for i, e in enumerate(events) if e[0] == "other way"]
+    assert len(reads) == 4 and other_way  # two components read side by side; one loaded another way
+    assert min(other_way) > max(reads) and all(e[2] for e in events if e[:2] == ("other way", "start"))
+    assert torch.nn.Module.register_parameter is register_parameter and torch.get_default_dtype() == dtype
+    assert np.array_equal(pixels(first.image), pixels(again.image))
+
+
 def test_a_load_reads_its_big_files_ahead_in_the_order_it_uses_them(tmp_path, depth, monkeypatch):
     """A later start sets its quantized caches reading (a background thread) before the minutes-long imports, in the
     order the load reads them; a first start from a model folder reads that folder's weights ahead. The images are

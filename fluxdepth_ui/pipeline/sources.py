@@ -155,7 +155,8 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     overrides: dict = {}
     notes: list[str] = []
     skeletons: dict[str, torch.nn.Module] = {}  # components whose weights are read once the plan is made
-    fills: dict[str, Callable] = {}  # (skeleton, its tensors' home) -> the component with its weights
+    fills: dict[str, Callable] = {}  # (skeleton, its tensors' home) -> the component with its weights, or None
+    fallbacks: dict[str, Callable] = {}  # () -> the component loaded another way, where its fill returned None
     progress(0.3, f"preparing {variant.name} weights")
     if variant.transformer or variant.text_encoder_2:
         entries = _cache_entries(folder, source, variant, cache, source_id, token)
@@ -163,8 +164,9 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
             skeleton = _cached_skeleton(cache, entry, progress) if plan_homes is not None else None
             if skeleton is not None:
                 skeletons[component] = overrides[component] = skeleton
-                fills[component] = functools.partial(_filled, cache, entry, progress=progress, notes=notes,
-                                                     quantize_on=quantize_on)
+                fills[component] = functools.partial(_filled, cache, entry, progress=progress, notes=notes)
+                fallbacks[component] = functools.partial(_cached_or_quantized, cache, entry, progress, notes,
+                                                         quantize_on)
             else:
                 overrides[component] = _cached_or_quantized(cache, entry, progress, notes, quantize_on)
     if plan_homes is not None and read_folder_to_homes():
@@ -174,7 +176,8 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
                 skeletons[component] = overrides[component] = _empty_component(component, _config(folder, component),
                                                                                source.dtype)
                 fills[component] = functools.partial(_read_from_folder, folder, source, component, files,
-                                                     progress=progress, token=token)
+                                                     progress=progress)
+                fallbacks[component] = functools.partial(_load_full_component, folder, source, component, token)
     progress(0.6, "loading the remaining components")
     from diffusers import FluxControlPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -197,6 +200,12 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
                      for component, skeleton in skeletons.items()}
             for component, read in reads.items():
                 components[component] = read.result()
+        # After the reads, one at a time on this thread: quantizing again and from_pretrained switch process-wide
+        # state (accelerate's init_empty_weights patches nn.Module, transformers sets the default dtype). Beside a
+        # read in another thread, two such switches interleaved left the patch or the dtype in place for good: every
+        # later image of the process differed (tests/test_pipeline.py).
+        for component in [c for c in skeletons if components[c] is None]:
+            components[component] = fallbacks[component]()
     progress(0.95, "components ready")
     return LoadedModel(components, revision, notes)
 
@@ -396,16 +405,15 @@ def _cached_skeleton(cache: QuantizedCache, entry: _CacheEntry, progress: Progre
 
 
 def _filled(cache: QuantizedCache, entry: _CacheEntry, skeleton: torch.nn.Module, home, *, progress: ProgressFn,
-            notes: list[str], quantize_on: torch.device | None) -> torch.nn.Module:
-    """The skeleton with the cached weights read into it, each tensor to its home; a cache that turns out unreadable
-    is removed and the component quantized again (on the host, as without a plan)."""
+            notes: list[str]) -> torch.nn.Module | None:
+    """The skeleton with the cached weights read into it, each tensor to its home; None where the cache turns out
+    unreadable (it is removed; the caller quantizes the component again, on the host, as without a plan)."""
     with exclusive(entry.folder, on_wait=_waiting(entry, progress)):
         _reading(entry, progress)
         module = cache.fill(entry.folder, skeleton, home)
         if module is not None:
             notes.append(f"{entry.component}: {entry.weights} weights from the cache")
-            return module
-    return _cached_or_quantized(cache, entry, progress, notes, quantize_on)
+        return module
 
 
 def _empty_like(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
@@ -505,11 +513,11 @@ def _folder_weight_files(folder: str, component: str) -> list[str] | None:
 
 
 def _read_from_folder(folder: str, source: ModelSource, component: str, files: list[str], skeleton: torch.nn.Module,
-                      home, *, progress: ProgressFn, token: str | None) -> torch.nn.Module:
+                      home, *, progress: ProgressFn) -> torch.nn.Module | None:
     """The skeleton with the folder's weights read into it, each tensor cast to the pipeline's dtype and put at its
     home (`variants.read_tensors`), as diffusers' and transformers' `from_pretrained` would load it but without a
-    host copy of what lives on the GPU. Where the files do not match the skeleton exactly, the component loads
-    through `from_pretrained` after all (on the host, placed afterwards)."""
+    host copy of what lives on the GPU. None where the files do not match the skeleton exactly: the caller loads the
+    component through `from_pretrained` after all (on the host, placed afterwards)."""
     from safetensors import SafetensorError
 
     from .variants import meta_tensor_names, read_tensors
@@ -531,7 +539,7 @@ def _read_from_folder(folder: str, source: ModelSource, component: str, files: l
     except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         log.warning("reading %s from %s failed (%s): loading it with from_pretrained", component, folder,
                     " ".join(str(exc).split())[:300])
-        return _load_full_component(folder, source, component, token)
+        return None
     skeleton.eval()
     return skeleton
 
