@@ -269,3 +269,38 @@ def test_a_hub_model_in_the_local_cache_is_read_ahead_and_loads_offline(tmp_path
     local = PipelineManager(ModelSource(str(snapshot)), cache_root=str(tmp_path / "cache"))
     same = local.generate(depth.control, GenerationSettings("a wooden chair", seed=7, steps=2)).image
     assert np.array_equal(np.asarray(image), np.asarray(same))
+
+
+def test_model_builds_take_turns_across_threads(monkeypatch):
+    """from_pretrained switches the default dtype and accelerate's init_empty_weights patches nn.Module while they
+    run: the pipeline's load and the depth estimator's (or the preview decoder's) hold one process-wide lock, so
+    another thread's build waits instead of interleaving (sources.MODEL_BUILDING)."""
+    import threading
+
+    from fluxdepth_ui.pipeline import sources, tiny
+
+    def free_for_another_thread() -> bool:
+        result = []
+
+        def probe():
+            got = sources.MODEL_BUILDING.acquire(blocking=False)
+            if got:
+                sources.MODEL_BUILDING.release()
+            result.append(got)
+
+        thread = threading.Thread(target=probe)
+        thread.start()
+        thread.join()
+        return result[0]
+
+    seen = []
+    real_build = tiny.build_tiny_components
+
+    def build(*args, **kwargs):
+        seen.append(("pipeline", free_for_another_thread()))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(tiny, "build_tiny_components", build)
+    PipelineManager(ModelSource("tiny-random"), variant="bf16").load()
+    sources.from_cache_or_hub(lambda local_only: seen.append(("estimator", free_for_another_thread())))
+    assert seen == [("pipeline", False), ("estimator", False)] and free_for_another_thread()

@@ -128,6 +128,12 @@ def _noop(fraction: float, message: str) -> None:
 # (variants.TensorHome). The manager makes its memory plan there (pipeline/manager.py, budget.tensor_homes).
 PlanHomes = Callable[[dict], Callable[[str, torch.nn.Module], object]]
 
+# Held while a model is built: transformers' from_pretrained switches the process's default dtype and accelerate's
+# init_empty_weights patches nn.Module for as long as they run. Two builds on two threads (the depth estimator's
+# beside the pipeline's, in the app) could leave either switch in place for good, and every later image of the
+# process would differ (tests/test_pipeline.py). Reentrant: a build that falls back to another build.
+MODEL_BUILDING = threading.RLock()
+
 
 def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, progress: ProgressFn = _noop,
                token: str | None = None, quantize_on: torch.device | None = None,
@@ -137,7 +143,14 @@ def load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pro
     On the CPU, unless `plan_homes` is given: then the weights of a cached component, and of a full-precision
     transformer or T5 from the model folder (`read_folder_to_homes`), are read last, each tensor straight to where
     `plan_homes` says (a GPU, pinned host memory): no host copy of the weights that live on the GPU.
-    `quantize_on`: the GPU that quantizes (block by block) when there is no cache yet; None quantizes on the CPU."""
+    `quantize_on`: the GPU that quantizes (block by block) when there is no cache yet; None quantizes on the CPU.
+    One build at a time in the process (MODEL_BUILDING)."""
+    with MODEL_BUILDING:
+        return _load_model(source, variant, cache, progress, token, quantize_on, plan_homes)
+
+
+def _load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, progress: ProgressFn,
+                token: str | None, quantize_on: torch.device | None, plan_homes: PlanHomes | None) -> LoadedModel:
     if source.kind == "tiny":
         from .tiny import build_tiny_components
 
@@ -597,13 +610,14 @@ def hub_offline() -> bool:
 
 def from_cache_or_hub(load: Callable[[bool], T]) -> T:
     """`load(local_files_only)`: from the local Hugging Face cache first (instant, no network), then from the Hub
-    unless offline. A failure raises the last attempt's error."""
-    try:
-        return load(True)
-    except Exception:  # noqa: BLE001 - not cached (or unreadable there): the Hub, when it may be asked
-        if hub_offline():
-            raise
-        return load(False)
+    unless offline. A failure raises the last attempt's error. One build at a time in the process (MODEL_BUILDING)."""
+    with MODEL_BUILDING:
+        try:
+            return load(True)
+        except Exception:  # noqa: BLE001 - not cached (or unreadable there): the Hub, when it may be asked
+            if hub_offline():
+                raise
+            return load(False)
 
 
 def _resolve_folder(source: ModelSource, token: str | None, progress: ProgressFn) -> tuple[str, str]:
