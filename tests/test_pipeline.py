@@ -614,20 +614,31 @@ def test_a_bf16_load_reads_the_model_folder_straight_to_each_tensors_home(tmp_pa
     assert np.array_equal(pixels(before.image), pixels(after.image))
 
 
-def test_a_model_folder_that_does_not_match_its_skeleton_loads_through_from_pretrained(tmp_path, depth, monkeypatch,
-                                                                                      caplog):
-    """A weights file with a tensor the model does not have (or without one it needs) is not half-read into the
-    skeleton: the component loads through `from_pretrained` instead, with the same image."""
+def break_quantized_transformer_cache(cache_root):
+    """The transformer's quantized cache entry, its weights file overwritten: it can be opened, not read."""
+    weights = next(p for p in cache_root.rglob("*.safetensors") if "transformer-qint8" in str(p))
+    weights.write_bytes(b"\x00" * 64)
+
+
+def add_a_tensor_the_transformer_lacks(folder):
+    """The model folder's transformer weights with one tensor more than the model has."""
     from safetensors.torch import load_file, save_file
 
-    folder = tmp_path / "pipe"
-    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
-    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "0")
-    before = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c1")), depth)
     path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
     state = load_file(path)
     state["not_a_layer.weight"] = torch.zeros(2)
     save_file(state, path)
+
+
+def test_a_model_folder_that_does_not_match_its_skeleton_loads_through_from_pretrained(tmp_path, depth, monkeypatch,
+                                                                                      caplog):
+    """A weights file with a tensor the model does not have (or without one it needs) is not half-read into the
+    skeleton: the component loads through `from_pretrained` instead, with the same image."""
+    folder = tmp_path / "pipe"
+    FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
+    monkeypatch.setenv("FLUXDEPTH_READ_FOLDER", "0")
+    before = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c1")), depth)
+    add_a_tensor_the_transformer_lacks(folder)
     monkeypatch.delenv("FLUXDEPTH_READ_FOLDER")
     with caplog.at_level("WARNING", logger="fluxdepth_ui.pipeline.sources"):
         after = run(PipelineManager(ModelSource(str(folder)), variant="bf16", cache_root=str(tmp_path / "c2")), depth)
@@ -662,8 +673,7 @@ def test_a_cache_whose_weights_turn_out_unreadable_is_quantized_again(tmp_path, 
     FluxControlPipeline(**build_tiny_components(0)).save_pretrained(folder)
     cache = str(tmp_path / "cache")
     first = run(PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache), depth)
-    weights = next(p for p in (tmp_path / "cache").rglob("*.safetensors") if "transformer-qint8" in str(p))
-    weights.write_bytes(b"\x00" * 64)
+    break_quantized_transformer_cache(tmp_path / "cache")
     again = PipelineManager(ModelSource(str(folder)), variant="qint8", cache_root=cache)
     assert np.array_equal(pixels(first.image), pixels(run(again, depth).image))
     assert "transformer: qint8 weights from the cache" not in again.status()["notes"]
@@ -679,8 +689,6 @@ def test_a_component_loaded_another_way_waits_for_the_reads_beside_it(tmp_path, 
     default dtype. Run in a read thread beside the other component's read, two such switches interleaved and left
     the patch or the dtype in place for good (the suite saw every later image of its worker differ). They run after
     the reads, on the loading thread, and leave the process as they found it."""
-    from safetensors.torch import load_file, save_file
-
     from fluxdepth_ui.pipeline import sources
 
     folder = tmp_path / "pipe"
@@ -689,14 +697,10 @@ def test_a_component_loaded_another_way_waits_for_the_reads_beside_it(tmp_path, 
     variant = "qint8" if broken == "quantized cache" else "bf16"
     first = run(PipelineManager(ModelSource(str(folder)), variant=variant, cache_root=cache), depth)
     if broken == "quantized cache":
-        weights = next(p for p in (tmp_path / "cache").rglob("*.safetensors") if "transformer-qint8" in str(p))
-        weights.write_bytes(b"\x00" * 64)
+        break_quantized_transformer_cache(tmp_path / "cache")
         read_name, other_way_name = "_filled", "_cached_or_quantized"
     else:
-        path = folder / "transformer" / "diffusion_pytorch_model.safetensors"
-        state = load_file(path)
-        state["not_a_layer.weight"] = torch.zeros(2)
-        save_file(state, path)
+        add_a_tensor_the_transformer_lacks(folder)
         read_name, other_way_name = "_read_from_folder", "_load_full_component"
     events, lock = [], threading.Lock()
 

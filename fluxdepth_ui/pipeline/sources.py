@@ -214,9 +214,7 @@ def _load_model(source: ModelSource, variant: Variant, cache: QuantizedCache, pr
             for component, read in reads.items():
                 components[component] = read.result()
         # After the reads, one at a time on this thread: quantizing again and from_pretrained switch process-wide
-        # state (accelerate's init_empty_weights patches nn.Module, transformers sets the default dtype). Beside a
-        # read in another thread, two such switches interleaved left the patch or the dtype in place for good: every
-        # later image of the process differed (tests/test_pipeline.py).
+        # state (MODEL_BUILDING says which), so never beside a read in another thread.
         for component in [c for c in skeletons if components[c] is None]:
             components[component] = fallbacks[component]()
     progress(0.95, "components ready")
