@@ -96,13 +96,12 @@ _PLANNER = {}
 def set_mode(mode: str) -> None:
     """Planner and streaming settings for one row. mode: '+'-joined flags; 'sync' = diffusers' default streaming (the
     CPU waits after every streamed block); 'even' / 'count' = which blocks stay resident when the transformer
-    streams (pipeline/budget.py STREAM_LAYOUTS; neither: the app's default); 'h1' = allocator headroom of 6% and at
-    least 1 GiB (instead of 12% and 2 GiB)."""
+    streams, with that layout's allocator headroom (pipeline/budget.py STREAM_LAYOUTS, HEADROOM; neither: the app's
+    default). Session 40's rows 'even+h1' are today's 'even' (6%, at least 1 GiB); its 'even' rows had count's 12%."""
     import fluxdepth_ui.pipeline.budget as budget_module
 
     if not _PLANNER:
-        _PLANNER.update(headroom=budget_module.HEADROOM, min_headroom=budget_module.MIN_HEADROOM,
-                        layout=os.environ.get("FLUXDEPTH_STREAM_LAYOUT"))
+        _PLANNER.update(layout=os.environ.get("FLUXDEPTH_STREAM_LAYOUT"))
     flags = set(mode.split("+")) - {""}
     budget_module.RUN_AHEAD = None if "sync" in flags else 1
     layout = next((f for f in flags if f in budget_module.STREAM_LAYOUTS), _PLANNER["layout"])
@@ -110,12 +109,10 @@ def set_mode(mode: str) -> None:
         os.environ["FLUXDEPTH_STREAM_LAYOUT"] = layout
     else:
         os.environ.pop("FLUXDEPTH_STREAM_LAYOUT", None)
-    budget_module.HEADROOM = 0.06 if "h1" in flags else _PLANNER["headroom"]
-    budget_module.MIN_HEADROOM = GIB if "h1" in flags else _PLANNER["min_headroom"]
 
 
 def budget_manager(master: dict, variant: str, budget: str | None) -> tuple:
-    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync", "12:even", "12:h1",
+    """A manager over a fresh copy of the tier's components for one budget ("12"; "12:sync", "12:even", "12:count",
     see `set_mode`; None = resident). Returns (manager, budget, mode)."""
     budget, _, mode = (budget or "").partition(":")
     budget = budget or None

@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 GIB = 2**30
 # Left free under "auto": the display, the driver's own use and another program's next allocation.
 AUTO_MARGIN = 1.5 * GIB
-# Of the budget, kept free for the allocator's own overhead: the cap counts reserved memory, not only live tensors
-# (measured 1.2-2.0 GiB of reserved over live at the peak on the H100, docs/benchmarks.md "VRAM budget"), so the
-# larger of a share of the budget and a fixed floor.
-HEADROOM = 0.12
-MIN_HEADROOM = 2 * GIB
+# Of the budget, kept free for the allocator's own overhead (the cap counts reserved memory, not only live tensors):
+# the larger of a share of the budget and a fixed floor, by stream layout (`stream_layout`). "count" sets aside room
+# for four of the largest blocks in flight and keeps the streaming copies' cache across phases: 12%, at least 2 GiB
+# (measured 1.2-2.0 GiB of reserved over live at the peak on the H100, docs/benchmarks.md "VRAM budget"). "even"
+# counts its own streamed blocks in flight and hands that cache back between phases: 6%, at least 1 GiB (every peak
+# reserved under its budget, bf16 at 12-24 GiB, qint8 at 12, qint4 at 8: docs/benchmarks.md "Session 40").
+HEADROOM = {"even": (0.06, GIB), "count": (0.12, 2 * GIB)}
 # The measured peak of one image (2.4 GiB over the weights at 1 MP) is the VAE decode, when no block streams; the
 # denoiser's own activations, beside which streamed blocks sit, are taken as at most half of it.
 DENOISER_SHARE = 0.5
@@ -164,13 +166,14 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     """
     components = [c for c in STREAM_ORDER if sizes.get(c)]
     resident = set(components)
-    budget_full, budget = budget, budget - max(int(budget * HEADROOM), min(MIN_HEADROOM, budget // 4))
+    share, _ = HEADROOM[stream_layout()]
+    budget_full, budget = budget, budget - allocator_headroom(budget)
 
     def slack(streamed, in_flight=None):
         """Working memory on top of the resident weights: the larger of the decode's peak and the denoiser's
         activations beside its streamed groups in flight (T5 runs before both, alone). With the even layout the
         streaming copies' cached memory is handed back between phases (`release_stream_cache`), so they do not stack;
-        with the count layout the allocator headroom (HEADROOM, MIN_HEADROOM) covers it."""
+        with the count layout the allocator headroom (HEADROOM["count"]) covers it."""
         def groups(name):
             return STREAM_GROUPS * _largest_group(name, sizes, block_sizes) if name in streamed else 0
 
@@ -192,7 +195,7 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     # The denoiser itself streams: keep as many blocks as fit, spread evenly so copies overlap resident compute.
     blocks = list(block_sizes or [])
     if variant in UNSTREAMABLE_TIERS:
-        raise PipelineError(_must_be_resident(variant, budget_full, used / (1 - HEADROOM)))
+        raise PipelineError(_must_be_resident(variant, budget_full, used / (1 - share)))
     if not blocks:
         raise PipelineError(_too_small(budget_full, work + sizes.get("transformer", 0)))
     resident.discard("transformer")
@@ -201,7 +204,7 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     fixed = sum(sizes.get(c, 0) for c in resident) + work + others
     window = STREAM_GROUPS * max(blocks)  # bytes of streamed groups on the card at once: first the largest bound
     if budget - fixed - slack(streamed, window) < 0:
-        raise PipelineError(_too_small(budget_full, (fixed + slack(streamed, window)) / (1 - HEADROOM)))
+        raise PipelineError(_too_small(budget_full, (fixed + slack(streamed, window)) / (1 - share)))
     if stream_layout() == "even":
         keep = _even_plan(blocks, lambda window: budget - fixed - slack(streamed, window), window)
     else:
@@ -241,16 +244,23 @@ def _in_flight(blocks: list[int], keep: set[int]) -> int:
     return max(sum(streamed[(i + k) % len(streamed)] for k in range(STREAM_GROUPS)) for i in range(len(streamed)))
 
 
-# Which blocks stay resident when the denoiser streams: "even" (new in session 38: the streamed bytes spread evenly,
-# the in-flight room from the plan's own streamed blocks, the streaming cache handed back between phases) or "count"
-# (sessions 5-37: the most blocks by count). "even" is opt-in (FLUXDEPTH_STREAM_LAYOUT=even) until it is measured
-# on a GPU: docs/vram.md "Which blocks stay".
-STREAM_LAYOUTS = ("count", "even")
+# Which blocks stay resident when the denoiser streams: "even" (the default since session 40: the streamed bytes
+# spread evenly, the in-flight room from the plan's own streamed blocks, the streaming cache handed back between
+# phases) or "count" (sessions 5-39: the most blocks by count; FLUXDEPTH_STREAM_LAYOUT=count). Measured on the H100,
+# bf16 under 16 GiB: count 1.58x the resident time, even 1.32x (docs/vram.md "Which blocks stay").
+STREAM_LAYOUTS = ("even", "count")
 
 
 def stream_layout() -> str:
     layout = os.environ.get("FLUXDEPTH_STREAM_LAYOUT", "").strip().lower()
-    return layout if layout in STREAM_LAYOUTS else "count"
+    return layout if layout in STREAM_LAYOUTS else STREAM_LAYOUTS[0]
+
+
+def allocator_headroom(budget: int) -> int:
+    """Bytes of `budget` left to the allocator's own overhead under the current layout (HEADROOM); a quarter of a
+    budget at most."""
+    share, floor = HEADROOM[stream_layout()]
+    return max(int(budget * share), min(floor, budget // 4))
 
 
 def _spread_by_count(blocks: list[int], room: int) -> set[int]:
