@@ -2,6 +2,10 @@
 card (about 25 GB/s host -> GPU from pinned memory).
 
     python benchmarks/plot_vram_budget.py docs/results/vram_budget_*_h100.json --png docs/vram_budget_h100.png
+    python benchmarks/plot_vram_budget.py docs/results/vram_budget_bf16_h100.json docs/results/vram_budget_*s40.json --layouts --png docs/vram_layouts_h100.png
+
+--layouts plots each row's ratio to the same tier resident, one line per tier and stream layout (session 40 compared
+them: docs/vram.md "Which blocks stay"), with issue 26's targets marked.
 
 Projection: the streamed bytes of every step cross the bus at 25 GB/s instead of the pinned bandwidth measured in
 the same run; a step is bound by its copies when it streams (measured: the streamed runs move their bytes at close
@@ -15,6 +19,11 @@ import json
 
 PCIE4 = 25.0  # GB/s
 GIB = 2**30
+# vram_budget.py's row modes, as they ran: a row without one ran the count layout (sessions 5-39); "even+h1" is the
+# default since session 40 (the even layout with 6% / 1 GiB of allocator headroom).
+LAYOUTS = {None: "count, 12% headroom (an earlier run)", "": "count, 12% headroom", "count": "count, 12% headroom", "even": "even, 12% headroom",
+           "even+h1": "even, 6% headroom (default)"}
+TARGETS = {"bf16": {24: 1.10, 16: 1.5, 12: 1.8}, "qint8": {12: 1.10}, "qint4": {8: 1.10}}  # issue 26
 
 
 def rows(paths: list[str]) -> list[dict]:
@@ -30,7 +39,7 @@ def rows(paths: list[str]) -> list[dict]:
             streamed_gb = row["streamed_gib_per_step"] * GIB / 1e9
             extra = run["steps"] * streamed_gb * (1 / PCIE4 - 1 / bandwidth)
             out.append({"tier": run["variant"], "budget": float(row["budget_gib"]), "plan": row["plan"],
-                        "streaming": row.get("streaming", "sync"),
+                        "streaming": row.get("streaming", "sync"), "layout": LAYOUTS.get(row.get("mode"), ""),
                         "peak": row["peak_gib"], "reserved": row["peak_reserved_gib"], "seconds": row["image2_s"],
                         "resident_s": resident["image2_s"] if resident else None, "x": row.get("x_resident"),
                         "gb_step": round(streamed_gb, 2), "host": row["host_rss_gib"], "bw": bandwidth,
@@ -42,8 +51,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
     ap.add_argument("--png")
+    ap.add_argument("--layouts", action="store_true", help="ratio to resident by tier and stream layout")
     args = ap.parse_args()
     table = rows(args.files)
+    if args.layouts:
+        plot_layouts(table, args.png)
+        return
     print("| tier | budget GiB | streaming | plan | peak GiB live (reserved) | s / image | × resident | GB streamed / step "
           "| host GiB | PCIe 4.0 x16 projection | same pixels |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -72,6 +85,39 @@ def main() -> None:
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(args.png, dpi=120)
+
+
+def plot_layouts(table: list[dict], png: str | None) -> None:
+    print("| tier | budget GiB | layout | plan | x resident | peak reserved GiB |")
+    print("|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['tier']} | {r['budget']:g} | {r['layout']} | {r['plan']} | {r['x']} | {r['reserved']} |")
+    if not png:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = {"count, 12% headroom (an earlier run)": "s:", "count, 12% headroom": "D", "even, 12% headroom": "^--", "even, 6% headroom (default)": "o-"}
+    for tier in sorted({r["tier"] for r in table}):
+        for layout, style in styles.items():
+            sel = sorted((r for r in table if r["tier"] == tier and r["layout"] == layout and r["streaming"] != "sync"
+                          and r["x"]), key=lambda r: r["budget"])
+            if sel:
+                ax.plot([r["budget"] for r in sel], [r["x"] for r in sel], style, label=f"{tier}, {layout}")
+        for budget, target in TARGETS.get(tier, {}).items():
+            ax.plot([budget], [target], "rx", ms=9)
+    ax.plot([], [], "rx", label="issue 26 target (at most)")
+    ax.set_xlabel("VRAM budget (GiB)")
+    ax.set_ylabel("second image / same tier resident")
+    ax.set_title("Streamed under a budget, H100 (28 steps, 1024²): which blocks stay")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
 
 
 if __name__ == "__main__":
