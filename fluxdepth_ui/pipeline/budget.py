@@ -148,8 +148,8 @@ class MemoryPlan:
 
 def faster_tier_hint(plan: MemoryPlan | None) -> str | None:
     """One line for the artist when bf16's transformer streams: every step then waits on copies over the bus (about
-    2x the resident time on a 12 GiB card, docs/vram.md "What it costs"), where a quantized tier keeps most or all of
-    it on the card (qint8 about 1.1x its resident time there). None otherwise."""
+    1.75x the resident time under a 12 GiB budget, docs/vram.md "What it costs"), where a quantized tier keeps most
+    or all of it on the card (qint8 about 1.03x its resident time there). None otherwise."""
     if plan is None or plan.variant != "bf16" or "transformer" not in plan.streamed:
         return None
     return (f"bf16 streams {plan.streamed_bytes_per_step / GIB:.1f} GiB of its transformer from host memory every "
