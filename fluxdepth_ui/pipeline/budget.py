@@ -38,7 +38,7 @@ AUTO_MARGIN = 1.5 * GIB
 # for four of the largest blocks in flight and keeps the streaming copies' cache across phases: 12%, at least 2 GiB
 # (measured 1.2-2.0 GiB of reserved over live at the peak on the H100, docs/benchmarks.md "VRAM budget"). "even"
 # counts its own streamed blocks in flight and hands that cache back between phases: 6%, at least 1 GiB (every peak
-# reserved under its budget, bf16 at 12-24 GiB, qint8 at 12, qint4 at 8: docs/benchmarks.md "Session 40").
+# reserved under its budget, bf16 at 12 and 16 GiB, qint8 at 12, qint4 at 8: docs/benchmarks.md "Session 40").
 HEADROOM = {"even": (0.06, GIB), "count": (0.12, 2 * GIB)}
 # The measured peak of one image (2.4 GiB over the weights at 1 MP) is the VAE decode, when no block streams; the
 # denoiser's own activations, beside which streamed blocks sit, are taken as at most half of it.
