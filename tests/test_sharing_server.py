@@ -452,13 +452,15 @@ def test_previews_answer_while_the_generation_queue_is_full(tmp_path):
 
         studio.manager.generate = held_generate
         record = upload(demo, DEPTH_SYN)
-        waiting = [threading.Thread(target=raw_generate, args=(demo, generate_args(record, seed=i)), daemon=True)
+        clients = [threading.Thread(target=raw_generate, args=(demo, generate_args(record, seed=i)), daemon=True)
                    for i in range(3)]
-        for t in waiting:
-            t.start()
         # The state this test needs: one generation held in the GPU slot and two waiting (the queue's size), however
-        # slowly a busy machine gets there.
+        # slowly a busy machine gets there. The first is in the slot before the others ask: sent together, all three
+        # could be waiting at once on a busy machine, and the third would be refused as over the queue's size.
+        clients[0].start()
         assert running.wait(120)
+        for t in clients[1:]:
+            t.start()
         deadline = time.time() + 120
         while len(demo._queue) < 2 and time.time() < deadline:
             time.sleep(0.05)
