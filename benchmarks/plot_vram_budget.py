@@ -77,14 +77,20 @@ def main() -> None:
                     label=f"{tier} (PCIe 4.0 x16, projected)")
             if sel[0]["resident_s"]:
                 ax.axhline(sel[0]["resident_s"], ls=":", lw=1, color=ax.lines[-1].get_color())
-        ax.set_xlabel("VRAM budget (GiB)")
-        ax.set_ylabel("seconds per 1024² image, 28 steps")
-        ax.set_title("FLUX.1-Depth-dev under a VRAM budget (dotted: resident on 80 GB)")
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=120)
+        finish(fig, ax, "seconds per 1024² image, 28 steps",
+               "FLUX.1-Depth-dev under a VRAM budget (dotted: resident on 80 GB)", args.png)
+
+
+def finish(fig, ax, ylabel: str, title: str, png: str) -> None:
+    """Budget on the x axis, largest first, as both plots have it; saved to `png`."""
+    ax.set_xlabel("VRAM budget (GiB)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
 
 
 def plot_layouts(table: list[dict], png: str | None) -> None:
@@ -100,7 +106,7 @@ def plot_layouts(table: list[dict], png: str | None) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    styles = {"count, 12% headroom (an earlier run)": "s:", "count, 12% headroom": "D", "even, 12% headroom": "^--", "even, 6% headroom (default)": "o-"}
+    styles = {LAYOUTS[None]: "s:", LAYOUTS["count"]: "D", LAYOUTS["even"]: "^--", LAYOUTS["even+h1"]: "o-"}
     for tier in sorted({r["tier"] for r in table}):
         for layout, style in styles.items():
             sel = sorted((r for r in table if r["tier"] == tier and r["layout"] == layout and r["streaming"] != "sync"
@@ -110,14 +116,8 @@ def plot_layouts(table: list[dict], png: str | None) -> None:
         for budget, target in TARGETS.get(tier, {}).items():
             ax.plot([budget], [target], "rx", ms=9)
     ax.plot([], [], "rx", label="issue 26 target (at most)")
-    ax.set_xlabel("VRAM budget (GiB)")
-    ax.set_ylabel("second image / same tier resident")
-    ax.set_title("Streamed under a budget, H100 (28 steps, 1024²): which blocks stay")
-    ax.invert_xaxis()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    finish(fig, ax, "second image / same tier resident",
+           "Streamed under a budget, H100 (28 steps, 1024²): which blocks stay", png)
 
 
 if __name__ == "__main__":

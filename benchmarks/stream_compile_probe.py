@@ -43,7 +43,7 @@ MODES = ("resident", "streamed-eager", "streamed-under", "streamed-over")
 GIB = 2**30
 
 
-def build(tiny: bool, device):
+def build(tiny: bool):
     import torch
     from diffusers import FluxTransformer2DModel
 
@@ -58,21 +58,22 @@ def build(tiny: bool, device):
     return build_transformer(), config("transformer")
 
 
-def inputs(config: dict, device, tiny: bool) -> dict:
+def inputs(config: dict, tiny: bool) -> dict:
+    """The full-size call's inputs are the other GPU benchmarks' (pipeline_gpu.step_inputs); the tiny ones the same
+    kinds of tensor at the tiny config's widths, in float32 on the CPU."""
     import torch
 
-    g = torch.Generator(device.type).manual_seed(0)
-    tokens = 64 if tiny else (1024 // 16) ** 2
-    text = 8 if tiny else 512
-    dtype = torch.float32 if tiny else torch.bfloat16
-    rand = lambda *shape: torch.randn(*shape, device=device, dtype=dtype, generator=g)  # noqa: E731
-    return dict(hidden_states=rand(1, tokens, config["in_channels"]),
-                encoder_hidden_states=rand(1, text, config["joint_attention_dim"]),
-                pooled_projections=rand(1, config["pooled_projection_dim"]),
-                timestep=torch.full((1,), 0.5, device=device, dtype=dtype),
-                guidance=torch.full((1,), 10.0, device=device, dtype=torch.float32),
-                img_ids=torch.zeros(tokens, 3, device=device), txt_ids=torch.zeros(text, 3, device=device),
-                return_dict=False)
+    if not tiny:
+        from pipeline_gpu import step_inputs
+
+        return step_inputs()
+    g = torch.Generator().manual_seed(0)
+    tokens, text = 64, 8
+    return dict(hidden_states=torch.randn(1, tokens, config["in_channels"], generator=g),
+                encoder_hidden_states=torch.randn(1, text, config["joint_attention_dim"], generator=g),
+                pooled_projections=torch.randn(1, config["pooled_projection_dim"], generator=g),
+                timestep=torch.full((1,), 0.5), guidance=torch.full((1,), 10.0),
+                img_ids=torch.zeros(tokens, 3), txt_ids=torch.zeros(text, 3), return_dict=False)
 
 
 def plan_for(transformer, budget_gib: float, fp8: bool, tiny: bool):
@@ -104,7 +105,7 @@ def run_mode(mode: str, args) -> dict:
     from fluxdepth_ui.pipeline.variants import TRANSFORMER_EXCLUDE
 
     device = torch.device("cpu" if args.tiny else "cuda")
-    transformer, config = build(args.tiny, device)
+    transformer, config = build(args.tiny)
     fp8 = args.variant == "fp8"
     streamed = mode != "resident"
     row: dict = {"mode": mode, "variant": args.variant}
@@ -132,7 +133,7 @@ def run_mode(mode: str, args) -> dict:
         torch.cuda.reset_peak_memory_stats()  # the bf16 build and the quantizing are not the call's peak
     counters = torch._dynamo.utils.counters
     graphs = lambda: counters["stats"]["unique_graphs"]  # noqa: E731
-    kw = inputs(config, device, args.tiny)
+    kw = inputs(config, args.tiny)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         t = time.perf_counter()

@@ -166,8 +166,9 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     """
     components = [c for c in STREAM_ORDER if sizes.get(c)]
     resident = set(components)
-    share, _ = HEADROOM[stream_layout()]
-    budget_full, budget = budget, budget - allocator_headroom(budget)
+    layout = stream_layout()
+    share, _ = HEADROOM[layout]
+    budget_full, budget = budget, budget - allocator_headroom(budget, layout)
 
     def slack(streamed, in_flight=None):
         """Working memory on top of the resident weights: the larger of the decode's peak and the denoiser's
@@ -205,7 +206,7 @@ def plan_memory(budget: int, sizes: dict[str, int], work: int, block_sizes: list
     window = STREAM_GROUPS * max(blocks)  # bytes of streamed groups on the card at once: first the largest bound
     if budget - fixed - slack(streamed, window) < 0:
         raise PipelineError(_too_small(budget_full, (fixed + slack(streamed, window)) / (1 - share)))
-    if stream_layout() == "even":
+    if layout == "even":
         keep = _even_plan(blocks, lambda window: budget - fixed - slack(streamed, window), window)
     else:
         keep = _spread_by_count(blocks, budget - fixed - slack(streamed, window))
@@ -256,10 +257,10 @@ def stream_layout() -> str:
     return layout if layout in STREAM_LAYOUTS else STREAM_LAYOUTS[0]
 
 
-def allocator_headroom(budget: int) -> int:
-    """Bytes of `budget` left to the allocator's own overhead under the current layout (HEADROOM); a quarter of a
-    budget at most."""
-    share, floor = HEADROOM[stream_layout()]
+def allocator_headroom(budget: int, layout: str | None = None) -> int:
+    """Bytes of `budget` left to the allocator's own overhead under `layout` (default: the current one; HEADROOM); a
+    quarter of a budget at most."""
+    share, floor = HEADROOM[layout or stream_layout()]
     return max(int(budget * share), min(floor, budget // 4))
 
 
